@@ -1,0 +1,48 @@
+# The README's commands. `make up` starts the embedded platform, `make test` runs every test,
+# `make down` stops the platform. Each installs what it needs itself.
+
+PYTHON ?= python3
+VENV := .venv
+CUBELAB := $(VENV)/bin/cubelab
+PIP := $(VENV)/bin/pip --disable-pip-version-check -q
+
+.PHONY: up down status test lint prereqs bench clean
+
+prereqs:
+	@$(PYTHON) deploy/cubelab/prereqs.py
+
+# The control plane, installed editable so `.venv/bin/cubelab` follows the source.
+$(VENV)/.installed: deploy/pyproject.toml | prereqs
+	@echo "[cubelab] installing the control plane into $(VENV)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install -e deploy 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(VENV)/bin/python -c "import cubelab" && touch $@
+
+# Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest) on top.
+$(VENV)/.installed-test: $(VENV)/.installed deploy/pyproject.toml
+	@echo "[cubelab] installing test dependencies into $(VENV)"
+	@$(PIP) install -e 'deploy[test]' 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn" && touch $@
+
+up: $(VENV)/.installed
+	@$(CUBELAB) up
+
+down: $(VENV)/.installed
+	@$(CUBELAB) down
+
+status: $(VENV)/.installed
+	@$(CUBELAB) status
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check deploy platform_tests kernels benchmarks
+	$(VENV)/bin/ruff format --check deploy platform_tests kernels benchmarks
+
+# The test suite starts its own stacks (own state dirs, free ports) and stops them afterwards.
+test: $(VENV)/.installed-test lint
+	$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.installed-test
+	$(VENV)/bin/python benchmarks/run_all.py
+
+clean: down
+	rm -rf .cubelab $(VENV)

@@ -1,0 +1,3 @@
+from cubelab.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""PostgreSQL from the machine's own server binaries: one cluster, one database and role per team."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from cubelab.backends.local.paths import StatePaths
+from cubelab.config import PlatformConfig, Team
+from cubelab.prereqs import postgres_bindir, postgres_bindirs
+from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
+from cubelab.secrets import SecretStore
+
+SUPERUSER = "cubelab"
+NAME = "postgres"
+
+
+def server_bindir() -> Path:
+    """The folder with initdb and postgres, or a StartError that says how to get them."""
+    if found := postgres_bindir():
+        return found
+    raise StartError(
+        NAME,
+        "the PostgreSQL server binaries (initdb, postgres) were not found in "
+        f"{', '.join(postgres_bindirs()) or 'any known folder'}. Install them with "
+        "`apt-get install postgresql` or set CUBELAB_POSTGRES_BINDIR.",
+    )
+
+
+class LocalPostgres:
+    def __init__(self, config: PlatformConfig, paths: StatePaths, procs: ProcessTable) -> None:
+        self.config = config
+        self.paths = paths
+        self.procs = procs
+        self.secrets = SecretStore(paths.secrets)
+        self.port = config.ports.postgres
+        # initdb and postgres refuse to run as root; the Debian package's user owns the cluster then.
+        self.run_as = "postgres" if os.geteuid() == 0 else None
+        self.data_dir = paths.postgres / "data"
+        self.log = paths.logs / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://127.0.0.1:{self.port}"
+
+    def password(self) -> str:
+        return self.secrets.get("postgres-superuser")
+
+    def _own(self, path: Path) -> None:
+        if self.run_as:
+            shutil.chown(path, self.run_as, self.run_as)
+
+    def initialize(self, progress: object) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        bindir = server_bindir()
+        self.paths.postgres.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._own(self.paths.postgres)
+        if self.data_dir.exists():  # a half-made cluster from an interrupted first start
+            shutil.rmtree(self.data_dir)
+        pwfile = self.paths.postgres / ".initdb-pw"
+        pwfile.write_text(self.password() + "\n")
+        os.chmod(pwfile, 0o600)
+        self._own(pwfile)
+        argv = [
+            str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+            f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(  # noqa: S603
+                argv, capture_output=True, text=True, user=self.run_as, cwd=self.paths.postgres, check=False
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise StartError(NAME, f"initdb failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        if self.procs.running(NAME):
+            return
+        bindir = server_bindir()
+        if owner := port_owner(self.port):
+            raise StartError(NAME, f"port {self.port} (ports.postgres) is in use by {owner}")
+        argv = [
+            str(bindir / "postgres"), "-D", str(self.data_dir),
+            "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
+            # TCP on loopback only: no socket file to place or protect.
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=200",
+        ]  # fmt: skip
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        record = self.procs.start(
+            NAME,
+            argv,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
+            log=self.log,
+            user=self.run_as,
+            cwd=self.paths.postgres,
+            # SIGINT is postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
+            stop_signal=signal.SIGINT,
+        )
+        wait_healthy(record, self.healthy, timeout=30)
+
+    def connect(self, dbname: str = "postgres") -> psycopg2.extensions.connection:
+        return psycopg2.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password(),
+            dbname=dbname,
+            connect_timeout=2,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with self.connect() as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                return True
+        except psycopg2.OperationalError:
+            return False
+
+    def provision_team(self, team: Team, password: str) -> None:
+        """Create (or fix) the team's role and database; only the team's role may connect to it."""
+        conn = self.connect()
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                role, db = sql.Identifier(team.role), sql.Identifier(team.database)
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (team.role,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                cur.execute(
+                    sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(role),
+                    (password,),
+                )
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (team.database,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+                cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        finally:
+            conn.close()
+
+    def store_uri(self, team: Team, password: str) -> str:
+        # psycopg2 explicitly: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3.
+        from urllib.parse import quote
+
+        return (
+            f"postgresql+psycopg2://{team.role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{team.database}"
+        )

@@ -1,0 +1,147 @@
+"""The embedded stack: Postgres, SeaweedFS and one tracking server per team, as local processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cubelab.backends.base import Backend, Progress, ServiceStatus
+from cubelab.backends.local import postgres as pg
+from cubelab.backends.local import seaweed
+from cubelab.backends.local.paths import StatePaths
+from cubelab.backends.local.postgres import LocalPostgres
+from cubelab.backends.local.seaweed import LocalS3
+from cubelab.backends.local.tracking import LocalTracking
+from cubelab.config import PlatformConfig
+from cubelab.install import services_env
+from cubelab.procs import ProcessTable, StartError, tree_memory_mb, wait_healthy
+from cubelab.secrets import write_private
+
+TRACKING_START_TIMEOUT = 90.0
+
+
+class LocalBackend(Backend):
+    def __init__(self, config: PlatformConfig, progress: Progress | None = None) -> None:
+        super().__init__(config, progress)
+        self.paths = StatePaths(config.state_dir)
+        self.procs = ProcessTable(self.paths.run)
+        self.postgres = LocalPostgres(config, self.paths, self.procs)
+        self.s3 = LocalS3(config, self.paths, self.procs)
+        self.tracking = LocalTracking(config, self.paths, self.procs, self.postgres, self.s3)
+
+    # -- bringing things up -------------------------------------------------------------------
+    def up(self) -> None:
+        started = time.monotonic()
+        self.paths.create()
+        venv = services_env(self.paths.install, self.progress)
+        weed = str(venv / "bin/weed")
+
+        self._step("postgres", lambda: (self.postgres.initialize(self.progress), self.postgres.start()))
+        self._step("s3", lambda: self.s3.start(weed))
+        for team in self.config.teams:
+            self.postgres.provision_team(team, self.tracking.db_password(team))
+            self.s3.ensure_bucket(team)
+        self.progress(f"provisioned {len(self.config.teams)} team(s): databases, roles, buckets, S3 identities")
+
+        self._start_tracking(venv)
+        self._stop_removed_teams()
+        self._write_description()
+        self.progress(f"platform up in {time.monotonic() - started:.1f} s")
+
+    def apply(self) -> None:
+        # Every step of `up` leaves running, unchanged services alone, so applying is bringing up again.
+        self.up()
+
+    def _step(self, name: str, action: Any) -> None:
+        running = self.procs.running(name) is not None
+        t0 = time.monotonic()
+        action()
+        if not running:
+            self.progress(f"{name} started in {time.monotonic() - t0:.1f} s")
+
+    def _start_tracking(self, venv: Path) -> None:
+        # Start every server first, then wait for all: their ~5 s start-ups overlap.
+        fresh = []
+        for team in self.config.teams:
+            record = self.tracking.start(team, venv)
+            if record:
+                fresh.append((team, record))
+        t0 = time.monotonic()
+        for team, record in fresh:
+            wait_healthy(record, lambda t=team: self.tracking.healthy(t), timeout=TRACKING_START_TIMEOUT)
+            self.progress(f"{team.service} ready at {self.tracking.url(team)} ({time.monotonic() - t0:.1f} s)")
+        for team in self.config.teams:
+            if team not in [t for t, _ in fresh]:
+                self.progress(f"{team.service} already running at {self.tracking.url(team)}")
+
+    def _stop_removed_teams(self) -> None:
+        wanted = {t.service for t in self.config.teams}
+        for record in self.procs.all():
+            if record.name.startswith("mlflow-") and record.name not in wanted:
+                self.procs.stop(record.name)
+                self.progress(f"{record.name}: team no longer in the config; server stopped, data kept")
+
+    # -- taking things down -------------------------------------------------------------------
+    def down(self) -> None:
+        records = self.procs.all()
+        # Tracking servers first, storage last: nothing writes to a store that is gone.
+        order = {pg.NAME: 2, seaweed.NAME: 1}
+        for record in sorted(records, key=lambda r: order.get(r.name, 0)):
+            if self.procs.stop(record.name):
+                self.progress(f"stopped {record.name} (pid {record.pid})")
+
+    # -- looking at things ----------------------------------------------------------------------
+    def status(self) -> list[ServiceStatus]:
+        rows = [
+            self._row(pg.NAME, "postgres", None, self.postgres.url, self.postgres.healthy),
+            self._row(seaweed.NAME, "s3", None, self.s3.url, self.s3.healthy),
+        ]
+        known = {pg.NAME, seaweed.NAME}
+        for team in self.config.teams:
+            rows.append(
+                self._row(team.service, "tracking", team.name, self.tracking.url(team), lambda t=team: self.tracking.healthy(t))
+            )
+            known.add(team.service)
+        for record in self.procs.all():  # servers of teams since removed from the config
+            if record.name not in known:
+                rows.append(self._row(record.name, "tracking", record.name.removeprefix("mlflow-"), "", lambda: False))
+        return rows
+
+    def _row(self, name: str, kind: str, team: str | None, url: str, check: Any) -> ServiceStatus:
+        proc = self.procs.running(name)
+        return ServiceStatus(
+            name=name,
+            kind=kind,
+            team=team,
+            url=url,
+            pid=proc.pid if proc else None,
+            healthy=bool(proc) and bool(check()),
+            rss_mb=round(tree_memory_mb(proc), 1) if proc else None,
+        )
+
+    def log_path(self, service: str) -> Path:
+        names = {pg.NAME, seaweed.NAME} | {t.service for t in self.config.teams}
+        names |= {r.name for r in self.procs.all()}
+        path = self.paths.logs / f"{service}.log"
+        if service not in names and not path.exists():
+            raise StartError(service, f"no such service; known services: {', '.join(sorted(names))}")
+        return path
+
+    def description(self) -> dict[str, Any]:
+        teams = []
+        for team in self.config.teams:
+            creds = self.s3.team_credentials(team)
+            teams.append({
+                "name": team.name,
+                "members": list(team.members),
+                "tracking_uri": self.tracking.url(team),
+                "bucket": self.config.bucket(team),
+                "artifact_prefix": self.config.storage.artifact_prefix,
+                "s3": {"access_key": creds.access_key, "secret_key": creds.secret_key},
+            })  # fmt: skip
+        return {"backend": "local", "s3_endpoint": self.s3.url, "teams": teams}
+
+    def _write_description(self) -> None:
+        write_private(self.paths.description, json.dumps(self.description(), indent=2) + "\n")

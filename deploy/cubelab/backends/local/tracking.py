@@ -1,0 +1,128 @@
+"""One persistent mlflow tracking server per team, on loopback, with its own database and bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+from cubelab.backends.local.paths import StatePaths
+from cubelab.backends.local.postgres import LocalPostgres
+from cubelab.backends.local.seaweed import LocalS3
+from cubelab.config import PlatformConfig, Team
+from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
+from cubelab.secrets import SecretStore
+
+
+class PortBook:
+    """Tracking-server ports, assigned once per team and kept, so adding a team never moves another."""
+
+    def __init__(self, config: PlatformConfig, path: Path) -> None:
+        self.config = config
+        self.path = path
+
+    def assign(self) -> dict[str, int]:
+        saved: dict[str, int] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        fixed = {t.name: t.port for t in self.config.teams if t.port is not None}
+        book = {name: port for name, port in saved.items() if name not in fixed}
+        book.update(fixed)
+        taken = set(book.values()) | {self.config.ports.postgres}
+        taken |= {self.config.ports.s3 + i for i in range(7)}
+        port = self.config.ports.tracking
+        for team in self.config.teams:
+            if team.name in book:
+                continue
+            while port in taken:
+                port += 1
+            book[team.name] = port
+            taken.add(port)
+        self.path.write_text(json.dumps(book, indent=2, sort_keys=True))
+        return book
+
+
+class LocalTracking:
+    def __init__(
+        self,
+        config: PlatformConfig,
+        paths: StatePaths,
+        procs: ProcessTable,
+        postgres: LocalPostgres,
+        s3: LocalS3,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.procs = procs
+        self.postgres = postgres
+        self.s3 = s3
+        self.secrets = SecretStore(paths.secrets)
+        self._ports: dict[str, int] | None = None
+
+    def port(self, team: Team) -> int:
+        if self._ports is None:
+            self._ports = PortBook(self.config, self.paths.ports).assign()
+        return self._ports[team.name]
+
+    def url(self, team: Team) -> str:
+        return f"http://127.0.0.1:{self.port(team)}"
+
+    def db_password(self, team: Team) -> str:
+        return self.secrets.get(f"teams/{team.name}/db-password")
+
+    def _launch(self, team: Team, venv: Path) -> tuple[list[str], dict[str, str]]:
+        bucket = self.config.bucket(team)
+        argv = [
+            str(venv / "bin/python"), "-m", "cubelab.tracking.serve",
+            "--host", "127.0.0.1", "--port", str(self.port(team)),
+            "--artifacts-destination", f"s3://{bucket}/{self.config.storage.artifact_prefix}",
+        ]  # fmt: skip
+        creds = self.s3.team_credentials(team)
+        env = {
+            "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(self.paths.root),
+            "LANG": "C.UTF-8",
+            "CUBELAB_BACKEND_STORE_URI": self.postgres.store_uri(team, self.db_password(team)),
+            # The server writes artefacts with the team's own S3 identity: it can reach no other bucket.
+            "AWS_ACCESS_KEY_ID": creds.access_key,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": self.s3.url,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3.url,
+            # Fewer, smaller malloc arenas: an idle server keeps ~40 MB less.
+            "MALLOC_ARENA_MAX": "2",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        return argv, env
+
+    def fingerprint(self, team: Team, venv: Path) -> str:
+        argv, env = self._launch(team, venv)
+        return hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()[:16]
+
+    def start(self, team: Team, venv: Path) -> ProcessRecord | None:
+        """Start the team's server unless it already runs with the same settings. Returns the new record."""
+        fingerprint = self.fingerprint(team, venv)
+        record = self.procs.get(team.service)
+        if record and record.process():
+            if record.fingerprint == fingerprint:
+                return None
+            self.procs.stop(team.service)
+        port = self.port(team)
+        if owner := port_owner(port):
+            raise StartError(team.service, f"port {port} (tracking server of team {team.name!r}) is in use by {owner}")
+        argv, env = self._launch(team, venv)
+        return self.procs.start(
+            team.service,
+            argv,
+            env=env,
+            log=self.paths.logs / f"{team.service}.log",
+            cwd=self.paths.root,
+            fingerprint=fingerprint,
+        )
+
+    def healthy(self, team: Team) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url(team)}/health", timeout=2) as resp:  # noqa: S310
+                return resp.status == 200
+        except OSError:
+            return False

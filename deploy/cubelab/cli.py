@@ -1,0 +1,150 @@
+"""The `cubelab` command: a thin layer over the library (config, backends)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from cubelab import __version__
+from cubelab.backends.local import LocalBackend
+from cubelab.config import ConfigError, load
+from cubelab.procs import StartError
+
+DEFAULT_CONFIG = "cubelab.yaml"
+EXAMPLE_CONFIG = "cubelab.example.yaml"
+
+
+def _default_config() -> str:
+    """$CUBELAB_CONFIG, else ./cubelab.yaml, else the documented example in the current folder."""
+    if env := os.environ.get("CUBELAB_CONFIG"):
+        return env
+    if Path(DEFAULT_CONFIG).exists() or not Path(EXAMPLE_CONFIG).exists():
+        return DEFAULT_CONFIG
+    return EXAMPLE_CONFIG
+
+
+def _progress(message: str) -> None:
+    print(f"[cubelab {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _backend(args: argparse.Namespace) -> LocalBackend:
+    config = load(args.config)
+    return LocalBackend(config, progress=None if getattr(args, "quiet", False) else _progress)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    _progress(f"config {backend.config.path}; state in {backend.config.state_dir}")
+    try:
+        backend.up()
+    except StartError:
+        print("\nThe start stopped half-way. Running services were kept; `cubelab down` stops them.", file=sys.stderr)
+        raise
+    print()
+    _print_table(backend)
+    print(f"\nSecrets are in {backend.paths.secrets} (mode 0700). Logs: `cubelab logs SERVICE`.")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    _backend(args).apply()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    backend.down()
+    _progress("everything stopped; data kept in " + str(backend.config.state_dir))
+    return 0
+
+
+def _print_table(backend: LocalBackend) -> None:
+    rows = backend.status()
+    print(f"{'SERVICE':<24} {'KIND':<9} {'TEAM':<14} {'URL':<28} {'PID':>7} {'HEALTH':<8} {'RSS MB':>7}")
+    for r in rows:
+        health = "healthy" if r.healthy else ("down" if r.pid is None else "unhealthy")
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
+        print(f"{r.name:<24} {r.kind:<9} {r.team or '-':<14} {r.url:<28} {r.pid or '-':>7} {health:<8} {rss:>7}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    rows = backend.status()
+    if args.json:
+        print(json.dumps({"services": [r.as_dict() for r in rows]}, indent=2))
+    else:
+        _print_table(backend)
+    return 0 if all(r.healthy for r in rows) else 3
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    path = _backend(args).log_path(args.service)
+    if not path.exists():
+        print(f"{args.service} has not written a log yet ({path})", file=sys.stderr)
+        return 1
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines :] if args.lines else lines))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    print(f"{config.path}: valid; {len(config.users)} users, {len(config.teams)} teams")
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    print(json.dumps(_backend(args).description(), indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cubelab",
+        description="Run the cubelab platform: a JupyterHub and one mlflow tracking server per team, "
+        "on Earth-system data cubes. The embedded backend starts everything as local processes.",
+    )
+    p.add_argument("--version", action="version", version=f"cubelab {__version__}")
+    p.add_argument(
+        "-c", "--config", default=_default_config(),
+        help="platform config file (default: $CUBELAB_CONFIG, ./cubelab.yaml, or ./cubelab.example.yaml)",
+    )  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="install what is missing, start every service, provision every team").set_defaults(func=cmd_up)
+    sub.add_parser("apply", help="provision teams added to the config; running servers stay untouched").set_defaults(
+        func=cmd_apply
+    )
+    sub.add_parser("down", help="stop every service (data is kept)").set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="each service with URL, pid, health and memory (exit 3 if any is unhealthy)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
+    lg = sub.add_parser("logs", help="show a service's log (postgres, s3, mlflow-TEAM)")
+    lg.add_argument("service")
+    lg.add_argument("-n", "--lines", type=int, default=200, help="last N lines (0: all; default 200)")
+    lg.set_defaults(func=cmd_logs)
+    sub.add_parser("check", help="validate the config and change nothing").set_defaults(func=cmd_check)
+    sub.add_parser(
+        "describe", help="print the deployment description (URLs, team S3 credentials) that platform_tests/ reads"
+    ).set_defaults(func=cmd_describe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except ConfigError as exc:
+        print(f"cubelab: invalid config: {exc}", file=sys.stderr)
+        code = 2
+    except StartError as exc:
+        print(f"cubelab: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("cubelab: interrupted; `cubelab down` stops whatever was started", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,255 @@
+"""The platform config: one YAML file, validated against a schema, read into plain dataclasses.
+
+Loading never touches the disk beyond reading the file, so a bad config changes nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. The message names the file, the key and, where known, the line."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class Team:
+    name: str
+    members: tuple[str, ...]
+    admins: tuple[str, ...] = ()
+    port: int | None = None
+
+    @property
+    def ident(self) -> str:
+        """The team name as a SQL identifier part (hyphens are not allowed there)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def database(self) -> str:
+        return f"mlflow_{self.ident}"
+
+    @property
+    def role(self) -> str:
+        return f"team_{self.ident}"
+
+    @property
+    def service(self) -> str:
+        return f"mlflow-{self.name}"
+
+
+@dataclass(frozen=True)
+class Ports:
+    postgres: int = 15432
+    s3: int = 18333
+    tracking: int = 15100
+
+
+@dataclass(frozen=True)
+class Storage:
+    bucket_prefix: str = "cubelab-"
+    artifact_prefix: str = "mlflow"
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    path: Path
+    state_dir: Path
+    users: tuple[User, ...]
+    teams: tuple[Team, ...]
+    storage: Storage = field(default_factory=Storage)
+    ports: Ports = field(default_factory=Ports)
+
+    def bucket(self, team: Team) -> str:
+        return f"{self.storage.bucket_prefix}{team.name}"
+
+    def team(self, name: str) -> Team:
+        for team in self.teams:
+            if team.name == name:
+                return team
+        raise KeyError(name)
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("cubelab").joinpath("platform.schema.json").read_text()
+    return json.loads(text)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate mapping keys (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"line {line}: key {key!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _line_index(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each key path of the document to the 1-based line where it starts."""
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is None:
+        return lines
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            sub = _line_index(value_node, path + (key,))
+            sub.pop(path + (key,), None)
+            lines.update(sub)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, path + (i,)))
+    return lines
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hints.append(f"unknown key {key!r}{hint}")
+        return "; ".join(hints) + f"; allowed keys: {', '.join(allowed)}"
+    if error.validator == "pattern":
+        desc = error.schema.get("description", "")
+        return f"{error.instance!r} is not allowed here. {desc}".strip()
+    if error.validator == "required":
+        return error.message.replace("is a required property", "is required")
+    return error.message
+
+
+def parse(text: str, path: Path) -> PlatformConfig:
+    """Validate config text and build the config. Raises ConfigError naming file, key and line."""
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(data).__name__}")
+    lines = _line_index(node)
+
+    def fail(key_path: tuple[Any, ...], message: str) -> ConfigError:
+        line = lines.get(key_path) or lines.get(key_path[:-1])
+        at = f" (line {line})" if line else ""
+        return ConfigError(f"{path}: {_where(key_path)}{at}: {message}")
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError(
+            "\n".join(str(fail(tuple(e.absolute_path), _schema_message(e))) for e in errors)
+        )
+    return _build(data, path, fail)
+
+
+def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
+    users: list[User] = []
+    for i, raw in enumerate(data["users"]):
+        if raw["name"] in {u.name for u in users}:
+            raise fail(("users", i, "name"), f"user {raw['name']!r} is listed twice")
+        users.append(User(name=raw["name"], admin=raw.get("admin", False)))
+    user_names = {u.name for u in users}
+
+    storage = Storage(**data.get("storage", {}))
+    ports = Ports(**data.get("ports", {}))
+    teams: list[Team] = []
+    used_ports: dict[int, str] = {
+        ports.postgres: "ports.postgres",
+        **{ports.s3 + k: "ports.s3 (SeaweedFS)" for k in range(7)},
+    }
+    for i, raw in enumerate(data["teams"]):
+        name = raw["name"]
+        if name in {t.name for t in teams}:
+            raise fail(("teams", i, "name"), f"team {name!r} is defined twice")
+        bucket = storage.bucket_prefix + name
+        if len(bucket) > 63:
+            raise fail(("teams", i, "name"), f"bucket name {bucket!r} is longer than 63 characters")
+        for key in ("members", "admins"):
+            for j, member in enumerate(raw.get(key, [])):
+                if member not in user_names:
+                    raise fail(
+                        ("teams", i, key, j),
+                        f"{member!r} in team {name!r} is not a user; add it under users first",
+                    )
+            if len(set(raw.get(key, []))) != len(raw.get(key, [])):
+                raise fail(("teams", i, key), f"a name is listed twice in {key} of team {name!r}")
+        for j, admin in enumerate(raw.get("admins", [])):
+            if admin not in raw["members"]:
+                raise fail(
+                    ("teams", i, "admins", j),
+                    f"admin {admin!r} of team {name!r} is not in its members",
+                )
+        port = raw.get("port")
+        if port is not None:
+            if port in used_ports:
+                raise fail(("teams", i, "port"), f"port {port} is already used by {used_ports[port]}")
+            used_ports[port] = f"team {name!r}"
+        teams.append(
+            Team(
+                name=name,
+                members=tuple(raw["members"]),
+                admins=tuple(raw.get("admins", [])),
+                port=port,
+            )
+        )
+    if ports.postgres in range(ports.s3, ports.s3 + 7):
+        raise fail(("ports", "postgres"), f"port {ports.postgres} collides with SeaweedFS's ports")
+    state_dir = Path(data.get("state_dir", ".cubelab"))
+    if not state_dir.is_absolute():
+        state_dir = path.parent / state_dir
+    return PlatformConfig(
+        path=path,
+        state_dir=state_dir,
+        users=tuple(users),
+        teams=tuple(teams),
+        storage=storage,
+        ports=ports,
+    )
+
+
+def load(path: str | Path) -> PlatformConfig:
+    """Read and validate the platform config at path."""
+    path = Path(path).absolute()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from None
+    return parse(text, path)
