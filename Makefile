@@ -19,10 +19,10 @@ $(VENV)/.installed: deploy/pyproject.toml | prereqs
 	@$(VENV)/bin/python -c "import cubelab" && touch $@
 
 # Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest) on top.
-$(VENV)/.installed-test: $(VENV)/.installed deploy/pyproject.toml
-	@echo "[cubelab] installing test dependencies into $(VENV)"
-	@$(PIP) install -e 'deploy[test]' 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn" && touch $@
+$(VENV)/.installed-test: $(VENV)/.installed deploy/pyproject.toml kernels/toolkit/pyproject.toml
+	@echo "[cubelab] installing test dependencies and the in-kernel toolkit into $(VENV)"
+	@$(PIP) install -e 'deploy[test]' -e kernels/toolkit 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn, cubelab_toolkit" && touch $@
 
 up: $(VENV)/.installed
 	@$(CUBELAB) up

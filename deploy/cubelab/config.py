@@ -146,6 +146,16 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _error_path(error: jsonschema.ValidationError) -> tuple[Any, ...]:
+    """The key path an error is about; for an unknown key, the key itself (so its line is reported)."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)
+        if unknown:
+            return (*path, unknown[0])
+    return path
+
+
 def parse(text: str, path: Path) -> PlatformConfig:
     """Validate config text and build the config. Raises ConfigError naming file, key and line."""
     try:
@@ -172,9 +182,7 @@ def parse(text: str, path: Path) -> PlatformConfig:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        raise ConfigError(
-            "\n".join(str(fail(tuple(e.absolute_path), _schema_message(e))) for e in errors)
-        )
+        raise ConfigError("\n".join(str(fail(_error_path(e), _schema_message(e))) for e in errors))
     return _build(data, path, fail)
 
 
@@ -197,9 +205,11 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         name = raw["name"]
         if name in {t.name for t in teams}:
             raise fail(("teams", i, "name"), f"team {name!r} is defined twice")
-        bucket = storage.bucket_prefix + name
-        if len(bucket) > 63:
-            raise fail(("teams", i, "name"), f"bucket name {bucket!r} is longer than 63 characters")
+        if len(storage.bucket_prefix + name) < 3:
+            raise fail(
+                ("teams", i, "name"),
+                f"bucket name {storage.bucket_prefix + name!r} is shorter than S3's minimum of 3 characters",
+            )
         for key in ("members", "admins"):
             for j, member in enumerate(raw.get(key, [])):
                 if member not in user_names:

@@ -208,6 +208,8 @@ def wait_healthy(
 def port_owner(port: int, host: str = "127.0.0.1") -> str | None:
     """None when port is free on host; else a description of what holds it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections of a stopped server in TIME_WAIT do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

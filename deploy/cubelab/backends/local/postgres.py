@@ -56,10 +56,23 @@ class LocalPostgres:
         if self.run_as:
             shutil.chown(path, self.run_as, self.run_as)
 
+    def _check_reachable(self) -> None:
+        """The postgres system user must traverse every folder above its data; say so before initdb fails."""
+        if not self.run_as:
+            return
+        for folder in self.paths.postgres.parents:
+            if folder.exists() and not folder.stat().st_mode & 0o001:
+                raise StartError(
+                    NAME,
+                    f"the '{self.run_as}' system user cannot reach {self.paths.postgres}: {folder} is not "
+                    f"searchable by others. Put state_dir elsewhere or run `chmod o+x {folder}`.",
+                )
+
     def initialize(self, progress: object) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
         bindir = server_bindir()
+        self._check_reachable()
         self.paths.postgres.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._own(self.paths.postgres)
         if self.data_dir.exists():  # a half-made cluster from an interrupted first start

@@ -1,0 +1,147 @@
+"""The platform config: the documented example is valid; each kind of bad input is refused, clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cubelab.config import ConfigError, load, parse
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "cubelab.example.yaml"
+
+VALID = """\
+users:
+  - name: alice
+  - name: bob
+    admin: true
+teams:
+  - name: ocean
+    members: [alice, bob]
+    admins: [alice]
+  - name: sea-ice
+    members: [bob]
+"""
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(textwrap.dedent(text), Path("/cfg/cubelab.yaml"))
+    return str(info.value)
+
+
+def test_example_config_is_valid() -> None:
+    config = load(EXAMPLE)
+    assert [t.name for t in config.teams] == ["ocean", "land"]
+    assert config.state_dir == REPO / ".cubelab"
+    assert config.bucket(config.team("ocean")) == "cubelab-ocean"
+    assert {u.name for u in config.users if u.admin} == {"dave"}
+
+
+def test_valid_config_and_derived_names() -> None:
+    config = parse(VALID, Path("/cfg/cubelab.yaml"))
+    ice = config.team("sea-ice")
+    assert (ice.database, ice.role, ice.service) == ("mlflow_sea_ice", "team_sea_ice", "mlflow-sea-ice")
+    assert config.state_dir == Path("/cfg/.cubelab")
+    assert config.ports.postgres == 15432
+
+
+def test_unknown_key_is_named_with_line_and_suggestion() -> None:
+    message = error_of(VALID.replace("    admins: [alice]", "    admins: [alice]\n    membres: [bob]"))
+    assert "teams[0].membres" in message and "unknown key 'membres'" in message
+    assert "line 9" in message
+    assert "did you mean 'members'" in message
+
+
+def test_unknown_top_level_key() -> None:
+    message = error_of(VALID + "storrage: {}\n")
+    assert "unknown key 'storrage'" in message and "did you mean 'storage'" in message
+
+
+def test_duplicate_team() -> None:
+    message = error_of(VALID + "  - name: ocean\n    members: [alice]\n")
+    assert "teams[2].name" in message and "'ocean' is defined twice" in message and "line 11" in message
+
+
+@pytest.mark.parametrize("name", ["Ocean", "o", "ocean_1", "-ocean", "ocean-", "a--b", "1team", "x" * 31, "drop;table"])
+def test_team_name_that_cannot_be_a_database_or_bucket_name(name: str) -> None:
+    message = error_of(VALID.replace("name: ocean", f"name: {name!r}"))
+    assert "teams[0].name" in message
+
+
+def test_bucket_name_too_short_without_prefix() -> None:
+    text = VALID.replace("name: ocean", "name: oc") + "storage:\n  bucket_prefix: ''\n"
+    assert "shorter than S3's minimum" in error_of(text)
+
+
+def test_member_who_is_not_a_user() -> None:
+    message = error_of(VALID.replace("members: [alice, bob]", "members: [alice, zoe]"))
+    assert "'zoe'" in message and "not a user" in message and "teams[0].members[1]" in message and "line 7" in message
+
+
+def test_admin_who_is_not_a_member() -> None:
+    message = error_of(VALID.replace("members: [bob]", "members: [bob]\n    admins: [alice]"))
+    assert "admin 'alice'" in message and "not in its members" in message
+
+
+def test_duplicate_user_and_duplicate_key() -> None:
+    assert "listed twice" in error_of(VALID.replace("  - name: bob\n", "  - name: alice\n"))
+    message = error_of("users: []\nteams: []\nusers: []\n")
+    assert "line 3" in message and "'users' appears twice" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("users: [\n  - name: a\n", "not valid YAML"),
+        ("users:\n  - name: alice\n    admin: maybe\nteams: []\n", "users[0].admin"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("teams: []\n", "'users' is required"),
+        ("users: []\nteams: []\nports: {s3: 60000}\n", "ports.s3"),
+    ],
+)
+def test_malformed_files(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+def test_team_port_collision() -> None:
+    text = VALID.replace("members: [bob]", "members: [bob]\n    port: 15432")
+    assert "already used by ports.postgres" in error_of(text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load(tmp_path / "nope.yaml")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cubelab", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+@pytest.mark.parametrize("command", ["up", "apply", "check"])
+def test_cli_refuses_bad_config_and_changes_nothing(tmp_path: Path, command: str) -> None:
+    config = tmp_path / "cubelab.yaml"
+    config.write_text(VALID.replace("members: [alice, bob]", "members: [alice, zoe]"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = _cli("-c", str(config), command, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "invalid config" in done.stderr and "'zoe'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no state dir was made
+
+
+def test_cli_check_accepts_the_example() -> None:
+    done = _cli("-c", str(EXAMPLE), "check", cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "2 teams" in done.stdout
+
+
+def test_cli_help_lists_commands() -> None:
+    done = _cli("--help", cwd=REPO)
+    for command in ("up", "apply", "down", "status", "logs", "check"):
+        assert command in done.stdout

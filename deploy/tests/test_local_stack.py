@@ -1,0 +1,244 @@
+"""The embedded stack's life cycle against real services: up, status, apply, down, up again, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import psycopg2
+import pytest
+import yaml
+
+from cubelab.backends.local import LocalBackend
+from cubelab.config import load
+from cubelab.procs import StartError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def pids(backend: LocalBackend) -> dict[str, int | None]:
+    return {row.name: row.pid for row in backend.status()}
+
+
+def stack_processes(state_dir: Path) -> list[psutil.Process]:
+    """Every process whose command line mentions the stack's state dir (what `down` must leave none of)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(state_dir) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(stacks) -> LocalBackend:  # noqa: ANN001
+    backend = stacks.backend(stacks.config())
+    backend.up()
+    return backend
+
+
+def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
+    rows = stack.status()
+    assert [(r.name, r.kind, r.team) for r in rows] == [
+        ("postgres", "postgres", None),
+        ("s3", "s3", None),
+        ("mlflow-ocean", "tracking", "ocean"),
+        ("mlflow-land", "tracking", "land"),
+    ]
+    for row in rows:
+        assert row.healthy, row
+        assert row.pid and psutil.pid_exists(row.pid)
+        assert row.rss_mb and row.rss_mb > 1
+    ocean = rows[2]
+    assert ocean.url.startswith("http://127.0.0.1:")
+    # Tracking servers listen on loopback only.
+    listening = [c for c in psutil.net_connections("tcp") if c.pid == ocean.pid and c.status == psutil.CONN_LISTEN]
+    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
+
+
+def test_status_json_from_the_cli(stack: LocalBackend) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "status", "--json"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert {tuple(sorted(s)) for s in services} == {("healthy", "kind", "name", "pid", "rss_mb", "team", "url")}
+    assert {s["name"]: s["team"] for s in services}["mlflow-land"] == "land"
+
+
+def test_logs_command_shows_a_service_log(stack: LocalBackend) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "logs", "mlflow-ocean"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and "starting mlflow-ocean" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "logs", "nope"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "no such service" in bad.stderr
+
+
+def test_secrets_are_private_and_not_in_logs_or_argv(stack: LocalBackend) -> None:
+    secrets_dir = stack.paths.secrets
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    files = [p for p in secrets_dir.rglob("*") if p.is_file()]
+    assert len(files) >= 3 + 3 * len(stack.config.teams)
+    values = []
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        values.append(path.read_text().strip())
+    logs = "".join(p.read_text(errors="replace") for p in stack.paths.logs.glob("*.log"))
+    argv = " ".join(" ".join(r.argv) for r in stack.procs.all())
+    for value in values:
+        if len(value) > 20:  # the passwords and secret keys (access key ids are not secret)
+            assert value not in logs and value not in argv
+
+
+def test_team_database_is_reachable_only_by_its_own_role(stack: LocalBackend) -> None:
+    ocean, land = stack.config.teams
+    password = stack.tracking.db_password(ocean)
+    with psycopg2.connect(host="127.0.0.1", port=stack.postgres.port, user=ocean.role, password=password,
+                          dbname=ocean.database) as conn:  # fmt: skip
+        conn.cursor().execute("SELECT 1")
+    with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+        psycopg2.connect(host="127.0.0.1", port=stack.postgres.port, user=ocean.role, password=password,
+                         dbname=land.database)  # fmt: skip
+
+
+def test_second_up_is_idempotent_and_quick(stack: LocalBackend) -> None:
+    before = pids(stack)
+    t0 = time.monotonic()
+    stack.up()
+    elapsed = time.monotonic() - t0
+    assert pids(stack) == before
+    assert elapsed < 10, f"a second up took {elapsed:.1f} s"
+
+
+def _log_something(tracking_uri: str, name: str) -> tuple[str, str]:
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.set_experiment(name)
+    with mlflow.start_run(experiment_id=exp.experiment_id) as run:
+        mlflow.log_param("alpha", 0.5)
+        for step in range(5):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        mlflow.log_text("hello cube", "notes/readme.txt")
+    client = mlflow.MlflowClient(tracking_uri)
+    client.create_registered_model(f"{name}-model")
+    client.create_model_version(f"{name}-model", f"runs:/{run.info.run_id}/notes", run.info.run_id)
+    return exp.experiment_id, run.info.run_id
+
+
+def _check_something(tracking_uri: str, name: str, run_id: str) -> None:
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.data.params == {"alpha": "0.5"}
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    mlflow.set_tracking_uri(tracking_uri)
+    assert mlflow.artifacts.load_text(f"runs:/{run_id}/notes/readme.txt") == "hello cube"
+    assert client.get_registered_model(f"{name}-model").latest_versions[0].run_id == run_id
+
+
+def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend, stacks) -> None:  # noqa: ANN001
+    ocean = stack.config.team("ocean")
+    _, run_id = _log_something(stack.tracking.url(ocean), "before-apply")
+    before = pids(stack)
+
+    doc = yaml.safe_load(stack.config.path.read_text())
+    doc["teams"].append({"name": "ice", "members": ["dave"]})
+    stack.config.path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = subprocess.run(
+        [sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "apply"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "mlflow-ice ready" in done.stdout
+
+    grown = stacks.backend(load(stack.config.path))
+    after = pids(grown)
+    for name, pid in before.items():
+        assert after[name] == pid, f"{name} was restarted by apply"
+    rows = {r.name: r for r in grown.status()}
+    assert rows["mlflow-ice"].healthy
+    _check_something(stack.tracking.url(ocean), "before-apply", run_id)
+    # The new team has its own bucket and identity, and works.
+    _, ice_run = _log_something(grown.tracking.url(grown.config.team("ice")), "ice-first")
+    _check_something(grown.tracking.url(grown.config.team("ice")), "ice-first", ice_run)
+
+
+def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> None:
+    backend = LocalBackend(load(stack.config.path))
+    ocean = backend.config.team("ocean")
+    _, run_id = _log_something(backend.tracking.url(ocean), "persisted")
+    backend.down()
+    assert all(row.pid is None and not row.healthy for row in backend.status())
+    assert stack_processes(backend.paths.root) == []
+    assert not list(backend.paths.run.glob("*.json"))
+
+    backend.up()
+    assert all(row.healthy for row in backend.status())
+    _check_something(backend.tracking.url(ocean), "persisted", run_id)
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def test_port_taken_names_the_service_and_down_cleans_up(stacks) -> None:  # noqa: ANN001
+    backend = stacks.backend(stacks.config(teams=[{"name": "solo", "members": ["alice"]}]))
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", backend.config.ports.s3))
+        blocker.listen()
+        with pytest.raises(StartError) as info:
+            backend.up()
+    assert info.value.service == "s3"
+    assert f"port {backend.config.ports.s3}" in str(info.value) and "in use" in str(info.value)
+    assert backend.procs.running("postgres") is not None  # started before the failure, and recorded
+    backend.down()
+    assert stack_processes(backend.paths.root) == []
+
+
+def test_missing_postgres_binaries_are_named(stacks, monkeypatch) -> None:  # noqa: ANN001
+    backend = stacks.backend(stacks.config(teams=[]))
+    monkeypatch.setenv("CUBELAB_POSTGRES_BINDIR", "/nonexistent/bin")
+    with pytest.raises(StartError) as info:
+        backend.up()
+    assert info.value.service == "postgres"
+    assert "/nonexistent/bin" in str(info.value) and "apt-get install postgresql" in str(info.value)
+    assert stack_processes(backend.paths.root) == []
+
+
+def test_a_service_that_dies_is_reported_with_its_log(stacks) -> None:  # noqa: ANN001
+    backend = stacks.backend(stacks.config(teams=[]))
+    backend.paths.create()
+    backend.postgres.initialize(print)
+    conf = backend.postgres.data_dir / "postgresql.conf"
+    conf.write_text(conf.read_text() + "\nthis is not = = a setting\n")
+    with pytest.raises(StartError) as info:
+        backend.up()
+    message = str(info.value)
+    assert info.value.service == "postgres" and "exited during start-up" in message
+    assert "syntax error" in message  # the end of postgres's own log
+    backend.down()
+    assert stack_processes(backend.paths.root) == []
+
+
+def test_cli_reports_a_failed_start_with_exit_status(stacks) -> None:  # noqa: ANN001
+    config = stacks.config(teams=[])
+    env = {**os.environ, "CUBELAB_POSTGRES_BINDIR": "/nonexistent/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cubelab", "-c", str(config), "up"],
+        capture_output=True, text=True, check=False, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "postgres:" in done.stderr and "cubelab down" in done.stderr
