@@ -34,15 +34,15 @@ status: $(VENV)/.installed
 	@$(CUBELAB) status
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check deploy platform_tests kernels benchmarks
-	$(VENV)/bin/ruff format --check deploy platform_tests kernels benchmarks
+	$(VENV)/bin/ruff check deploy platform_tests kernels benchmarks conftest.py
+	$(VENV)/bin/ruff format --check deploy platform_tests kernels benchmarks conftest.py
 
 # The test suite starts its own stacks (own state dirs, free ports) and stops them afterwards.
 test: $(VENV)/.installed-test lint
 	$(VENV)/bin/python -m pytest
 
 bench: $(VENV)/.installed-test
-	$(VENV)/bin/python benchmarks/run_all.py
+	$(VENV)/bin/python benchmarks/bench_platform.py --json benchmarks/results.json
 
 clean: down
 	rm -rf .cubelab $(VENV)

@@ -115,7 +115,9 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="install what is missing, start every service, provision every team").set_defaults(func=cmd_up)
+    sub.add_parser("up", help="install what is missing, start every service, provision every team").set_defaults(
+        func=cmd_up
+    )
     sub.add_parser("apply", help="provision teams added to the config; running servers stay untouched").set_defaults(
         func=cmd_apply
     )

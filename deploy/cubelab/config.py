@@ -111,13 +111,13 @@ def _line_index(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tupl
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            sub = _line_index(value_node, path + (key,))
-            sub.pop(path + (key,), None)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            sub = _line_index(value_node, (*path, key))
+            sub.pop((*path, key), None)
             lines.update(sub)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            lines.update(_line_index(item, path + (i,)))
+            lines.update(_line_index(item, (*path, i)))
     return lines
 
 

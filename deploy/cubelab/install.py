@@ -47,7 +47,7 @@ def services_env(install_dir: Path, progress: Callable[[str], None]) -> Path:
     ]
     with open(log, "w") as out:
         for argv in steps:
-            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)  # noqa: S603
+            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
             if done.returncode != 0:
                 out.flush()
                 raise StartError("install", f"`{' '.join(argv)}` failed:\n{log_tail(log)}")

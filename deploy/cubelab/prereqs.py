@@ -54,8 +54,11 @@ def missing_packages() -> list[str]:
 
 def main() -> int:
     if sys.version_info < MIN_PYTHON:
-        print(f"cubelab needs Python >= {'.'.join(map(str, MIN_PYTHON))}; this is {sys.version.split()[0]}. "
-              "Run make with PYTHON=/path/to/python3.11 or newer.", file=sys.stderr)
+        print(
+            f"cubelab needs Python >= {'.'.join(map(str, MIN_PYTHON))}; this is {sys.version.split()[0]}. "
+            "Run make with PYTHON=/path/to/python3.11 or newer.",
+            file=sys.stderr,
+        )
         return 1
     missing = missing_packages()
     if not missing:
@@ -66,7 +69,7 @@ def main() -> int:
         return 1
     print(f"[cubelab] installing missing Debian packages: {' '.join(missing)}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(["sh", "-c", command], env=env, check=False)  # noqa: S603, S607
+    done = subprocess.run(["sh", "-c", command], env=env, check=False)
     if done.returncode != 0 or missing_packages():
         print(f"cubelab: installing {' '.join(missing)} failed; run `{command}` and retry", file=sys.stderr)
         return 1

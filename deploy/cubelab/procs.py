@@ -117,7 +117,7 @@ class ProcessTable:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name} ===\n".encode())
             out.flush()
             try:
-                proc = subprocess.Popen(  # noqa: S603 - argv is built by cubelab, not a shell
+                proc = subprocess.Popen(
                     argv,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -236,3 +236,10 @@ def tree_memory_mb(proc: psutil.Process, kind: str = "rss") -> float:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total / 2**20
+
+
+def free_tcp_port() -> int:
+    """A loopback port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -20,6 +20,7 @@ import yaml
 from cubelab.backends.local import LocalBackend
 from cubelab.config import load
 from cubelab.procs import StartError
+from cubelab.scratch import ScratchStacks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -41,7 +42,7 @@ def stack_processes(state_dir: Path) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def stack(stacks) -> LocalBackend:  # noqa: ANN001
+def stack(stacks: ScratchStacks) -> LocalBackend:
     backend = stacks.backend(stacks.config())
     backend.up()
     return backend
@@ -150,7 +151,7 @@ def _check_something(tracking_uri: str, name: str, run_id: str) -> None:
     assert client.get_registered_model(f"{name}-model").latest_versions[0].run_id == run_id
 
 
-def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend, stacks) -> None:  # noqa: ANN001
+def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend, stacks: ScratchStacks) -> None:
     ocean = stack.config.team("ocean")
     _, run_id = _log_something(stack.tracking.url(ocean), "before-apply")
     before = pids(stack)
@@ -194,7 +195,7 @@ def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> N
 # -- failures --------------------------------------------------------------------------------------
 
 
-def test_port_taken_names_the_service_and_down_cleans_up(stacks) -> None:  # noqa: ANN001
+def test_port_taken_names_the_service_and_down_cleans_up(stacks: ScratchStacks) -> None:
     backend = stacks.backend(stacks.config(teams=[{"name": "solo", "members": ["alice"]}]))
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", backend.config.ports.s3))
@@ -208,7 +209,7 @@ def test_port_taken_names_the_service_and_down_cleans_up(stacks) -> None:  # noq
     assert stack_processes(backend.paths.root) == []
 
 
-def test_missing_postgres_binaries_are_named(stacks, monkeypatch) -> None:  # noqa: ANN001
+def test_missing_postgres_binaries_are_named(stacks: ScratchStacks, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = stacks.backend(stacks.config(teams=[]))
     monkeypatch.setenv("CUBELAB_POSTGRES_BINDIR", "/nonexistent/bin")
     with pytest.raises(StartError) as info:
@@ -218,7 +219,7 @@ def test_missing_postgres_binaries_are_named(stacks, monkeypatch) -> None:  # no
     assert stack_processes(backend.paths.root) == []
 
 
-def test_a_service_that_dies_is_reported_with_its_log(stacks) -> None:  # noqa: ANN001
+def test_a_service_that_dies_is_reported_with_its_log(stacks: ScratchStacks) -> None:
     backend = stacks.backend(stacks.config(teams=[]))
     backend.paths.create()
     backend.postgres.initialize(print)
@@ -233,7 +234,7 @@ def test_a_service_that_dies_is_reported_with_its_log(stacks) -> None:  # noqa: 
     assert stack_processes(backend.paths.root) == []
 
 
-def test_cli_reports_a_failed_start_with_exit_status(stacks) -> None:  # noqa: ANN001
+def test_cli_reports_a_failed_start_with_exit_status(stacks: ScratchStacks) -> None:
     config = stacks.config(teams=[])
     env = {**os.environ, "CUBELAB_POSTGRES_BINDIR": "/nonexistent/bin"}
     done = subprocess.run(
@@ -242,3 +243,22 @@ def test_cli_reports_a_failed_start_with_exit_status(stacks) -> None:  # noqa: A
     )  # fmt: skip
     assert done.returncode == 1
     assert "postgres:" in done.stderr and "cubelab down" in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another system user")
+def test_private_state_dir_keeps_the_cluster_where_postgres_can_reach_it(stacks: ScratchStacks) -> None:
+    config = stacks.config(teams=[{"name": "solo", "members": ["alice"]}])
+    private = config.parent / "private"
+    private.mkdir(mode=0o700)
+    doc = yaml.safe_load(config.read_text())
+    doc["state_dir"] = "private/state"
+    config.write_text(yaml.safe_dump(doc))
+    backend = stacks.backend(config)
+    backend.up()
+    assert not backend.postgres.home.is_relative_to(config.parent)
+    assert (backend.postgres.home / "data" / "PG_VERSION").exists()
+    assert all(row.healthy for row in backend.status())
+    # The choice is recorded: the same stack finds its cluster again after a restart.
+    backend.down()
+    again = stacks.backend(load(config))
+    assert again.postgres.home == backend.postgres.home

@@ -13,6 +13,7 @@ without an error and the array reads back as fill values. Two fixes, used togeth
 
 from __future__ import annotations
 
+import json
 import posixpath
 import tempfile
 from pathlib import Path
@@ -81,4 +82,12 @@ def log_zarr(dataset: xr.Dataset, artifact_path: str, *, zarr_format: int = 3, r
 def load_zarr(run_id: str, artifact_path: str, dst_path: str | Path | None = None) -> xr.Dataset:
     """Download a zarr artefact of a run (any layout) and open it lazily with xarray."""
     local = download_artifacts(run_id, artifact_path, dst_path)
-    return xr.open_zarr(local, consolidated=None)
+    return xr.open_zarr(local, consolidated=has_consolidated_metadata(local))
+
+
+def has_consolidated_metadata(store: Path) -> bool:
+    """Whether a local zarr store (format 2 or 3) carries consolidated metadata."""
+    if (store / ".zmetadata").exists():
+        return True
+    meta = store / "zarr.json"
+    return meta.exists() and json.loads(meta.read_text()).get("consolidated_metadata") is not None

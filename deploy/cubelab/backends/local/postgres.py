@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -18,6 +20,7 @@ from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
 from cubelab.secrets import SecretStore
 
 SUPERUSER = "cubelab"
+EXTERNAL_ROOT = Path("/var/lib/cubelab")
 NAME = "postgres"
 
 
@@ -42,7 +45,8 @@ class LocalPostgres:
         self.port = config.ports.postgres
         # initdb and postgres refuse to run as root; the Debian package's user owns the cluster then.
         self.run_as = "postgres" if os.geteuid() == 0 else None
-        self.data_dir = paths.postgres / "data"
+        self.home = self._cluster_home()
+        self.data_dir = self.home / "data"
         self.log = paths.logs / "postgres.log"
 
     @property
@@ -56,28 +60,40 @@ class LocalPostgres:
         if self.run_as:
             shutil.chown(path, self.run_as, self.run_as)
 
-    def _check_reachable(self) -> None:
-        """The postgres system user must traverse every folder above its data; say so before initdb fails."""
-        if not self.run_as:
-            return
-        for folder in self.paths.postgres.parents:
-            if folder.exists() and not folder.stat().st_mode & 0o001:
-                raise StartError(
-                    NAME,
-                    f"the '{self.run_as}' system user cannot reach {self.paths.postgres}: {folder} is not "
-                    f"searchable by others. Put state_dir elsewhere or run `chmod o+x {folder}`.",
-                )
+    def _cluster_home(self) -> Path:
+        """The folder holding the cluster: <state>/postgres, unless the postgres system user cannot reach it.
 
-    def initialize(self, progress: object) -> None:
+        Run as root from a checkout under a private folder (/root is 0700), the postgres user cannot
+        traverse to <state>/postgres. The cluster then lives in /var/lib/cubelab/<id>/postgres instead; the
+        choice is recorded in <state>/postgres-location so it never moves afterwards.
+        """
+        record = self.paths.root / "postgres-location"
+        if record.exists():
+            return Path(record.read_text().strip())
+        home = self.paths.postgres
+        if self.run_as and not _reachable_by_others(home):
+            ident = hashlib.sha256(str(self.paths.root.resolve()).encode()).hexdigest()[:12]
+            home = EXTERNAL_ROOT / ident / "postgres"
+        return home
+
+    def _remember_home(self) -> None:
+        record = self.paths.root / "postgres-location"
+        if not record.exists():
+            record.write_text(f"{self.home}\n")
+
+    def initialize(self, progress: Callable[[str], None]) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
         bindir = server_bindir()
-        self._check_reachable()
-        self.paths.postgres.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._own(self.paths.postgres)
+        if self.home != self.paths.postgres:
+            progress(f"postgres: {self.paths.root} is private to its owner, so the cluster lives in {self.home}")
+            EXTERNAL_ROOT.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._own(self.home)
+        self._remember_home()
         if self.data_dir.exists():  # a half-made cluster from an interrupted first start
             shutil.rmtree(self.data_dir)
-        pwfile = self.paths.postgres / ".initdb-pw"
+        pwfile = self.home / ".initdb-pw"
         pwfile.write_text(self.password() + "\n")
         os.chmod(pwfile, 0o600)
         self._own(pwfile)
@@ -86,9 +102,7 @@ class LocalPostgres:
             f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
         ]  # fmt: skip
         try:
-            done = subprocess.run(  # noqa: S603
-                argv, capture_output=True, text=True, user=self.run_as, cwd=self.paths.postgres, check=False
-            )
+            done = subprocess.run(argv, capture_output=True, text=True, user=self.run_as, cwd=self.home, check=False)
         finally:
             pwfile.unlink(missing_ok=True)
         if done.returncode != 0:
@@ -114,7 +128,7 @@ class LocalPostgres:
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
             log=self.log,
             user=self.run_as,
-            cwd=self.paths.postgres,
+            cwd=self.home,
             # SIGINT is postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
             stop_signal=signal.SIGINT,
         )
@@ -163,6 +177,9 @@ class LocalPostgres:
         # psycopg2 explicitly: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3.
         from urllib.parse import quote
 
-        return (
-            f"postgresql+psycopg2://{team.role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{team.database}"
-        )
+        return f"postgresql+psycopg2://{team.role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{team.database}"
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether every existing folder above path lets other users through."""
+    return all(not folder.exists() or folder.stat().st_mode & 0o001 for folder in path.parents)

@@ -53,7 +53,7 @@ class LocalS3:
     def team_credentials(self, team: Team) -> Credentials:
         return self._credentials(f"teams/{team.name}/s3")
 
-    def client(self, creds: Credentials):  # noqa: ANN201 - boto3 clients have no public type
+    def client(self, creds: Credentials):
         return boto3.client(
             "s3",
             endpoint_url=self.url,

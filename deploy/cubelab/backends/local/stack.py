@@ -101,7 +101,13 @@ class LocalBackend(Backend):
         known = {pg.NAME, seaweed.NAME}
         for team in self.config.teams:
             rows.append(
-                self._row(team.service, "tracking", team.name, self.tracking.url(team), lambda t=team: self.tracking.healthy(t))
+                self._row(
+                    team.service,
+                    "tracking",
+                    team.name,
+                    self.tracking.url(team),
+                    lambda t=team: self.tracking.healthy(t),
+                )
             )
             known.add(team.service)
         for record in self.procs.all():  # servers of teams since removed from the config

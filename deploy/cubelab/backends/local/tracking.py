@@ -80,7 +80,7 @@ class LocalTracking:
         creds = self.s3.team_credentials(team)
         env = {
             "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(self.paths.root),
+            "HOME": str(self.paths.home),
             "LANG": "C.UTF-8",
             "CUBELAB_BACKEND_STORE_URI": self.postgres.store_uri(team, self.db_password(team)),
             # The server writes artefacts with the team's own S3 identity: it can reach no other bucket.

@@ -1,0 +1,86 @@
+"""Throwaway embedded stacks on free loopback ports, for the test suite and the benchmarks.
+
+Each stack gets its own state directory under <repo>/.cubelab/scratch (the postgres system user must be able
+to traverse to it, which 0700 temporary folders do not allow) and shares the installed service environment
+of `make up` through CUBELAB_INSTALL_DIR, so the services are installed once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cubelab.backends.local import LocalBackend
+from cubelab.config import PlatformConfig, load
+from cubelab.procs import port_owner
+
+REPO = Path(__file__).resolve().parents[2]
+SCRATCH = REPO / ".cubelab" / "scratch"
+DEFAULT_USERS = ["alice", "bob", "carol", "dave"]
+DEFAULT_TEAMS: list[dict[str, Any]] = [
+    {"name": "ocean", "members": ["alice", "bob"], "admins": ["alice"]},
+    {"name": "land", "members": ["bob", "carol"]},
+]
+
+
+def use_shared_installs() -> None:
+    os.environ.setdefault("CUBELAB_INSTALL_DIR", str(REPO / ".cubelab" / "install"))
+
+
+def free_port_block() -> dict[str, int]:
+    """Ports for one stack: 20 free ports from a base (and the +10000 gRPC twins SeaweedFS needs)."""
+    for _ in range(200):
+        # Below the kernel's ephemeral range (32768+), so outgoing connections never take these ports.
+        base = random.randrange(12000, 22000, 20)  # noqa: S311 - not for secrets
+        ports = range(base, base + 20)
+        if all(port_owner(p) is None for p in ports) and all(port_owner(p + 10000) is None for p in ports[1:8]):
+            return {"postgres": base, "s3": base + 1, "tracking": base + 10}
+    raise RuntimeError("no free block of loopback ports found")
+
+
+class ScratchStacks:
+    """Makes configs and LocalBackends; `close` stops and removes every stack it made."""
+
+    def __init__(self, progress: Callable[[str], None] | None = None) -> None:
+        use_shared_installs()
+        self.progress = progress
+        self.backends: list[LocalBackend] = []
+        self.dirs: list[Path] = []
+
+    def config(self, teams: list[dict[str, Any]] | None = None, users: list[str] | None = None) -> Path:
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        os.chmod(SCRATCH.parent, 0o711)  # noqa: S103 - postgres must traverse
+        folder = Path(tempfile.mkdtemp(prefix="stack-", dir=SCRATCH))
+        os.chmod(folder, 0o711)  # noqa: S103 - postgres must traverse
+        self.dirs.append(folder)
+        doc = {
+            "state_dir": "state",
+            "users": [{"name": u} for u in (users or DEFAULT_USERS)],
+            "teams": teams if teams is not None else DEFAULT_TEAMS,
+            "ports": free_port_block(),
+        }
+        path = folder / "cubelab.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def backend(self, config: Path | PlatformConfig) -> LocalBackend:
+        cfg = config if isinstance(config, PlatformConfig) else load(config)
+        backend = LocalBackend(cfg, progress=self.progress)
+        self.backends.append(backend)
+        return backend
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.down()
+            home = backend.postgres.home
+            if not any(home.is_relative_to(folder) for folder in self.dirs):
+                shutil.rmtree(home.parent, ignore_errors=True)  # a cluster moved out of a private state dir
+        for folder in self.dirs:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""Fixtures over the deployment description (see README.md); `deployment` itself is in the root conftest."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that take `team` run once per team; tests that take `pair` once per ordered pair of teams."""
+    if "team" in metafunc.fixturenames:
+        metafunc.parametrize("team_index", [0, 1], ids=["team0", "team1"], scope="session")
+
+
+@pytest.fixture
+def team(deployment: dict[str, Any], team_index: int) -> dict[str, Any]:
+    teams = deployment["teams"]
+    if len(teams) < 2:
+        pytest.fail("the deployment description must list at least two teams")
+    return teams[team_index]
+
+
+@pytest.fixture
+def unique() -> str:
+    return f"platform-test-{uuid.uuid4().hex[:10]}"
+
+
+def s3_client(deployment: dict[str, Any], access_key: str, secret_key: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=deployment["s3_endpoint"],
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
