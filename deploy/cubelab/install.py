@@ -9,8 +9,10 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from cubelab.procs import StartError, log_tail
 
@@ -47,10 +49,22 @@ def services_env(install_dir: Path, progress: Callable[[str], None]) -> Path:
     ]
     with open(log, "w") as out:
         for argv in steps:
-            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
-            if done.returncode != 0:
+            if _run_logged(argv, out, progress) != 0:
                 out.flush()
                 raise StartError("install", f"`{' '.join(argv)}` failed:\n{log_tail(log)}")
     marker.write_text(digest + "\n")
     progress("services installed")
     return venv
+
+
+def _run_logged(argv: list[str], out: TextIO, progress: Callable[[str], None], every: float = 5.0) -> int:
+    """Run argv with its output into out; every few seconds, say which package pip is at."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    last = time.monotonic()
+    for line in proc.stdout:
+        out.write(line)
+        if line.startswith(("Collecting ", "Installing collected")) and time.monotonic() - last > every:
+            progress(f"  ... {line.strip()[:100]}")
+            last = time.monotonic()
+    return proc.wait()
