@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import botocore.config
 import pytest
+import requests
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -22,6 +23,26 @@ def team(deployment: dict[str, Any], team_index: int) -> dict[str, Any]:
     if len(teams) < 2:
         pytest.fail("the deployment description must list at least two teams")
     return teams[team_index]
+
+
+def issue_token(deployment: dict[str, Any], user: str, expires_in: int = 900) -> str:
+    """A fresh hub token of user, issued with the control plane's token from the description."""
+    resp = requests.post(
+        f"{deployment['hub_api_url']}/users/{user}/tokens",
+        headers={"Authorization": f"token {deployment['hub_admin_token']}"},
+        json={"note": "platform_tests", "expires_in": expires_in},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["token"])
+
+
+@pytest.fixture
+def member_token(deployment: dict[str, Any], team: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A token of the team's first member, also set as MLFLOW_TRACKING_TOKEN for mlflow clients."""
+    token = issue_token(deployment, team["members"][0])
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    return token
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def files_under(root: Path) -> set[str]:
 
 
 @pytest.fixture
-def run_id(team: dict[str, Any], unique: str) -> str:
+def run_id(team: dict[str, Any], unique: str, member_token: str) -> str:
     mlflow.set_tracking_uri(team["tracking_uri"])
     mlflow.set_experiment(unique)
     with mlflow.start_run() as run:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture
-def client(team: dict[str, Any]) -> mlflow.MlflowClient:
+def client(team: dict[str, Any], member_token: str) -> mlflow.MlflowClient:
     mlflow.set_tracking_uri(team["tracking_uri"])
     return mlflow.MlflowClient(team["tracking_uri"])
 

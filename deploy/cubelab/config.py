@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 import yaml
@@ -56,6 +56,38 @@ class Ports:
     postgres: int = 15432
     s3: int = 18333
     tracking: int = 15100
+    hub: int = 18000
+
+    # How many consecutive ports each shared service takes from its base port.
+    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": 7, "hub": 3}
+
+    def reserved(self) -> dict[int, str]:
+        """Ports the shared services take, with the config key that gives each."""
+        return {
+            port: f"ports.{key}"
+            for key, span in self.SPANS.items()
+            for port in range(getattr(self, key), getattr(self, key) + span)
+        }
+
+
+@dataclass(frozen=True)
+class HubAuth:
+    type: str = "local"
+    client_id: str = ""
+    client_secret_file: str = ""
+    authorize_url: str = ""
+    token_url: str = ""
+    userdata_url: str = ""
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    scope: tuple[str, ...] = ("openid", "profile", "groups")
+
+
+@dataclass(frozen=True)
+class Hub:
+    auth: HubAuth = field(default_factory=HubAuth)
+    cull_idle_seconds: int = 3600
+    public_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,14 @@ class PlatformConfig:
     teams: tuple[Team, ...]
     storage: Storage = field(default_factory=Storage)
     ports: Ports = field(default_factory=Ports)
+    hub: Hub = field(default_factory=Hub)
+
+    @property
+    def admins(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.users if u.admin)
+
+    def teams_of(self, user: str) -> tuple[Team, ...]:
+        return tuple(t for t in self.teams if user in t.members)
 
     def bucket(self, team: Team) -> str:
         return f"{self.storage.bucket_prefix}{team.name}"
@@ -197,10 +237,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
     storage = Storage(**data.get("storage", {}))
     ports = Ports(**data.get("ports", {}))
     teams: list[Team] = []
-    used_ports: dict[int, str] = {
-        ports.postgres: "ports.postgres",
-        **{ports.s3 + k: "ports.s3 (SeaweedFS)" for k in range(7)},
-    }
+    used_ports = ports.reserved()
     for i, raw in enumerate(data["teams"]):
         name = raw["name"]
         if name in {t.name for t in teams}:
@@ -238,8 +275,14 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                 port=port,
             )
         )
-    if ports.postgres in range(ports.s3, ports.s3 + 7):
-        raise fail(("ports", "postgres"), f"port {ports.postgres} collides with SeaweedFS's ports")
+    owners: dict[int, str] = {}
+    for key, span in Ports.SPANS.items():
+        base = getattr(ports, key)
+        for port in range(base, base + span):
+            if port in owners:
+                raise fail(("ports", key), f"port {port} of ports.{key} collides with {owners[port]}")
+            owners[port] = f"ports.{key}"
+    hub = _build_hub(data.get("hub", {}), fail)
     state_dir = Path(data.get("state_dir", ".cubelab"))
     if not state_dir.is_absolute():
         state_dir = path.parent / state_dir
@@ -250,6 +293,25 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         teams=tuple(teams),
         storage=storage,
         ports=ports,
+        hub=hub,
+    )
+
+
+_OIDC_REQUIRED = ("client_id", "client_secret_file", "authorize_url", "token_url", "userdata_url")
+
+
+def _build_hub(raw: dict[str, Any], fail: Any) -> Hub:
+    auth_raw = dict(raw.get("auth", {}))
+    if auth_raw.get("type") == "oidc":
+        for key in _OIDC_REQUIRED:
+            if not auth_raw.get(key):
+                raise fail(("hub", "auth"), f"auth type oidc needs {key}")
+    if "scope" in auth_raw:
+        auth_raw["scope"] = tuple(auth_raw["scope"])
+    return Hub(
+        auth=HubAuth(**auth_raw),
+        cull_idle_seconds=raw.get("cull_idle_seconds", 3600),
+        public_url=raw.get("public_url", ""),
     )
 
 

@@ -1,11 +1,16 @@
-"""Installs what the embedded stack runs: one virtual environment for the services (mlflow, SeaweedFS).
+"""Installs what the embedded stack runs into the install directory, each environment only when its inputs change.
 
-The environment is rebuilt only when its requirements change, so a second `up` skips it in milliseconds.
+- services: mlflow and SeaweedFS, for the tracking servers and S3;
+- hub: JupyterHub, JupyterLab and the users' default kernel, built with Debian's /usr/bin/python3 when
+  cubelab runs as root (users' servers run as their own accounts, which cannot read root's Python);
+- npm: configurable-http-proxy, the hub's proxy.
+A second `up` finds every marker current and skips all of it in milliseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -17,48 +22,30 @@ from typing import TextIO
 from cubelab.procs import StartError, log_tail
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent
-REQUIREMENTS = SOURCE_DIR / "requirements" / "services.txt"
+REPO_DIR = SOURCE_DIR.parent
+TOOLKIT_DIR = REPO_DIR / "kernels" / "toolkit"
+PROXY_PACKAGE = "configurable-http-proxy@5.3.0"
+
+Progress = Callable[[str], None]
 
 
-def _digest() -> str:
-    h = hashlib.sha256(REQUIREMENTS.read_bytes())
-    h.update((SOURCE_DIR / "pyproject.toml").read_bytes())
-    h.update(sys.version.encode())
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
     return h.hexdigest()
 
 
-def services_env(install_dir: Path, progress: Callable[[str], None]) -> Path:
-    """Return the services venv under install_dir, creating or updating it if needed."""
-    venv = install_dir / "services"
-    marker = venv / ".cubelab-installed"
-    digest = _digest()
-    if marker.exists() and marker.read_text().strip() == digest:
-        return venv
-    if not (SOURCE_DIR / "pyproject.toml").exists():
-        raise StartError("install", f"cubelab's source tree was not found at {SOURCE_DIR}")
-    log = install_dir / "install-services.log"
-    install_dir.mkdir(parents=True, exist_ok=True)
-    if venv.exists():
-        shutil.rmtree(venv)
-    progress(f"installing the services (mlflow, SeaweedFS) into {venv}; log: {log}")
-    steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin/pip"), "install", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
-        # cubelab itself, for its tracking-server launcher; its own dependencies are not needed there.
-        [str(venv / "bin/pip"), "install", "--no-deps", "--disable-pip-version-check", "-e", str(SOURCE_DIR)],
-    ]
+def _run_all(steps: list[list[str]], log: Path, progress: Progress, name: str) -> None:
     with open(log, "w") as out:
         for argv in steps:
             if _run_logged(argv, out, progress) != 0:
                 out.flush()
-                raise StartError("install", f"`{' '.join(argv)}` failed:\n{log_tail(log)}")
-    marker.write_text(digest + "\n")
-    progress("services installed")
-    return venv
+                raise StartError("install", f"{name}: `{' '.join(argv)}` failed:\n{log_tail(log)}")
 
 
-def _run_logged(argv: list[str], out: TextIO, progress: Callable[[str], None], every: float = 5.0) -> int:
-    """Run argv with its output into out; every few seconds, say which package pip is at."""
+def _run_logged(argv: list[str], out: TextIO, progress: Progress, every: float = 5.0) -> int:
+    """Run argv with its output into out; every few seconds, say which package it is at."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     last = time.monotonic()
@@ -68,3 +55,75 @@ def _run_logged(argv: list[str], out: TextIO, progress: Callable[[str], None], e
             progress(f"  ... {line.strip()[:100]}")
             last = time.monotonic()
     return proc.wait()
+
+
+def python_env(
+    install_dir: Path,
+    name: str,
+    requirements: Path,
+    progress: Progress,
+    *,
+    python: str = sys.executable,
+    editable: tuple[Path, ...] = (SOURCE_DIR,),
+) -> Path:
+    """The venv install_dir/name with requirements and the editable packages (without their dependencies)."""
+    venv = install_dir / name
+    marker = venv / ".cubelab-installed"
+    version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
+    digest = _digest(
+        requirements.read_bytes(), version.stdout.encode(), *((p / "pyproject.toml").read_bytes() for p in editable)
+    )
+    if marker.exists() and marker.read_text().strip() == digest:
+        return venv
+    install_dir.mkdir(parents=True, exist_ok=True)
+    if venv.exists():
+        shutil.rmtree(venv)
+    log = install_dir / f"install-{name}.log"
+    progress(f"installing the {name} environment into {venv} (about a minute); log: {log}")
+    pip = [str(venv / "bin/pip"), "install", "--disable-pip-version-check"]
+    steps = [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements)]]
+    steps += [[*pip, "--no-deps", "-e", str(p)] for p in editable]
+    _run_all(steps, log, progress, name)
+    marker.write_text(digest + "\n")
+    progress(f"{name} environment installed")
+    return venv
+
+
+def services_env(install_dir: Path, progress: Progress) -> Path:
+    return python_env(install_dir, "services", SOURCE_DIR / "requirements" / "services.txt", progress)
+
+
+def user_python() -> str:
+    """Debian's python3 when root (readable by every account), else the interpreter running cubelab."""
+    if os.geteuid() == 0 and os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3"
+    return sys.executable
+
+
+def hub_env(install_dir: Path, progress: Progress) -> Path:
+    return python_env(
+        install_dir,
+        "hub",
+        SOURCE_DIR / "requirements" / "hub.txt",
+        progress,
+        python=user_python(),
+        editable=(SOURCE_DIR, TOOLKIT_DIR),
+    )
+
+
+def proxy_command(install_dir: Path, progress: Progress) -> Path:
+    """configurable-http-proxy from npm, installed under install_dir/npm."""
+    prefix = install_dir / "npm"
+    binary = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
+    marker = prefix / ".cubelab-installed"
+    if binary.exists() and marker.exists() and marker.read_text().strip() == PROXY_PACKAGE:
+        return binary
+    npm = shutil.which("npm")
+    if npm is None:
+        raise StartError("install", "npm was not found; install Node.js and npm (`apt-get install nodejs npm`)")
+    prefix.mkdir(parents=True, exist_ok=True)
+    progress(f"installing {PROXY_PACKAGE} with npm into {prefix}")
+    _run_all([[npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), PROXY_PACKAGE]],
+             install_dir / "install-npm.log", progress, "npm")  # fmt: skip
+    marker.write_text(PROXY_PACKAGE + "\n")
+    return binary

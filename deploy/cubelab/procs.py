@@ -243,3 +243,28 @@ def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def kill_marked(marker: str, timeout: float = 10.0) -> list[int]:
+    """Stop every process whose environment has CUBELAB_STACK=marker (servers the hub left, orphans)."""
+    needle = f"CUBELAB_STACK={marker}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+                if needle in fh.read().split(b"\0"):
+                    found.append(proc)
+        except (OSError, psutil.NoSuchProcess):
+            continue
+    for proc in found:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return [p.pid for p in found]

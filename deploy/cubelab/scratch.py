@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.paths import EXTERNAL_ROOT, reachable_by_others
 from cubelab.config import PlatformConfig, load
 from cubelab.procs import port_owner
 
@@ -31,7 +32,11 @@ DEFAULT_TEAMS: list[dict[str, Any]] = [
 
 
 def use_shared_installs() -> None:
-    os.environ.setdefault("CUBELAB_INSTALL_DIR", str(REPO / ".cubelab" / "install"))
+    """Share one install dir between all scratch stacks (and `make up`, when users can reach it)."""
+    shared = REPO / ".cubelab" / "install"
+    if os.geteuid() == 0 and not reachable_by_others(shared):
+        shared = EXTERNAL_ROOT / "shared-install"
+    os.environ.setdefault("CUBELAB_INSTALL_DIR", str(shared))
 
 
 def free_port_block() -> dict[str, int]:

@@ -113,6 +113,17 @@ def test_team_port_collision() -> None:
     assert "already used by ports.postgres" in error_of(text)
 
 
+def test_shared_ports_that_overlap() -> None:
+    assert "collides with ports.postgres" in error_of(VALID + "ports: {postgres: 18003, s3: 18000}\n")
+    assert "ports.hub collides with ports.s3" in error_of(VALID + "ports: {s3: 18000, hub: 18005}\n")
+
+
+def test_oidc_auth_needs_its_endpoints() -> None:
+    message = error_of(VALID + "hub:\n  auth:\n    type: oidc\n    client_id: cubelab\n")
+    assert "hub.auth" in message and "needs client_secret_file" in message
+    assert "hub.auth.type" in error_of(VALID + "hub:\n  auth:\n    type: ldap\n")
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load(tmp_path / "nope.yaml")

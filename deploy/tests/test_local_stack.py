@@ -53,6 +53,7 @@ def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
     assert [(r.name, r.kind, r.team) for r in rows] == [
         ("postgres", "postgres", None),
         ("s3", "s3", None),
+        ("hub", "hub", None),
         ("mlflow-ocean", "tracking", "ocean"),
         ("mlflow-land", "tracking", "land"),
     ]
@@ -60,7 +61,7 @@ def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
         assert row.healthy, row
         assert row.pid and psutil.pid_exists(row.pid)
         assert row.rss_mb and row.rss_mb > 1
-    ocean = rows[2]
+    ocean = rows[3]
     assert ocean.url.startswith("http://127.0.0.1:")
     # Tracking servers listen on loopback only.
     listening = [c for c in psutil.net_connections("tcp") if c.pid == ocean.pid and c.status == psutil.CONN_LISTEN]
@@ -127,6 +128,13 @@ def test_second_up_is_idempotent_and_quick(stack: LocalBackend) -> None:
     assert elapsed < 10, f"a second up took {elapsed:.1f} s"
 
 
+def as_member(backend: LocalBackend, team: str) -> str:
+    """Act as the team's first member from now on (mlflow sends MLFLOW_TRACKING_TOKEN); the tracking URI."""
+    member = backend.config.team(team).members[0]
+    os.environ["MLFLOW_TRACKING_TOKEN"] = backend.hub.issue_token(member)
+    return backend.tracking.url(backend.config.team(team))
+
+
 def _log_something(tracking_uri: str, name: str) -> tuple[str, str]:
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.set_experiment(name)
@@ -152,8 +160,8 @@ def _check_something(tracking_uri: str, name: str, run_id: str) -> None:
 
 
 def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend, stacks: ScratchStacks) -> None:
-    ocean = stack.config.team("ocean")
-    _, run_id = _log_something(stack.tracking.url(ocean), "before-apply")
+    ocean_uri = as_member(stack, "ocean")
+    _, run_id = _log_something(ocean_uri, "before-apply")
     before = pids(stack)
 
     doc = yaml.safe_load(stack.config.path.read_text())
@@ -169,19 +177,20 @@ def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend,
     grown = stacks.backend(load(stack.config.path))
     after = pids(grown)
     for name, pid in before.items():
-        assert after[name] == pid, f"{name} was restarted by apply"
+        if name != "hub":  # the hub restarts to register the new team's service; users' servers survive it
+            assert after[name] == pid, f"{name} was restarted by apply"
     rows = {r.name: r for r in grown.status()}
-    assert rows["mlflow-ice"].healthy
-    _check_something(stack.tracking.url(ocean), "before-apply", run_id)
+    assert rows["mlflow-ice"].healthy and rows["hub"].healthy
+    _check_something(as_member(grown, "ocean"), "before-apply", run_id)
     # The new team has its own bucket and identity, and works.
-    _, ice_run = _log_something(grown.tracking.url(grown.config.team("ice")), "ice-first")
-    _check_something(grown.tracking.url(grown.config.team("ice")), "ice-first", ice_run)
+    ice_uri = as_member(grown, "ice")
+    _, ice_run = _log_something(ice_uri, "ice-first")
+    _check_something(ice_uri, "ice-first", ice_run)
 
 
 def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> None:
     backend = LocalBackend(load(stack.config.path))
-    ocean = backend.config.team("ocean")
-    _, run_id = _log_something(backend.tracking.url(ocean), "persisted")
+    _, run_id = _log_something(as_member(backend, "ocean"), "persisted")
     backend.down()
     assert all(row.pid is None and not row.healthy for row in backend.status())
     assert stack_processes(backend.paths.root) == []
@@ -189,7 +198,7 @@ def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> N
 
     backend.up()
     assert all(row.healthy for row in backend.status())
-    _check_something(backend.tracking.url(ocean), "persisted", run_id)
+    _check_something(as_member(backend, "ocean"), "persisted", run_id)
 
 
 # -- failures --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,33 +24,34 @@ def main(argv: list[str] | None = None) -> None:
     if not store_uri:
         parser.error("CUBELAB_BACKEND_STORE_URI is not set")
 
-    from mlflow.server import (
-        ARTIFACT_ROOT_ENV_VAR,
-        ARTIFACTS_DESTINATION_ENV_VAR,
-        BACKEND_STORE_URI_ENV_VAR,
-        REGISTRY_STORE_URI_ENV_VAR,
-        SERVE_ARTIFACTS_ENV_VAR,
-        STATIC_PREFIX_ENV_VAR,
-    )
-
+    # mlflow.server registers its routes when imported, reading the static prefix then: so every setting
+    # goes into the environment before the first mlflow.server import. Names: mlflow.server.constants and
+    # handlers.STATIC_PREFIX_ENV_VAR (checked against mlflow below).
     settings = {
-        BACKEND_STORE_URI_ENV_VAR: store_uri,
-        REGISTRY_STORE_URI_ENV_VAR: store_uri,
-        SERVE_ARTIFACTS_ENV_VAR: "true",
-        ARTIFACTS_DESTINATION_ENV_VAR: args.artifacts_destination,
+        "_MLFLOW_SERVER_FILE_STORE": store_uri,
+        "_MLFLOW_SERVER_REGISTRY_STORE": store_uri,
+        "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
+        "_MLFLOW_SERVER_ARTIFACT_DESTINATION": args.artifacts_destination,
         # Clients get proxied artefact URIs, so they never need S3 keys for tracking.
-        ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
+        "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
         "_MLFLOW_SGI_NAME": "uvicorn",
         # The job runner costs ~1.5 GB and a dozen processes; nothing here uses it.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     if args.static_prefix:
-        settings[STATIC_PREFIX_ENV_VAR] = args.static_prefix
+        settings["_MLFLOW_STATIC_PREFIX"] = args.static_prefix
     os.environ.update(settings)
     del os.environ["CUBELAB_BACKEND_STORE_URI"]
 
+    from mlflow.server import constants, handlers
     from mlflow.server.handlers import initialize_backend_stores
+
+    names = (constants.BACKEND_STORE_URI_ENV_VAR, constants.REGISTRY_STORE_URI_ENV_VAR,
+             constants.SERVE_ARTIFACTS_ENV_VAR, constants.ARTIFACTS_DESTINATION_ENV_VAR,
+             constants.ARTIFACT_ROOT_ENV_VAR, handlers.STATIC_PREFIX_ENV_VAR)  # fmt: skip
+    if unknown := set(names) - {*settings, "_MLFLOW_STATIC_PREFIX"}:
+        raise SystemExit(f"cubelab: this mlflow reads settings cubelab does not set: {sorted(unknown)}")
 
     # Creates the schema on a new database and runs migrations on an old one.
     initialize_backend_stores(store_uri, store_uri, "mlflow-artifacts:/")
@@ -57,7 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
     from mlflow.server.fastapi_app import app
 
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, access_log=False)
+    served: Any = app
+    if os.environ.get("CUBELAB_HUB_API_URL"):
+        from cubelab.tracking.auth import wrap
+
+        served = wrap(app)
+    else:
+        print("cubelab: CUBELAB_HUB_API_URL is not set: this tracking server runs WITHOUT authentication", flush=True)
+    uvicorn.run(served, host=args.host, port=args.port, workers=1, access_log=False)
 
 
 if __name__ == "__main__":

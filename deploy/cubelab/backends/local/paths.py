@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+EXTERNAL_ROOT = Path("/var/lib/cubelab")
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Whether every existing folder above path lets other users through."""
+    return all(not folder.exists() or folder.stat().st_mode & 0o001 for folder in path.parents)
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,33 @@ class StatePaths:
 
     @property
     def install(self) -> Path:
-        """Installed environments; CUBELAB_INSTALL_DIR lets several stacks (the tests') share one."""
-        return Path(os.environ.get("CUBELAB_INSTALL_DIR") or self.root / "install")
+        """Installed environments; CUBELAB_INSTALL_DIR lets several stacks (the tests') share one.
+
+        Users' servers run from the hub environment as their own accounts, so as root it must be somewhere
+        they can reach: outside the state dir when that sits in a private folder.
+        """
+        if env := os.environ.get("CUBELAB_INSTALL_DIR"):
+            return Path(env)
+        return self.reachable_or_external(self.root / "install")
+
+    def external(self, name: str) -> Path:
+        """A folder for this stack under /var/lib/cubelab, for what must not sit in a private state dir."""
+        ident = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        return EXTERNAL_ROOT / ident / name
+
+    def reachable_or_external(self, path: Path) -> Path:
+        if os.geteuid() == 0 and not reachable_by_others(path):
+            return self.external(path.name)
+        return path
+
+    @property
+    def hub(self) -> Path:
+        return self.root / "hub"
+
+    @property
+    def homes(self) -> Path:
+        """Users' homes when they are not separate Unix accounts (cubelab not run as root)."""
+        return self.root / "homes"
 
     @property
     def ports(self) -> Path:
@@ -53,7 +86,7 @@ class StatePaths:
         # 0711: the postgres system user must traverse to its own data folder, but not list ours.
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)  # noqa: S103 - traverse only, no listing
-        for folder in (self.run, self.logs, self.s3, self.home):
+        for folder in (self.run, self.logs, self.s3, self.home, self.hub):
             folder.mkdir(exist_ok=True, mode=0o700)
         self.secrets.mkdir(exist_ok=True, mode=0o700)
         os.chmod(self.secrets, 0o700)

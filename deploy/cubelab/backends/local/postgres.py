@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg2
 from psycopg2 import sql
 
-from cubelab.backends.local.paths import StatePaths
+from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths, reachable_by_others
 from cubelab.config import PlatformConfig, Team
 from cubelab.prereqs import postgres_bindir, postgres_bindirs
 from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
 from cubelab.secrets import SecretStore
 
 SUPERUSER = "cubelab"
-EXTERNAL_ROOT = Path("/var/lib/cubelab")
 NAME = "postgres"
 
 
@@ -70,11 +69,9 @@ class LocalPostgres:
         record = self.paths.root / "postgres-location"
         if record.exists():
             return Path(record.read_text().strip())
-        home = self.paths.postgres
-        if self.run_as and not _reachable_by_others(home):
-            ident = hashlib.sha256(str(self.paths.root.resolve()).encode()).hexdigest()[:12]
-            home = EXTERNAL_ROOT / ident / "postgres"
-        return home
+        if self.run_as and not reachable_by_others(self.paths.postgres):
+            return self.paths.external("postgres")
+        return self.paths.postgres
 
     def _remember_home(self) -> None:
         record = self.paths.root / "postgres-location"
@@ -125,7 +122,11 @@ class LocalPostgres:
         record = self.procs.start(
             NAME,
             argv,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"},
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "LC_ALL": "C.UTF-8",
+                "CUBELAB_STACK": str(self.paths.root),
+            },
             log=self.log,
             user=self.run_as,
             cwd=self.home,
@@ -154,32 +155,32 @@ class LocalPostgres:
 
     def provision_team(self, team: Team, password: str) -> None:
         """Create (or fix) the team's role and database; only the team's role may connect to it."""
+        self.provision_database(team.role, team.database, password)
+
+    def provision_database(self, role_name: str, database: str, password: str) -> None:
+        """Create (or fix) a login role and a database it owns; no other role may connect to it."""
         conn = self.connect()
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                role, db = sql.Identifier(team.role), sql.Identifier(team.database)
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (team.role,))
+                role, db = sql.Identifier(role_name), sql.Identifier(database)
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role_name,))
                 if cur.fetchone() is None:
                     cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
                 cur.execute(
                     sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(role),
                     (password,),
                 )
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (team.database,))
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
                 if cur.fetchone() is None:
                     cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
                 cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
         finally:
             conn.close()
 
-    def store_uri(self, team: Team, password: str) -> str:
+    def database_uri(self, role: str, database: str, password: str) -> str:
         # psycopg2 explicitly: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3.
-        from urllib.parse import quote
+        return f"postgresql+psycopg2://{role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
 
-        return f"postgresql+psycopg2://{team.role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{team.database}"
-
-
-def _reachable_by_others(path: Path) -> bool:
-    """Whether every existing folder above path lets other users through."""
-    return all(not folder.exists() or folder.stat().st_mode & 0o001 for folder in path.parents)
+    def store_uri(self, team: Team, password: str) -> str:
+        return self.database_uri(team.role, team.database, password)

@@ -116,7 +116,11 @@ class LocalS3:
                 if owner := port_owner(taken):
                     raise StartError(NAME, f"port {taken} (ports.s3 and the ports after it) is in use by {owner}")
         (self.paths.s3 / "data").mkdir(parents=True, exist_ok=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.paths.s3)}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.paths.s3),
+            "CUBELAB_STACK": str(self.paths.root),
+        }
         record = self.procs.start(NAME, self.argv(weed), env=env, log=self.log, cwd=self.paths.s3)
         wait_healthy(record, self.healthy, timeout=30)
 

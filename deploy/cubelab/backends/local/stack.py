@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from cubelab.backends.base import Backend, Progress, ServiceStatus
+from cubelab.backends.local import hub, seaweed
 from cubelab.backends.local import postgres as pg
-from cubelab.backends.local import seaweed
+from cubelab.backends.local.hub import LocalHub
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
-from cubelab.install import services_env
-from cubelab.procs import ProcessTable, StartError, tree_memory_mb, wait_healthy
+from cubelab.install import hub_env, proxy_command, services_env
+from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, tree_memory_mb, wait_healthy
 from cubelab.secrets import write_private
 
-TRACKING_START_TIMEOUT = 90.0
+START_TIMEOUT = 90.0
 
 
 class LocalBackend(Backend):
@@ -30,12 +33,15 @@ class LocalBackend(Backend):
         self.postgres = LocalPostgres(config, self.paths, self.procs)
         self.s3 = LocalS3(config, self.paths, self.procs)
         self.tracking = LocalTracking(config, self.paths, self.procs, self.postgres, self.s3)
+        self.hub = LocalHub(config, self.paths, self.procs, self.postgres, self.s3, self.tracking)
 
     # -- bringing things up -------------------------------------------------------------------
     def up(self) -> None:
         started = time.monotonic()
         self.paths.create()
         venv = services_env(self.paths.install, self.progress)
+        hub_venv = hub_env(self.paths.install, self.progress)
+        proxy = proxy_command(self.paths.install, self.progress)
         weed = str(venv / "bin/weed")
 
         self._step("postgres", lambda: (self.postgres.initialize(self.progress), self.postgres.start()))
@@ -44,11 +50,17 @@ class LocalBackend(Backend):
             self.postgres.provision_team(team, self.tracking.db_password(team))
             self.s3.ensure_bucket(team)
         self.progress(f"provisioned {len(self.config.teams)} team(s): databases, roles, buckets, S3 identities")
+        self.hub.provision(self.progress)
 
-        self._start_tracking(venv)
+        # Start the hub and every tracking server first, then wait for all: their start-ups overlap.
+        fresh = [(team.service, record) for team in self.config.teams if (record := self.tracking.start(team, venv))]
+        if hub_record := self.hub.start(hub_venv, proxy):
+            fresh.append((hub.NAME, hub_record))
+        self._wait(fresh)
+        self.hub.sync(self.progress)
         self._stop_removed_teams()
         self._write_description()
-        self.progress(f"platform up in {time.monotonic() - started:.1f} s")
+        self.progress(f"platform up in {time.monotonic() - started:.1f} s; hub at {self.hub.url}")
 
     def apply(self) -> None:
         # Every step of `up` leaves running, unchanged services alone, so applying is bringing up again.
@@ -61,20 +73,19 @@ class LocalBackend(Backend):
         if not running:
             self.progress(f"{name} started in {time.monotonic() - t0:.1f} s")
 
-    def _start_tracking(self, venv: Path) -> None:
-        # Start every server first, then wait for all: their ~5 s start-ups overlap.
-        fresh = []
-        for team in self.config.teams:
-            record = self.tracking.start(team, venv)
-            if record:
-                fresh.append((team, record))
+    def _wait(self, fresh: list[tuple[str, ProcessRecord]]) -> None:
+        checks: dict[str, Callable[[], bool]] = {
+            t.service: partial(self.tracking.healthy, t) for t in self.config.teams
+        }
+        checks[hub.NAME] = self.hub.healthy
         t0 = time.monotonic()
-        for team, record in fresh:
-            wait_healthy(record, lambda t=team: self.tracking.healthy(t), timeout=TRACKING_START_TIMEOUT)
-            self.progress(f"{team.service} ready at {self.tracking.url(team)} ({time.monotonic() - t0:.1f} s)")
-        for team in self.config.teams:
-            if team not in [t for t, _ in fresh]:
-                self.progress(f"{team.service} already running at {self.tracking.url(team)}")
+        for name, record in fresh:
+            wait_healthy(record, checks[name], timeout=START_TIMEOUT)
+            self.progress(f"{name} ready ({time.monotonic() - t0:.1f} s)")
+        started = {name for name, _ in fresh}
+        for name in checks:
+            if name not in started:
+                self.progress(f"{name} already running")
 
     def _stop_removed_teams(self) -> None:
         wanted = {t.service for t in self.config.teams}
@@ -87,10 +98,15 @@ class LocalBackend(Backend):
     def down(self) -> None:
         records = self.procs.all()
         # Tracking servers first, storage last: nothing writes to a store that is gone.
-        order = {pg.NAME: 2, seaweed.NAME: 1}
+        order = {hub.NAME: 1, seaweed.NAME: 2, pg.NAME: 3}
         for record in sorted(records, key=lambda r: order.get(r.name, 0)):
             if self.procs.stop(record.name):
                 self.progress(f"stopped {record.name} (pid {record.pid})")
+            if record.name == hub.NAME:
+                # The hub stops users' servers and its proxy itself; this catches any it could not.
+                if leftovers := kill_marked(str(self.paths.root)):
+                    self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
+        kill_marked(str(self.paths.root))
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -98,7 +114,8 @@ class LocalBackend(Backend):
             self._row(pg.NAME, "postgres", None, self.postgres.url, self.postgres.healthy),
             self._row(seaweed.NAME, "s3", None, self.s3.url, self.s3.healthy),
         ]
-        known = {pg.NAME, seaweed.NAME}
+        rows.append(self._row(hub.NAME, "hub", None, self.hub.url, self.hub.healthy))
+        known = {pg.NAME, seaweed.NAME, hub.NAME}
         for team in self.config.teams:
             rows.append(
                 self._row(
@@ -128,7 +145,7 @@ class LocalBackend(Backend):
         )
 
     def log_path(self, service: str) -> Path:
-        names = {pg.NAME, seaweed.NAME} | {t.service for t in self.config.teams}
+        names = {pg.NAME, seaweed.NAME, hub.NAME} | {t.service for t in self.config.teams}
         names |= {r.name for r in self.procs.all()}
         path = self.paths.logs / f"{service}.log"
         if service not in names and not path.exists():
@@ -147,7 +164,16 @@ class LocalBackend(Backend):
                 "artifact_prefix": self.config.storage.artifact_prefix,
                 "s3": {"access_key": creds.access_key, "secret_key": creds.secret_key},
             })  # fmt: skip
-        return {"backend": "local", "s3_endpoint": self.s3.url, "teams": teams}
+        return {
+            "backend": "local",
+            "s3_endpoint": self.s3.url,
+            "hub_url": self.hub.url,
+            "hub_api_url": self.hub.api_url,
+            # The control plane's hub token (admin:users, tokens): tests use it to issue users' tokens.
+            "hub_admin_token": self.hub.admin_token(),
+            "users": [u.name for u in self.config.users],
+            "teams": teams,
+        }
 
     def _write_description(self) -> None:
         write_private(self.paths.description, json.dumps(self.description(), indent=2) + "\n")

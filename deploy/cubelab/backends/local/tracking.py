@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import urllib.request
 from pathlib import Path
 
@@ -12,8 +13,11 @@ from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.config import PlatformConfig, Team
+from cubelab.hub.render import service_prefix
 from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
 from cubelab.secrets import SecretStore
+
+TRACKING_CODE = Path(__file__).resolve().parents[2] / "tracking"
 
 
 class PortBook:
@@ -28,8 +32,7 @@ class PortBook:
         fixed = {t.name: t.port for t in self.config.teams if t.port is not None}
         book = {name: port for name, port in saved.items() if name not in fixed}
         book.update(fixed)
-        taken = set(book.values()) | {self.config.ports.postgres}
-        taken |= {self.config.ports.s3 + i for i in range(7)}
+        taken = set(book.values()) | set(self.config.ports.reserved())
         port = self.config.ports.tracking
         for team in self.config.teams:
             if team.name in book:
@@ -65,7 +68,12 @@ class LocalTracking:
         return self._ports[team.name]
 
     def url(self, team: Team) -> str:
-        return f"http://127.0.0.1:{self.port(team)}"
+        """The tracking URI of the team's server on its own port (it serves under the hub's service path)."""
+        return f"http://127.0.0.1:{self.port(team)}{service_prefix(team)}"
+
+    def service_token(self, team: Team) -> str:
+        """The server's hub service token (also its OAuth client secret)."""
+        return self.secrets.get(f"teams/{team.name}/hub-service-token", lambda: secrets.token_hex(32))
 
     def db_password(self, team: Team) -> str:
         return self.secrets.get(f"teams/{team.name}/db-password")
@@ -76,6 +84,7 @@ class LocalTracking:
             str(venv / "bin/python"), "-m", "cubelab.tracking.serve",
             "--host", "127.0.0.1", "--port", str(self.port(team)),
             "--artifacts-destination", f"s3://{bucket}/{self.config.storage.artifact_prefix}",
+            "--static-prefix", service_prefix(team),
         ]  # fmt: skip
         creds = self.s3.team_credentials(team)
         env = {
@@ -92,12 +101,22 @@ class LocalTracking:
             # Fewer, smaller malloc arenas: an idle server keeps ~40 MB less.
             "MALLOC_ARENA_MAX": "2",
             "PYTHONDONTWRITEBYTECODE": "1",
+            "CUBELAB_STACK": str(self.paths.root),
+            # Team authentication (cubelab.tracking.auth): the hub decides who is a member.
+            "CUBELAB_HUB_API_URL": f"http://127.0.0.1:{self.config.ports.hub + 2}/hub/api",
+            "CUBELAB_HUB_PUBLIC_URL": self.config.hub.public_url or f"http://127.0.0.1:{self.config.ports.hub}",
+            "CUBELAB_SERVICE_NAME": team.service,
+            "CUBELAB_SERVICE_PREFIX": service_prefix(team),
+            "CUBELAB_SERVICE_TOKEN": self.service_token(team),
         }
         return argv, env
 
     def fingerprint(self, team: Team, venv: Path) -> str:
         argv, env = self._launch(team, venv)
-        return hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()[:16]
+        h = hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode())
+        for source in sorted(TRACKING_CODE.glob("*.py")):  # new launcher code restarts the servers
+            h.update(source.read_bytes())
+        return h.hexdigest()[:16]
 
     def start(self, team: Team, venv: Path) -> ProcessRecord | None:
         """Start the team's server unless it already runs with the same settings. Returns the new record."""

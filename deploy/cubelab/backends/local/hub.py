@@ -1,0 +1,267 @@
+"""The embedded hub: JupyterHub with its proxy, its database in the stack's Postgres, settings from the config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cubelab.backends.local.paths import StatePaths
+from cubelab.backends.local.postgres import LocalPostgres
+from cubelab.backends.local.seaweed import LocalS3
+from cubelab.backends.local.tracking import LocalTracking
+from cubelab.config import PlatformConfig
+from cubelab.hub import render
+from cubelab.passwords import PasswordFile, hash_password
+from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
+from cubelab.secrets import SecretStore, write_private
+
+NAME = "hub"
+HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
+HUB_ROLE, HUB_DATABASE = "hub", "jupyterhub"
+SYSTEM_USER_PREFIX = "cl-"
+
+
+def _token() -> str:
+    return secrets.token_hex(32)
+
+
+class LocalHub:
+    def __init__(
+        self,
+        config: PlatformConfig,
+        paths: StatePaths,
+        procs: ProcessTable,
+        postgres: LocalPostgres,
+        s3: LocalS3,
+        tracking: LocalTracking,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.procs = procs
+        self.postgres = postgres
+        self.s3 = s3
+        self.tracking = tracking
+        self.secrets = SecretStore(paths.secrets)
+        self.port = config.ports.hub
+        # Users are separate Unix accounts only when cubelab can create them and switch to them.
+        self.system_users = os.geteuid() == 0
+
+    # -- addresses -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.config.hub.public_url.rstrip("/") or f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """The hub's own API, straight (not through the proxy)."""
+        return f"http://127.0.0.1:{self.port + 2}/hub/api"
+
+    def admin_token(self) -> str:
+        return self.secrets.get("hub-admin-token", _token)
+
+    # -- provisioning ----------------------------------------------------------------------------
+    def ensure_passwords(self, progress: Callable[[str], None]) -> None:
+        """Generate each local user's first password (secrets/users/NAME) and keep only its hash for the hub."""
+        store = PasswordFile(self.paths.hub / "passwords.json")
+        hashes = store.load()
+        wanted = {u.name for u in self.config.users}
+        changed = False
+        for user in self.config.users:
+            if user.name not in hashes:
+                password = self.secrets.get(f"users/{user.name}")
+                hashes[user.name] = hash_password(password)
+                changed = True
+                progress(f"password of {user.name} generated: {self.secrets.path(f'users/{user.name}')}")
+        for gone in set(hashes) - wanted:
+            del hashes[gone]
+            changed = True
+        if changed:
+            store.save(hashes)
+        admins = self.config.admins
+        if admins:
+            first = self.secrets.path(f"users/{admins[0]}").read_text()
+            admin_file = self.secrets.path("admin-password")
+            if not admin_file.exists() or admin_file.read_text() != first:
+                write_private(admin_file, first)
+
+    def ensure_system_users(self, progress: Callable[[str], None]) -> None:
+        if not self.system_users:
+            return
+        for user in self.config.users:
+            name = SYSTEM_USER_PREFIX + user.name
+            try:
+                pwd.getpwnam(name)
+                continue
+            except KeyError:
+                pass
+            home = Path("/home") / name
+            done = subprocess.run(
+                ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group",
+                 "--comment", f"cubelab user {user.name}", name],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise StartError(NAME, f"cannot create the Unix account {name}: {done.stderr.strip()}")
+            os.chmod(home, 0o700)
+            progress(f"Unix account {name} created for {user.name} (home {home}, mode 0700)")
+
+    def settings(self, venv: Path, proxy: Path) -> dict[str, Any]:
+        config = self.config
+        team_env = {}
+        for team in config.teams:
+            creds = self.s3.team_credentials(team)
+            bucket = config.bucket(team)
+            team_env[team.name] = {
+                "MLFLOW_TRACKING_URI": self.tracking.url(team),
+                "S3_USER_STORAGE_BUCKET": bucket,
+                "S3_USER_STORAGE_KEY": creds.access_key,
+                "S3_USER_STORAGE_SECRET": creds.secret_key,
+                "AWS_ACCESS_KEY_ID": creds.access_key,
+                "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": self.s3.url,
+                "AWS_ENDPOINT_URL_S3": self.s3.url,
+                "S3_ENDPOINT": self.s3.url,
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+            }
+        urls = {t.name: f"http://127.0.0.1:{self.tracking.port(t)}" for t in config.teams}
+        tokens = {t.name: self.tracking.service_token(t) for t in config.teams}
+        services = render.team_services(config, urls, tokens)
+        services.append({"name": render.ADMIN_SERVICE, "api_token": self.admin_token()})
+        culler = config.hub.cull_idle_seconds > 0
+        if culler:
+            services.append({
+                "name": "idle-culler",
+                "command": [str(venv / "bin/python"), "-m", "jupyterhub_idle_culler",
+                            f"--timeout={config.hub.cull_idle_seconds}"],
+            })  # fmt: skip
+        auth = config.hub.auth
+        settings: dict[str, Any] = {
+            "bind_url": f"http://127.0.0.1:{self.port}",
+            "proxy_api_url": f"http://127.0.0.1:{self.port + 1}",
+            "hub_bind_url": f"http://127.0.0.1:{self.port + 2}",
+            "proxy_command": [str(proxy)],
+            "db_url": self.postgres.database_uri(HUB_ROLE, HUB_DATABASE, self.secrets.get("hub-db-password")),
+            "cookie_secret": self.secrets.get("hub-cookie-secret", _token),
+            "proxy_token": self.secrets.get("hub-proxy-token", _token),
+            "admin_users": list(config.admins),
+            "groups": render.groups(config),
+            "load_roles": render.roles(config, culler),
+            "services": services,
+            "template_paths": [str(HUB_DIR / "templates")],
+            "template_vars": {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"},
+            "spawner_cmd": [str(venv / "bin/jupyterhub-singleuser")],
+            # The server's token also opens the user's teams' tracking servers (access:services is
+            # narrowed by the hub to the services the user's roles allow).
+            "server_token_scopes": ["users:activity!user", "access:servers!server", "access:services",
+                                    "read:users:name!user", "read:users:groups!user"],
+            "team_env": team_env,
+            "run_as_system_users": self.system_users,
+            "homes_dir": str(self.paths.homes),
+            "stack_marker": str(self.paths.root),
+        }  # fmt: skip
+        if auth.type == "local":
+            settings["authenticator_class"] = "cubelab.hub.auth.LocalPasswordAuthenticator"
+            settings["passwords_file"] = str(self.paths.hub / "passwords.json")
+            settings["allowed_users"] = [u.name for u in config.users]
+        else:
+            settings["authenticator_class"] = "generic-oauth"
+            settings["oidc"] = {
+                "client_id": auth.client_id,
+                "client_secret_file": str(Path(config.path).parent / auth.client_secret_file),
+                "authorize_url": auth.authorize_url,
+                "token_url": auth.token_url,
+                "userdata_url": auth.userdata_url,
+                "username_claim": auth.username_claim,
+                "groups_claim": auth.groups_claim,
+                "scope": list(auth.scope),
+                "callback_url": f"{self.url}/hub/oauth_callback",
+            }
+        return settings
+
+    def provision(self, progress: Callable[[str], None]) -> None:
+        self.postgres.provision_database(HUB_ROLE, HUB_DATABASE, self.secrets.get("hub-db-password"))
+        if self.config.hub.auth.type == "local":
+            self.ensure_passwords(progress)
+        self.ensure_system_users(progress)
+        if not self.system_users:
+            progress(
+                "WARNING: cubelab is not running as root, so every user's server runs as this account: "
+                "users on this host are NOT isolated from each other or from the platform's secrets."
+            )
+
+    # -- running ---------------------------------------------------------------------------------
+    def start(self, venv: Path, proxy: Path) -> ProcessRecord | None:
+        """Start the hub, or restart it when its settings changed. Returns the new record, if any."""
+        settings_file = self.paths.hub / "settings.json"
+        text = json.dumps(self.settings(venv, proxy), indent=1, sort_keys=True)
+        fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        record = self.procs.get(NAME)
+        if record and record.process():
+            if record.fingerprint == fingerprint:
+                return None
+            self.procs.stop(NAME)
+        write_private(settings_file, text)
+        for port in (self.port, self.port + 1, self.port + 2):
+            if owner := port_owner(port):
+                raise StartError(NAME, f"port {port} (ports.hub and the two after it) is in use by {owner}")
+        env = {
+            "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(self.paths.hub),
+            "LANG": "C.UTF-8",
+            "CUBELAB_HUB_SETTINGS": str(settings_file),
+            "CUBELAB_STACK": str(self.paths.root),
+        }
+        argv = [str(venv / "bin/jupyterhub"), "-f", str(HUB_DIR / "jupyterhub_config.py")]
+        return self.procs.start(
+            NAME, argv, env=env, log=self.paths.logs / "hub.log", cwd=self.paths.hub, fingerprint=fingerprint
+        )
+
+    def healthy(self) -> bool:
+        # The proxy answers before the hub is ready; the hub's API through the proxy answers only when both are.
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/hub/api/", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(  # noqa: S310 - loopback
+            f"{self.api_url}{path}", data=data, method=method, headers={"Authorization": f"token {self.admin_token()}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def issue_token(self, user: str, note: str = "issued by cubelab", expires_in: int | None = 3600) -> str:
+        """A new hub API token of user (for tests and scripts); it carries the user's own permissions."""
+        return str(self.api("POST", f"/users/{user}/tokens", {"note": note, "expires_in": expires_in})["token"])
+
+    def sync(self, progress: Callable[[str], None]) -> None:
+        """Make hub users and groups match the config (load_groups only ever adds)."""
+        want_groups = render.groups(self.config)
+        have_groups = {g["name"]: g for g in self.api("GET", "/groups")}
+        for name, group in have_groups.items():
+            if name not in want_groups:
+                self.api("DELETE", f"/groups/{name}")
+                progress(f"hub group {name} removed (team no longer in the config)")
+                continue
+            extra = sorted(set(group["users"]) - set(want_groups[name]))
+            if extra:
+                self.api("DELETE", f"/groups/{name}/users", {"users": extra})
+                progress(f"removed {', '.join(extra)} from team {name}")
+        if self.config.hub.auth.type == "local":
+            wanted = {u.name for u in self.config.users}
+            for user in self.api("GET", "/users"):
+                if user["name"] not in wanted:
+                    self.api("DELETE", f"/users/{user['name']}")
+                    progress(f"hub user {user['name']} deleted (no longer in the config)")

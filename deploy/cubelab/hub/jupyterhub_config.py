@@ -1,0 +1,65 @@
+"""JupyterHub config of cubelab: maps the rendered settings (JSON, see cubelab.backends.local.hub) to traits.
+
+Values live in the settings file, not here; this file only says which setting sets which trait.
+"""
+
+# ruff: noqa: F821 - `c` and `get_config` are provided by JupyterHub when it loads this file
+import json
+import os
+from pathlib import Path
+
+settings = json.loads(Path(os.environ["CUBELAB_HUB_SETTINGS"]).read_text())
+c = get_config()
+
+# setting -> (configurable, trait)
+TRAITS = {
+    "bind_url": ("JupyterHub", "bind_url"),
+    "hub_bind_url": ("JupyterHub", "hub_bind_url"),
+    "db_url": ("JupyterHub", "db_url"),
+    "services": ("JupyterHub", "services"),
+    "load_roles": ("JupyterHub", "load_roles"),
+    "template_paths": ("JupyterHub", "template_paths"),
+    "proxy_api_url": ("ConfigurableHTTPProxy", "api_url"),
+    "proxy_command": ("ConfigurableHTTPProxy", "command"),
+    "admin_users": ("Authenticator", "admin_users"),
+    "allowed_users": ("Authenticator", "allowed_users"),
+    "passwords_file": ("LocalPasswordAuthenticator", "passwords_file"),
+    "spawner_cmd": ("Spawner", "cmd"),
+    "server_token_scopes": ("Spawner", "server_token_scopes"),
+    "team_env": ("CubelabSpawner", "team_env"),
+    "run_as_system_users": ("CubelabSpawner", "run_as_system_users"),
+    "homes_dir": ("CubelabSpawner", "homes_dir"),
+    "stack_marker": ("CubelabSpawner", "stack_marker"),
+    "template_vars": ("JupyterHub", "template_vars"),
+}
+for key, (section, trait) in TRAITS.items():
+    if key in settings:
+        value = settings[key]
+        setattr(c[section], trait, set(value) if trait in ("admin_users", "allowed_users") else value)
+
+c.JupyterHub.cookie_secret = bytes.fromhex(settings["cookie_secret"])
+c.ConfigurableHTTPProxy.auth_token = settings["proxy_token"]
+c.JupyterHub.load_groups = {name: {"users": members} for name, members in settings["groups"].items()}
+c.JupyterHub.spawner_class = "cubelab.hub.spawner.CubelabSpawner"
+c.JupyterHub.authenticator_class = settings["authenticator_class"]
+# Users' servers outlive a hub restart (`cubelab apply` restarts the hub when teams change);
+# `cubelab down` stops them itself.
+c.JupyterHub.cleanup_servers = False
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 60
+c.Spawner.http_timeout = 60
+
+oidc = settings.get("oidc")
+if oidc:
+    c.GenericOAuthenticator.client_id = oidc["client_id"]
+    c.GenericOAuthenticator.client_secret = Path(oidc["client_secret_file"]).read_text().strip()
+    c.GenericOAuthenticator.authorize_url = oidc["authorize_url"]
+    c.GenericOAuthenticator.token_url = oidc["token_url"]
+    c.GenericOAuthenticator.userdata_url = oidc["userdata_url"]
+    c.GenericOAuthenticator.username_claim = oidc["username_claim"]
+    c.GenericOAuthenticator.scope = oidc["scope"]
+    c.GenericOAuthenticator.oauth_callback_url = oidc["callback_url"]
+    # Groups claim -> hub groups, synced at each login; teams are the groups named like a team.
+    c.GenericOAuthenticator.manage_groups = True
+    c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{oidc['groups_claim']}"
+    c.GenericOAuthenticator.allow_all = True  # users in no team may log in; they reach no team's data
