@@ -64,6 +64,14 @@ class LocalHub:
         """The hub's own API, straight (not through the proxy)."""
         return f"http://127.0.0.1:{self.port + 2}/hub/api"
 
+    def home_of(self, user: str) -> str:
+        if self.system_users:
+            try:
+                return pwd.getpwnam(f"{SYSTEM_USER_PREFIX}{user}").pw_dir
+            except KeyError:
+                return str(Path("/home") / f"{SYSTEM_USER_PREFIX}{user}")
+        return str(self.paths.homes / user)
+
     def admin_token(self) -> str:
         return self.secrets.get("hub-admin-token", _token)
 

@@ -171,9 +171,19 @@ class LocalBackend(Backend):
             "hub_api_url": self.hub.api_url,
             # The control plane's hub token (admin:users, tokens): tests use it to issue users' tokens.
             "hub_admin_token": self.hub.admin_token(),
-            "users": [u.name for u in self.config.users],
+            "users": [self._user_entry(u.name) for u in self.config.users],
+            # What code in a user's kernel must not reach (checked from inside kernels by platform_tests).
+            "private_paths": [str(self.paths.secrets), str(self.paths.hub / "settings.json")],
+            "users_isolated": self.hub.system_users,
             "teams": teams,
         }
+
+    def _user_entry(self, name: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": name, "home": self.hub.home_of(name)}
+        secret = self.paths.secrets / "users" / name
+        if secret.exists():  # the first password; a user who changed it has another one now
+            entry["initial_password"] = secret.read_text().strip()
+        return entry
 
     def _write_description(self) -> None:
         write_private(self.paths.description, json.dumps(self.description(), indent=2) + "\n")

@@ -1,0 +1,99 @@
+"""A small client of the hub for the acceptance tests: the login form, users' servers, code in kernels."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import requests
+import websocket
+
+
+def login(hub_url: str, user: str, password: str) -> tuple[requests.Session, requests.Response]:
+    """Log in through the real form (with its xsrf token), as a browser does."""
+    session = requests.Session()
+    page = session.get(f"{hub_url}/hub/login", timeout=10)
+    page.raise_for_status()
+    xsrf = session.cookies.get("_xsrf")
+    resp = session.post(
+        f"{hub_url}/hub/login",
+        data={"username": user, "password": password, "_xsrf": xsrf},
+        allow_redirects=False,
+        timeout=30,
+    )
+    return session, resp
+
+
+def xsrf_of(session: requests.Session) -> str:
+    return str(session.cookies.get("_xsrf"))
+
+
+class UserServer:
+    """One user's single-user server, driven with the user's hub token."""
+
+    def __init__(self, hub_url: str, user: str, token: str) -> None:
+        self.hub_url = hub_url
+        self.user = user
+        self.headers = {"Authorization": f"token {token}"}
+        self.token = token
+
+    def start(self, team: str | None = None, timeout: float = 90) -> float:
+        """Start the server (with the team chosen, as the spawn form would) and wait until it is ready."""
+        t0 = time.monotonic()
+        body = {"team": team} if team else {}
+        resp = requests.post(
+            f"{self.hub_url}/hub/api/users/{self.user}/server", headers=self.headers, json=body, timeout=30
+        )
+        if resp.status_code not in (201, 202, 400):  # 400: already running
+            resp.raise_for_status()
+        while time.monotonic() - t0 < timeout:
+            model = requests.get(f"{self.hub_url}/hub/api/users/{self.user}", headers=self.headers, timeout=10).json()
+            server = model.get("servers", {}).get("")
+            if server and server.get("ready"):
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        raise TimeoutError(f"the server of {self.user} was not ready in {timeout} s")
+
+    def stop(self) -> None:
+        requests.delete(f"{self.hub_url}/hub/api/users/{self.user}/server", headers=self.headers, timeout=30)
+
+    def run(self, code: str, timeout: float = 120) -> str:
+        """Run code in a new kernel over the kernel websocket; return what it printed (raise on an error)."""
+        base = f"{self.hub_url}/user/{self.user}/api/kernels"
+        kernel = requests.post(base, headers=self.headers, json={"name": "python3"}, timeout=30)
+        kernel.raise_for_status()
+        kernel_id = kernel.json()["id"]
+        ws_url = base.replace("http", "ws", 1) + f"/{kernel_id}/channels"
+        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=timeout)
+        try:
+            return _execute(ws, code, self.user, timeout)
+        finally:
+            ws.close()
+            requests.delete(f"{base}/{kernel_id}", headers=self.headers, timeout=30)
+
+
+def _execute(ws: websocket.WebSocket, code: str, user: str, timeout: float) -> str:
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex,
+                   "msg_type": "execute_request", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))  # fmt: skip
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg: dict[str, Any] = json.loads(ws.recv())
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = msg["msg_type"]
+        if kind == "stream":
+            out.append(msg["content"]["text"])
+        elif kind == "error":
+            raise RuntimeError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+        elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            return "".join(out)
+    raise TimeoutError("the kernel did not finish in time")
