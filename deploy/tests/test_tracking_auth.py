@@ -17,6 +17,7 @@ from cubelab.tracking.auth import (
 
 SETTINGS = AuthSettings(
     service="mlflow-ocean",
+    team="ocean",
     prefix="/services/mlflow-ocean",
     hub_api_url="http://hub/hub/api",
     hub_public_url="http://hub",

@@ -29,6 +29,16 @@ def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
         }
         for team in config.teams
     ]
+    # Each tracking server asks the hub which groups a token's owner is in.
+    out += [
+        {
+            "name": f"service-{team.service}",
+            "description": f"tracking server of team {team.name}: look up users' groups",
+            "scopes": ["read:users:groups", "read:users:name"],
+            "services": [team.service],
+        }
+        for team in config.teams
+    ]
     out.append({
         "name": "cubelab-control-plane",
         "description": "cubelab itself: syncs users and groups, issues tokens for tests",
@@ -50,7 +60,8 @@ def team_services(config: PlatformConfig, urls: dict[str, str], tokens: dict[str
     return [
         {
             "name": team.service,
-            "display": True,
+            # Listed on cubelab's home page for members only, not in every admin's service menu.
+            "display": False,
             "url": urls[team.name],
             "api_token": tokens[team.name],
             "oauth_client_id": f"service-{team.service}",

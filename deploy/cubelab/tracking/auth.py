@@ -7,8 +7,9 @@ way a request arrives: through the hub's proxy at /services/mlflow-TEAM/ or stra
 - Browsers log in with the hub's OAuth: a request with no token is sent to the hub, which sends the user back
   to /oauth_callback with a code; the code becomes a token kept in an HttpOnly cookie for this path.
 - A token is accepted when the hub says it carries `access:services!service=mlflow-TEAM` (or unrestricted
-  `access:services`); hub group roles grant that scope to the team's members only. Answers are cached for
-  TOKEN_CACHE_SECONDS, so a revoked token stops working within that time.
+  `access:services`) AND its owner is in the team's hub group (asked with the service's own token). Hub
+  admins hold unrestricted access:services, so the group check is what keeps them out of teams they are
+  not in. Answers are cached for TOKEN_CACHE_SECONDS: a revoked token stops working within that time.
 - Identity headers sent by clients (X-Forwarded-User, Remote-User, ...) are never read.
 - Authorship: a run's user is the token's hub user. `runs/create` has user_id and the `mlflow.user` tag
   rewritten; setting `mlflow.user` any other way is refused.
@@ -51,6 +52,7 @@ class Identity:
 @dataclass(frozen=True)
 class AuthSettings:
     service: str  # hub service name, e.g. mlflow-ocean
+    team: str  # hub group whose members may use the service
     prefix: str  # URL prefix the server is served under, e.g. /services/mlflow-ocean
     hub_api_url: str  # e.g. http://127.0.0.1:18002/hub/api
     hub_public_url: str  # where browsers reach the hub, e.g. http://127.0.0.1:18000
@@ -62,6 +64,7 @@ class AuthSettings:
         env = os.environ
         return cls(
             service=env["CUBELAB_SERVICE_NAME"],
+            team=env["CUBELAB_TEAM_NAME"],
             prefix=env.get("CUBELAB_SERVICE_PREFIX", "").rstrip("/"),
             hub_api_url=env["CUBELAB_HUB_API_URL"].rstrip("/"),
             hub_public_url=env["CUBELAB_HUB_PUBLIC_URL"].rstrip("/"),
@@ -103,13 +106,25 @@ class TokenChecker:
         if resp.status_code == 200:
             model = resp.json()
             if model.get("kind", "user") == "user" and model.get("name"):
-                identity = Identity(model["name"], self.allows(model.get("scopes", [])))
+                name = model["name"]
+                allowed = self.allows(model.get("scopes", [])) and await self.in_team(name)
+                identity = Identity(name, allowed)
         elif resp.status_code not in (401, 403, 404):
             resp.raise_for_status()
         if len(self._cache) > 10000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._cache[key] = (now + self.ttl, identity)
         return identity
+
+    async def in_team(self, user: str) -> bool:
+        """Whether user is in the team's hub group, asked with the service's own token."""
+        resp = await self._http().get(
+            f"{self.settings.hub_api_url}/users/{urllib.parse.quote(user)}",
+            headers={"Authorization": f"token {self.settings.client_secret}"},
+        )
+        if resp.status_code != 200:
+            return False
+        return self.settings.team in resp.json().get("groups", [])
 
     async def exchange_code(self, code: str, redirect_uri: str) -> str:
         resp = await self._http().post(

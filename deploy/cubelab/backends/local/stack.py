@@ -179,7 +179,8 @@ class LocalBackend(Backend):
         }
 
     def _user_entry(self, name: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": name, "home": self.hub.home_of(name)}
+        admin = name in self.config.admins
+        entry: dict[str, Any] = {"name": name, "admin": admin, "home": self.hub.home_of(name)}
         secret = self.paths.secrets / "users" / name
         if secret.exists():  # the first password; a user who changed it has another one now
             entry["initial_password"] = secret.read_text().strip()

@@ -106,6 +106,7 @@ class LocalTracking:
             "CUBELAB_HUB_API_URL": f"http://127.0.0.1:{self.config.ports.hub + 2}/hub/api",
             "CUBELAB_HUB_PUBLIC_URL": self.config.hub.public_url or f"http://127.0.0.1:{self.config.ports.hub}",
             "CUBELAB_SERVICE_NAME": team.service,
+            "CUBELAB_TEAM_NAME": team.name,
             "CUBELAB_SERVICE_PREFIX": service_prefix(team),
             "CUBELAB_SERVICE_TOKEN": self.service_token(team),
         }
