@@ -18,8 +18,10 @@ $(VENV)/.installed: deploy/pyproject.toml | prereqs
 	@$(PIP) install -e deploy 2>&1 | grep -v "is ignored: it is neither" || true
 	@$(VENV)/bin/python -c "import cubelab" && touch $@
 
-# Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest) on top.
+# Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest, Playwright) on top,
+# and Debian's Chromium for the browser tests.
 $(VENV)/.installed-test: $(VENV)/.installed deploy/pyproject.toml kernels/toolkit/pyproject.toml
+	@$(PYTHON) deploy/cubelab/prereqs.py --for-tests
 	@echo "[cubelab] installing test dependencies and the in-kernel toolkit into $(VENV)"
 	@$(PIP) install -e 'deploy[test]' -e kernels/toolkit 2>&1 | grep -v "is ignored: it is neither" || true
 	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn, cubelab_toolkit" && touch $@

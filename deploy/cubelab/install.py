@@ -68,24 +68,29 @@ def python_env(
 ) -> Path:
     """The venv install_dir/name with requirements and the editable packages (without their dependencies)."""
     venv = install_dir / name
-    marker = venv / ".cubelab-installed"
+    marker, editable_marker = venv / ".cubelab-installed", venv / ".cubelab-editable"
     version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
-    digest = _digest(
-        requirements.read_bytes(), version.stdout.encode(), *((p / "pyproject.toml").read_bytes() for p in editable)
-    )
-    if marker.exists() and marker.read_text().strip() == digest:
+    digest = _digest(requirements.read_bytes(), version.stdout.encode())
+    editable_digest = _digest(*((p / "pyproject.toml").read_bytes() for p in editable))
+    current = marker.exists() and marker.read_text().strip() == digest
+    if current and editable_marker.exists() and editable_marker.read_text().strip() == editable_digest:
         return venv
     install_dir.mkdir(parents=True, exist_ok=True)
-    if venv.exists():
-        shutil.rmtree(venv)
     log = install_dir / f"install-{name}.log"
-    progress(f"installing the {name} environment into {venv} (about a minute); log: {log}")
     pip = [str(venv / "bin/pip"), "install", "--disable-pip-version-check"]
-    steps = [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements)]]
+    steps = []
+    if not current:  # new requirements or Python: build the environment again
+        if venv.exists():
+            shutil.rmtree(venv)
+        progress(f"installing the {name} environment into {venv} (about a minute); log: {log}")
+        steps += [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements)]]
+    # cubelab's own packages (entry points, metadata) are cheap to refresh on their own.
     steps += [[*pip, "--no-deps", "-e", str(p)] for p in editable]
     _run_all(steps, log, progress, name)
     marker.write_text(digest + "\n")
-    progress(f"{name} environment installed")
+    editable_marker.write_text(editable_digest + "\n")
+    if not current:
+        progress(f"{name} environment installed")
     return venv
 
 

@@ -40,9 +40,11 @@ def postgres_bindir() -> Path | None:
     return None
 
 
-def missing_packages() -> list[str]:
-    """Debian packages that would provide what is missing."""
+def missing_packages(for_tests: bool = False) -> list[str]:
+    """Debian packages that would provide what is missing (with for_tests, also what the test suite needs)."""
     missing = []
+    if for_tests and shutil.which("chromium") is None:
+        missing.append("chromium")  # the browser tests drive Debian's Chromium with Playwright
     if postgres_bindir() is None:
         missing.append("postgresql")
     if shutil.which("node") is None:
@@ -52,7 +54,8 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    for_tests = "--for-tests" in (sys.argv[1:] if argv is None else argv)
     if sys.version_info < MIN_PYTHON:
         print(
             f"cubelab needs Python >= {'.'.join(map(str, MIN_PYTHON))}; this is {sys.version.split()[0]}. "
@@ -60,7 +63,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    missing = missing_packages()
+    missing = missing_packages(for_tests)
     if not missing:
         return 0
     command = f"apt-get update && apt-get install -y --no-install-recommends {' '.join(missing)}"
@@ -70,7 +73,7 @@ def main() -> int:
     print(f"[cubelab] installing missing Debian packages: {' '.join(missing)}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     done = subprocess.run(["sh", "-c", command], env=env, check=False)
-    if done.returncode != 0 or missing_packages():
+    if done.returncode != 0 or missing_packages(for_tests):
         print(f"cubelab: installing {' '.join(missing)} failed; run `{command}` and retry", file=sys.stderr)
         return 1
     return 0

@@ -45,6 +45,8 @@ c.JupyterHub.authenticator_class = settings["authenticator_class"]
 # Users' servers outlive a hub restart (`cubelab apply` restarts the hub when teams change);
 # `cubelab down` stops them itself.
 c.JupyterHub.cleanup_servers = False
+# After login, the home page with the user's teams (not an immediate spawn).
+c.JupyterHub.default_url = "/hub/home"
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60

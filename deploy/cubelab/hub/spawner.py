@@ -71,6 +71,7 @@ class CubelabSpawner(LocalProcessSpawner):
         team = self.chosen_team()
         if team:
             env.update(self.team_env[team])
+            env["TENSORBOARD_LOGDIR"] = f"s3://{env['S3_USER_STORAGE_BUCKET']}/tensorboard"
             env["CUBELAB_TEAM"] = team
             # The hub token of this server: the tracking server accepts it for members of the team.
             env["MLFLOW_TRACKING_TOKEN"] = self.api_token

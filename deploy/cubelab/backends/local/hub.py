@@ -211,7 +211,11 @@ class LocalHub:
         """Start the hub, or restart it when its settings changed. Returns the new record, if any."""
         settings_file = self.paths.hub / "settings.json"
         text = json.dumps(self.settings(venv, proxy), indent=1, sort_keys=True)
-        fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        h = hashlib.sha256(text.encode())
+        for source in sorted(HUB_DIR.rglob("*")):  # new hub code or templates restart the hub
+            if source.is_file() and source.suffix in (".py", ".html"):
+                h.update(source.read_bytes())
+        fingerprint = h.hexdigest()[:16]
         record = self.procs.get(NAME)
         if record and record.process():
             if record.fingerprint == fingerprint:

@@ -1,0 +1,99 @@
+"""A person in a real browser: log in, see the team links, open the team's mlflow UI, see a teammate's run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from platform_tests.conftest import issue_token
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Headless Debian Chromium as root, with no background traffic (this machine has no network).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+SCREENSHOTS = Path(os.environ.get("CUBELAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / ".cubelab"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_login_team_links_and_teammates_run_in_the_mlflow_ui(deployment: dict[str, Any], browser: Any) -> None:
+    team = deployment["teams"][0]
+    user, teammate = team["members"][0], team["members"][1]
+    password = next(u.get("initial_password") for u in deployment["users"] if u["name"] == user)
+    if not password:
+        pytest.skip("the deployment description carries no passwords (not local accounts)")
+
+    # The teammate logs a run from code.
+    run_name = f"teammate-run-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, teammate))
+        mlflow.set_tracking_uri(team["tracking_uri"])
+        exp = mlflow.set_experiment(f"browser-{uuid.uuid4().hex[:6]}")
+        with mlflow.start_run(run_name=run_name):
+            mlflow.log_metric("rmse", 0.3)
+
+    hub = deployment["hub_url"]
+    page = browser.new_page()
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    try:
+        page.goto(f"{hub}/hub/login")
+        page.fill("#username_input", user)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+        page.wait_for_url(f"{hub}/hub/home", timeout=30000)
+        links = page.locator("a.cubelab-mlflow")
+        hrefs = sorted(links.nth(i).get_attribute("href") for i in range(links.count()))
+        expected = sorted(f"/services/mlflow-{t['name']}/" for t in deployment["teams"] if user in t["members"])
+        assert hrefs == expected
+
+        # Into the team's mlflow UI through the hub: OAuth with the hub, no second password.
+        page.click(f"a.cubelab-mlflow[href='/services/mlflow-{team['name']}/']")
+        page.wait_for_url(f"{hub}/services/mlflow-{team['name']}/**", timeout=30000)
+        page.goto(f"{hub}/services/mlflow-{team['name']}/#/experiments/{exp.experiment_id}/runs")
+        try:
+            page.get_by_text(run_name).first.wait_for(timeout=60000)
+        except Exception:
+            print("failed responses:", *failed, sep="\n  ")
+            raise
+        finally:
+            page.screenshot(path=str(SCREENSHOTS / "browser-mlflow-ui.png"))
+    finally:
+        page.close()
+
+
+def test_browser_of_another_team_cannot_open_the_ui(deployment: dict[str, Any], browser: Any) -> None:
+    team, other = deployment["teams"][0], deployment["teams"][1]
+    stranger = next(m for m in other["members"] if m not in team["members"])
+    password = next(u.get("initial_password") for u in deployment["users"] if u["name"] == stranger)
+    if not password:
+        pytest.skip("the deployment description carries no passwords (not local accounts)")
+    hub = deployment["hub_url"]
+    page = browser.new_page()
+    try:
+        page.goto(f"{hub}/hub/login")
+        page.fill("#username_input", stranger)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+        page.wait_for_url(f"{hub}/hub/home", timeout=30000)
+        response = page.goto(f"{hub}/services/mlflow-{team['name']}/")
+        assert response is not None
+        assert response.status == 403 or "/hub/" in page.url
+        assert "PERMISSION_DENIED" in page.content() or response.status != 200
+    finally:
+        page.close()
