@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any
 
 import mlflow
@@ -167,3 +169,80 @@ import json; print(json.dumps(results))
     if not deployment.get("users_isolated"):
         pytest.skip("users are not separate Unix accounts on this deployment (cubelab not run as root)")
     assert results and all(v == "PermissionError" for v in results.values()), results
+
+
+WRITE_TENSORBOARD_RUN = """
+import os, tempfile, time, boto3
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+folder = tempfile.mkdtemp()
+writer = EventFileWriter(folder)
+for step in range(3):
+    value = summary_pb2.Summary.Value(tag="loss", simple_value=1.0 / (step + 1))
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=[value])))
+writer.close()
+bucket, prefix = os.environ["TENSORBOARD_LOGDIR"].removeprefix("s3://").split("/", 1)
+for name in os.listdir(folder):
+    boto3.client("s3").upload_file(os.path.join(folder, name), bucket, f"{prefix}/RUN/{name}")
+print(os.environ["TENSORBOARD_LOGDIR"])
+"""
+
+
+def test_tensorboard_in_jupyterlab_reads_the_teams_log_directory(
+    deployment: dict[str, Any], ocean: dict[str, Any], alice_server: UserServer
+) -> None:
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    logdir = alice_server.run(WRITE_TENSORBOARD_RUN.replace("RUN", run)).strip()
+    assert logdir == f"s3://{ocean['bucket']}/tensorboard"
+    url = f"{deployment['hub_url']}/user/{alice_server.user}/tensorboard/data/runs"
+    deadline = time.monotonic() + 90
+    runs: list[str] = []
+    while time.monotonic() < deadline:  # the first request starts TensorBoard; it then loads every 5 s
+        resp = requests.get(url, headers=alice_server.headers, timeout=60)
+        if resp.status_code == 200:
+            runs = resp.json()
+            if run in runs:
+                break
+        time.sleep(1)
+    assert run in runs
+
+
+def test_user_in_several_teams_chooses_the_team_at_spawn(deployment: dict[str, Any]) -> None:
+    multi = [u["name"] for u in deployment["users"] if sum(u["name"] in t["members"] for t in deployment["teams"]) > 1]
+    if not multi:
+        pytest.skip("no user is in two teams in this deployment")
+    user = multi[0]
+    teams = [t for t in deployment["teams"] if user in t["members"]]
+    session, _ = login(deployment["hub_url"], user, password_of(deployment, user))
+    form = session.get(f"{deployment['hub_url']}/hub/spawn", timeout=30).text
+    assert '<select class="form-control" name="team"' in form
+    assert all(f'<option value="{t["name"]}">' in form for t in teams)
+
+    server = UserServer(deployment["hub_url"], user, issue_token(deployment, user))
+    server.start(team=teams[1]["name"])
+    try:
+        env = server.run("import os; print(os.environ['MLFLOW_TRACKING_URI'], os.environ['S3_USER_STORAGE_BUCKET'])")
+        assert env.split() == [teams[1]["tracking_uri"], teams[1]["bucket"]]
+    finally:
+        server.stop()
+    # A team the user is not in cannot be chosen.
+    other = next((t for t in deployment["teams"] if user not in t["members"]), None)
+    if other is not None:
+        with pytest.raises((TimeoutError, requests.HTTPError)):
+            server.start(team=other["name"], timeout=20)
+        server.stop()
+
+
+def test_user_in_no_team_logs_in_but_gets_no_team_access(deployment: dict[str, Any]) -> None:
+    loners = [u["name"] for u in deployment["users"] if not any(u["name"] in t["members"] for t in deployment["teams"])]
+    if not loners:
+        pytest.skip("every user is in a team in this deployment")
+    server = UserServer(deployment["hub_url"], loners[0], issue_token(deployment, loners[0]))
+    server.start()
+    try:
+        keys = server.run(
+            "import os; print(sorted(k for k in os.environ if k.startswith(('MLFLOW_TRACKING', 'S3_', 'AWS_'))))"
+        )
+        assert keys.strip() == "[]"
+    finally:
+        server.stop()

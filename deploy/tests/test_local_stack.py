@@ -166,6 +166,7 @@ def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend,
 
     doc = yaml.safe_load(stack.config.path.read_text())
     doc["teams"].append({"name": "ice", "members": ["dave"]})
+    doc["teams"][0]["members"].remove("bob")  # a member leaves ocean: the hub group must follow
     stack.config.path.write_text(yaml.safe_dump(doc, sort_keys=False))
     done = subprocess.run(
         [sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "apply"],
@@ -181,6 +182,9 @@ def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend,
             assert after[name] == pid, f"{name} was restarted by apply"
     rows = {r.name: r for r in grown.status()}
     assert rows["mlflow-ice"].healthy and rows["hub"].healthy
+    # Teams are hub groups, synced both ways.
+    assert grown.hub.api("GET", "/groups/ice")["users"] == ["dave"]
+    assert "bob" not in grown.hub.api("GET", "/groups/ocean")["users"]
     _check_something(as_member(grown, "ocean"), "before-apply", run_id)
     # The new team has its own bucket and identity, and works.
     ice_uri = as_member(grown, "ice")
