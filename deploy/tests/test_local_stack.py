@@ -275,3 +275,23 @@ def test_private_state_dir_keeps_the_cluster_where_postgres_can_reach_it(stacks:
     backend.down()
     again = stacks.backend(load(config))
     assert again.postgres.home == backend.postgres.home
+
+
+def test_idle_user_servers_are_culled(stacks: ScratchStacks) -> None:
+    from platform_tests.hubclient import UserServer
+
+    config = stacks.config(teams=[{"name": "solo", "members": ["alice"]}])
+    doc = yaml.safe_load(config.read_text())
+    doc["hub"] = {"cull_idle_seconds": 20}
+    config.write_text(yaml.safe_dump(doc))
+    backend = stacks.backend(config)
+    backend.up()
+    server = UserServer(backend.hub.url, "alice", backend.hub.issue_token("alice"))
+    server.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not backend.hub.api("GET", "/users/alice")["servers"]:
+            break
+        time.sleep(2)
+    assert backend.hub.api("GET", "/users/alice")["servers"] == {}, "the idle server was not culled"
+    assert "Culling server" in (backend.paths.logs / "hub.log").read_text()

@@ -1,0 +1,91 @@
+"""The hub's settings rendered from the platform config, read by the real jupyterhub_config.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cubelab.backends.local import LocalBackend
+from cubelab.config import load
+from cubelab.hub import render
+from cubelab.install import hub_env
+from cubelab.scratch import ScratchStacks, use_shared_installs
+
+HUB_CONFIG = Path(__file__).resolve().parents[1] / "cubelab" / "hub" / "jupyterhub_config.py"
+
+READ_TRAITS = f"""
+import json, os
+from traitlets.config import Config
+c = Config()
+exec(open({str(HUB_CONFIG)!r}).read(), {{"get_config": lambda: c}})
+print(json.dumps({{
+    "authenticator": c.JupyterHub.authenticator_class,
+    "groups": c.JupyterHub.load_groups,
+    "roles": c.JupyterHub.load_roles,
+    "services": [s["name"] for s in c.JupyterHub.services],
+    "admins": sorted(c.Authenticator.admin_users),
+    "oauth": {{k: v for k, v in c.GenericOAuthenticator.items()}} if "GenericOAuthenticator" in c else {{}},
+    "cleanup_servers": c.JupyterHub.cleanup_servers,
+}}, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def hub_python() -> str:
+    """The hub environment's Python (installed if missing), where jupyterhub and traitlets are."""
+    use_shared_installs()
+    return str(hub_env(Path(os.environ["CUBELAB_INSTALL_DIR"]), print) / "bin/python")
+
+
+def rendered_traits(backend: LocalBackend, hub_python: str, tmp_path: Path) -> dict:
+    settings = backend.hub.settings(Path("/venv"), Path("/proxy"))
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    out = subprocess.run([hub_python, "-c", READ_TRAITS], env={"CUBELAB_HUB_SETTINGS": str(path)},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_local_accounts_teams_and_services(hub_python: str, tmp_path: Path) -> None:
+    stacks = ScratchStacks()
+    try:
+        backend = stacks.backend(stacks.config())
+        traits = rendered_traits(backend, hub_python, tmp_path)
+    finally:
+        stacks.close()
+    assert traits["authenticator"] == "cubelab.hub.auth.LocalPasswordAuthenticator"
+    assert traits["groups"] == {"ocean": {"users": ["alice", "bob"]}, "land": {"users": ["bob", "carol"]}}
+    assert {"mlflow-ocean", "mlflow-land", render.ADMIN_SERVICE, "idle-culler"} <= set(traits["services"])
+    team_roles = {r["name"]: r for r in traits["roles"] if r["name"].startswith("team-")}
+    assert team_roles["team-ocean"]["scopes"] == ["access:services!service=mlflow-ocean"]
+    assert team_roles["team-ocean"]["groups"] == ["ocean"]
+    assert traits["cleanup_servers"] is False
+
+
+def test_oidc_login_maps_the_groups_claim_to_teams(hub_python: str, tmp_path: Path) -> None:
+    stacks = ScratchStacks()
+    try:
+        path = stacks.config()
+        (path.parent / "oidc-secret").write_text("s3cret\n")
+        doc = yaml.safe_load(path.read_text())
+        doc["hub"] = {"auth": {
+            "type": "oidc", "client_id": "cubelab", "client_secret_file": "oidc-secret",
+            "authorize_url": "https://idp.example/auth", "token_url": "https://idp.example/token",
+            "userdata_url": "https://idp.example/userinfo", "groups_claim": "teams",
+        }, "public_url": "https://hub.example"}  # fmt: skip
+        path.write_text(yaml.safe_dump(doc))
+        backend = stacks.backend(load(path))
+        traits = rendered_traits(backend, hub_python, tmp_path)
+    finally:
+        stacks.close()
+    oauth = traits["oauth"]
+    assert traits["authenticator"] == "generic-oauth"
+    assert oauth["client_id"] == "cubelab" and oauth["client_secret"] == "s3cret"
+    assert oauth["oauth_callback_url"] == "https://hub.example/hub/oauth_callback"
+    assert oauth["manage_groups"] == "True" or oauth["manage_groups"] is True
+    assert oauth["auth_state_groups_key"] == "oauth_user.teams"
