@@ -14,7 +14,6 @@ On a throwaway stack (installs shared with `make up`), with one team of --users 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,7 +26,9 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cubelab.procs import free_tcp_port
+from report import report
+
+from cubelab.procs import free_tcp_port, wait_http
 from cubelab.scratch import ScratchStacks
 from platform_tests.hubclient import UserServer, login
 
@@ -84,13 +85,7 @@ def bench_auth_latency(backend: Any, token: str) -> dict[str, Any]:
     prefix = f"/services/{team.service}"
     query = "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}{prefix}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_http(f"http://127.0.0.1:{port}{prefix}/health")
         auth = {"Authorization": f"Bearer {token}"}
         hub_ms = _median_ms(f"{backend.hub.url}{prefix}{query}", auth)
         direct_ms = _median_ms(f"{backend.tracking.url(team)}{query}", auth)
@@ -201,11 +196,7 @@ def main() -> None:
         ("  throughput", f"{r['concurrent_per_s']:.0f} requests/s", ""),
         ("  latency p50 / p99", f"{r['concurrent_p50_ms']:.0f} / {r['concurrent_p99_ms']:.0f} ms", ""),
     ]  # fmt: skip
-    print("\n| measure | result | target |\n| --- | --- | --- |")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(rows, results, args.json)
 
 
 if __name__ == "__main__":

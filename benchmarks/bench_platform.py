@@ -14,7 +14,6 @@ These machines are shared and noisy: medians of several rounds; compare ratios t
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -28,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import psutil
+from report import report
 
-from cubelab.procs import free_tcp_port, tree_memory_mb
+from cubelab.procs import free_tcp_port, tree_memory_mb, wait_http
 from cubelab.scratch import ScratchStacks
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -51,17 +51,6 @@ def bench_up(rounds: int) -> dict[str, Any]:
         finally:
             stacks.close()
     return {"up_first_s": statistics.median(first), "up_restart_s": statistics.median(restart), "rounds": rounds}
-
-
-def _wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def _idle_pss(proc: psutil.Process, url: str) -> float:
@@ -89,7 +78,7 @@ def bench_memory(backend: Any) -> dict[str, Any]:
     log = open(backend.paths.logs / "stock-mlflow.log", "wb")
     stock = subprocess.Popen(stock_argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         stock_pss = _idle_pss(psutil.Process(stock.pid), f"http://127.0.0.1:{port}")
         stock_procs = 1 + len(psutil.Process(stock.pid).children(recursive=True))
     finally:
@@ -226,11 +215,7 @@ def main() -> None:
         ("same store: s3fs put straight to S3", f"{results['s3fs_put_s']:.2f} s", "-"),
         ("speed ratio mlflow / s3fs", f"{results['ratio_mlflow_speed_vs_s3fs']:.2f}", "~0.25 measured before"),
     ]
-    print("\n| measure | result | target |\n| --- | --- | --- |")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(rows, results, args.json)
 
 
 if __name__ == "__main__":

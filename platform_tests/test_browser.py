@@ -31,6 +31,15 @@ def browser() -> Any:
         browser.close()
 
 
+def log_in(page: Any, hub: str, user: str, password: str) -> None:
+    """Fill in and send the hub's login form; land on the home page."""
+    page.goto(f"{hub}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    page.wait_for_url(f"{hub}/hub/home", timeout=30000)
+
+
 def test_login_team_links_and_teammates_run_in_the_mlflow_ui(deployment: dict[str, Any], browser: Any) -> None:
     team = deployment["teams"][0]
     user, teammate = team["members"][0], team["members"][1]
@@ -52,11 +61,7 @@ def test_login_team_links_and_teammates_run_in_the_mlflow_ui(deployment: dict[st
     failed: list[str] = []
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     try:
-        page.goto(f"{hub}/hub/login")
-        page.fill("#username_input", user)
-        page.fill("#password_input", password)
-        page.click("#login_submit")
-        page.wait_for_url(f"{hub}/hub/home", timeout=30000)
+        log_in(page, hub, user, password)
         links = page.locator("a.cubelab-mlflow")
         hrefs = sorted(links.nth(i).get_attribute("href") for i in range(links.count()))
         expected = sorted(f"/services/mlflow-{t['name']}/" for t in deployment["teams"] if user in t["members"])
@@ -86,11 +91,7 @@ def test_browser_of_another_team_cannot_open_the_ui(deployment: dict[str, Any], 
     hub = deployment["hub_url"]
     page = browser.new_page()
     try:
-        page.goto(f"{hub}/hub/login")
-        page.fill("#username_input", stranger)
-        page.fill("#password_input", password)
-        page.click("#login_submit")
-        page.wait_for_url(f"{hub}/hub/home", timeout=30000)
+        log_in(page, hub, stranger, password)
         response = page.goto(f"{hub}/services/mlflow-{team['name']}/")
         assert response is not None
         assert response.status == 403 or "/hub/" in page.url

@@ -268,3 +268,20 @@ def kill_marked(marker: str, timeout: float = 10.0) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return [p.pid for p in found]
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    """Wait until url answers 200 (a server that someone else started)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback URLs of our servers
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+        time.sleep(0.2)

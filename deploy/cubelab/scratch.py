@@ -67,7 +67,8 @@ class ScratchStacks:
         self.dirs.append(folder)
         doc = {
             "state_dir": "state",
-            "users": [{"name": u} for u in (users or DEFAULT_USERS)],
+            # dave, in no team, is a platform admin: the tests check admins get no team's data.
+            "users": [{"name": u, "admin": u == "dave"} for u in (users or DEFAULT_USERS)],
             "teams": teams if teams is not None else DEFAULT_TEAMS,
             "ports": free_port_block(),
         }

@@ -15,6 +15,7 @@ import mlflow
 import psutil
 import psycopg2
 import pytest
+import requests
 import yaml
 
 from cubelab.backends.local import LocalBackend
@@ -203,6 +204,35 @@ def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> N
     backend.up()
     assert all(row.healthy for row in backend.status())
     _check_something(as_member(backend, "ocean"), "persisted", run_id)
+
+
+def test_stock_mlflow_server_with_cubelab_app_enforces_team_auth(stack: LocalBackend) -> None:
+    """`mlflow server --app-name cubelab` (how images run it) applies the same checks as the embedded launcher."""
+    from cubelab.procs import free_tcp_port, wait_http
+
+    team = stack.config.team("ocean")
+    venv = stack.paths.install / "services"
+    argv, env = stack.tracking._launch(team, venv)
+    store = env.pop("CUBELAB_BACKEND_STORE_URI")
+    port = free_tcp_port()
+    prefix = f"/services/{team.service}"
+    cmd = [str(venv / "bin/mlflow"), "server", "--app-name", "cubelab", "--backend-store-uri", store,
+           "--serve-artifacts", "--artifacts-destination", argv[argv.index("--artifacts-destination") + 1],
+           "--static-prefix", prefix, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}{prefix}"
+    try:
+        wait_http(f"{base}/health")
+        search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, timeout=10).status_code == 401
+        member = stack.hub.issue_token(team.members[0])
+        outsider = stack.hub.issue_token(next(u.name for u in stack.config.users if u.name not in team.members))
+        assert requests.get(search, headers={"Authorization": f"Bearer {member}"}, timeout=10).status_code == 200
+        assert requests.get(search, headers={"Authorization": f"Bearer {outsider}"}, timeout=10).status_code == 403
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
 
 
 # -- failures --------------------------------------------------------------------------------------

@@ -330,3 +330,10 @@ class TeamAuthMiddleware:
 def wrap(app: ASGIApp) -> ASGIApp:
     """mlflow's app behind team authentication configured from the environment."""
     return TeamAuthMiddleware(app, AuthSettings.from_env())
+
+
+def create_app() -> ASGIApp:
+    """Factory for `mlflow server --app-name cubelab` (the entry point in mlflow.app)."""
+    from mlflow.server.fastapi_app import app
+
+    return wrap(app)
