@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from cubelab.hub.teams import TeamChoice, TeamEnvironment, options_from_form
+
 settings = json.loads(Path(os.environ["CUBELAB_HUB_SETTINGS"]).read_text())
 c = get_config()
 
@@ -26,7 +28,6 @@ TRAITS = {
     "passwords_file": ("LocalPasswordAuthenticator", "passwords_file"),
     "spawner_cmd": ("Spawner", "cmd"),
     "server_token_scopes": ("Spawner", "server_token_scopes"),
-    "team_env": ("CubelabSpawner", "team_env"),
     "run_as_system_users": ("CubelabSpawner", "run_as_system_users"),
     "homes_dir": ("CubelabSpawner", "homes_dir"),
     "stack_marker": ("CubelabSpawner", "stack_marker"),
@@ -40,7 +41,12 @@ for key, (section, trait) in TRAITS.items():
 c.JupyterHub.cookie_secret = bytes.fromhex(settings["cookie_secret"])
 c.ConfigurableHTTPProxy.auth_token = settings["proxy_token"]
 c.JupyterHub.load_groups = {name: {"users": members} for name, members in settings["groups"].items()}
-c.JupyterHub.spawner_class = "cubelab.hub.spawner.CubelabSpawner"
+# The spawner is a setting (local processes here; DockerSpawner or KubeSpawner elsewhere); team sessions
+# work the same with each.
+c.JupyterHub.spawner_class = settings.get("spawner_class", "cubelab.hub.spawner.CubelabSpawner")
+c.Spawner.options_form = TeamChoice(settings["team_env"])
+c.Spawner.options_from_form = options_from_form
+c.Spawner.pre_spawn_hook = TeamEnvironment(settings["team_env"])
 c.JupyterHub.authenticator_class = settings["authenticator_class"]
 # Users' servers outlive a hub restart (`cubelab apply` restarts the hub when teams change);
 # `cubelab down` stops them itself.
