@@ -31,13 +31,19 @@ def pids(backend: LocalBackend) -> dict[str, int | None]:
 
 
 def stack_processes(state_dir: Path) -> list[psutil.Process]:
-    """Every process whose command line mentions the stack's state dir (what `down` must leave none of)."""
+    """Every process of the stack (what `down` must leave none of): its state dir on the command line, or its
+    CUBELAB_STACK marker in the environment (users' servers, the proxy)."""
+    marker = f"CUBELAB_STACK={state_dir}".encode()
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if any(str(state_dir) in part for part in proc.info["cmdline"] or []):
                 found.append(proc)
-        except psutil.NoSuchProcess:
+                continue
+            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+                if marker in fh.read().split(b"\0"):
+                    found.append(proc)
+        except (psutil.NoSuchProcess, OSError):
             continue
     return found
 
@@ -194,8 +200,13 @@ def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend,
 
 
 def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> None:
+    from platform_tests.hubclient import UserServer
+
     backend = LocalBackend(load(stack.config.path))
     _, run_id = _log_something(as_member(backend, "ocean"), "persisted")
+    user = backend.config.users[0].name
+    UserServer(backend.hub.url, user, backend.hub.issue_token(user)).start()  # `down` must stop it too
+    assert len(stack_processes(backend.paths.root)) > len(backend.procs.all())
     backend.down()
     assert all(row.pid is None and not row.healthy for row in backend.status())
     assert stack_processes(backend.paths.root) == []
