@@ -1,0 +1,157 @@
+"""Cube -> samples, one chunk at a time: points (one sample per valid cell) or n-D patches (windows with overlap).
+
+Work follows the cube's own chunks, so memory stays bounded by a chunk and the blocks can run on a dask cluster
+(`points_dataset` builds a lazy dask graph; `iter_point_blocks` streams blocks in the current process).
+NaN policies: "drop" keeps cells whose target and features are all finite; "fill" keeps cells with a finite
+target and fills missing features with a value, marking them in a `missing` mask.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cubelab_toolkit.splits import DIMS
+
+NAN_POLICIES = ("drop", "fill")
+
+
+@dataclass(frozen=True)
+class PointBlock:
+    x: np.ndarray  # (n, features) float32
+    y: np.ndarray  # (n,) float32
+    index: np.ndarray  # (n, 3) int64: time, lat, lon index of each sample in the cube
+    missing: np.ndarray  # (n, features) bool: the feature was NaN (filled)
+
+
+def _block_slices(ds: xr.Dataset, reference: str) -> Iterator[tuple[slice, slice, slice]]:
+    chunks = ds[reference].chunks
+    if chunks is None:
+        chunks = tuple((ds.sizes[d],) for d in DIMS)
+    bounds = [np.cumsum((0, *c)) for c in chunks]
+    for i, j, k in itertools.product(*(range(len(c)) for c in chunks)):
+        yield tuple(slice(int(b[n]), int(b[n + 1])) for b, n in zip(bounds, (i, j, k), strict=True))  # type: ignore[misc]
+
+
+def points_from_block(
+    values: dict[str, np.ndarray],
+    features: list[str],
+    target: str,
+    offset: tuple[int, int, int],
+    *,
+    split: np.ndarray | None = None,
+    which: int | None = None,
+    mask: np.ndarray | None = None,
+    nan_policy: str = "drop",
+    fill_value: float = 0.0,
+) -> PointBlock:
+    """The point samples of one block of the cube (numpy arrays over time, lat, lon)."""
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
+    y = values[target]
+    x = np.stack([np.broadcast_to(values[f], y.shape) for f in features], axis=-1)
+    keep = np.isfinite(y)
+    missing = ~np.isfinite(x)
+    if nan_policy == "drop":
+        keep &= ~missing.any(axis=-1)
+    if split is not None and which is not None:
+        keep &= split == which
+    if mask is not None:
+        keep &= np.broadcast_to(mask, y.shape).astype(bool)
+    where = np.nonzero(keep)
+    xs = np.where(missing[where], fill_value, x[where]).astype("float32")
+    index = np.stack(where, axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
+    return PointBlock(xs, y[where].astype("float32"), index, missing[where])
+
+
+def iter_point_blocks(
+    ds: xr.Dataset,
+    features: list[str],
+    target: str,
+    *,
+    which: int | None = None,
+    use_mask: str | None = None,
+    nan_policy: str = "drop",
+    fill_value: float = 0.0,
+) -> Iterator[PointBlock]:
+    """Point samples block by block, following the target's chunks. `which` selects train (0) or test (1) by the
+    cube's `split` variable; `use_mask` names a boolean variable (e.g. land_mask) that samples must be in."""
+    names = {*features, target}
+    if which is not None:
+        if "split" not in ds:
+            raise ValueError("which= needs a `split` variable in the cube (see cubelab_toolkit.splits.with_split)")
+        names.add("split")
+    if use_mask:
+        names.add(use_mask)
+    for block in _block_slices(ds, target):
+        sel = dict(zip(DIMS, block, strict=True))
+        with dask.config.set(scheduler="synchronous"):  # safe in forked loader workers (see FACTS)
+            part = ds[sorted(names)].isel(sel).load()
+        values = {n: part[n].transpose(*[d for d in DIMS if d in part[n].dims]).values for n in names}
+        for name in names:  # 2-D variables (lat, lon) broadcast over time
+            if values[name].ndim == 2:
+                values[name] = values[name][None, :, :]
+        yield points_from_block(
+            {n: values[n] for n in [*features, target]},
+            features,
+            target,
+            tuple(s.start for s in block),  # type: ignore[arg-type]
+            split=values.get("split"),
+            which=which,
+            mask=values.get(use_mask) if use_mask else None,
+            nan_policy=nan_policy,
+            fill_value=fill_value,
+        )
+
+
+def points_dataset(ds: xr.Dataset, features: list[str], target: str, **kwargs: object) -> xr.Dataset:
+    """All point samples as a lazy dataset over a `sample` dimension (one dask chunk per cube block), ready for
+    `.to_zarr(local_or_s3_url)` on a dask cluster."""
+
+    @dask.delayed
+    def one(block: tuple[slice, slice, slice]) -> PointBlock:
+        sub = ds.isel(dict(zip(DIMS, block, strict=True)))
+        offset = tuple(s.start for s in block)
+        blocks = list(iter_point_blocks(sub, features, target, **kwargs))  # type: ignore[arg-type]
+        merged = PointBlock(
+            np.concatenate([b.x for b in blocks]),
+            np.concatenate([b.y for b in blocks]),
+            np.concatenate([b.index for b in blocks]) + np.asarray(offset, dtype="int64"),
+            np.concatenate([b.missing for b in blocks]),
+        )
+        return merged
+
+    parts = [one(block) for block in _block_slices(ds, target)]
+    # A first pass counts each block's samples (on the cluster, like the second) so the result has known chunks.
+    counts = dask.compute(*[dask.delayed(lambda b: len(b.y))(p) for p in parts])
+    nfeat = len(features)
+    x = da.concatenate([da.from_delayed(p.x, (n, nfeat), "float32") for p, n in zip(parts, counts, strict=True)])
+    y = da.concatenate([da.from_delayed(p.y, (n,), "float32") for p, n in zip(parts, counts, strict=True)])
+    index = da.concatenate([da.from_delayed(p.index, (n, 3), "int64") for p, n in zip(parts, counts, strict=True)])
+    return xr.Dataset(
+        {
+            "x": (("sample", "feature"), x),
+            "y": (("sample",), y),
+            "cube_index": (("sample", "axis"), index),
+        },
+        coords={"feature": features, "axis": list(DIMS)},
+        attrs={"target": target, "features": ",".join(features)},
+    )
+
+
+def patches(array: np.ndarray, size: tuple[int, ...], stride: tuple[int, ...]) -> np.ndarray:
+    """All windows of `size` taken every `stride` cells (overlapping where stride < size): shape
+    (n_windows, *size). Windows never leave the array."""
+    if len(size) != array.ndim or len(stride) != array.ndim:
+        raise ValueError(f"size and stride need {array.ndim} entries, got {size} and {stride}")
+    if any(s < 1 for s in (*size, *stride)) or any(s > n for s, n in zip(size, array.shape, strict=True)):
+        raise ValueError(f"patch size {size} must be positive and fit in {array.shape}; stride {stride} positive")
+    windows = np.lib.stride_tricks.sliding_window_view(array, size)
+    windows = windows[tuple(slice(None, None, s) for s in stride)]
+    return windows.reshape(-1, *size)

@@ -1,0 +1,111 @@
+"""Property tests of the sampler: every valid sample exactly once, masks and splits honoured, n-D patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cubelab_toolkit.sampler import iter_point_blocks, patches, points_dataset
+from cubelab_toolkit.splits import TEST, TRAIN, with_split
+
+
+@st.composite
+def cubes(draw: st.DrawFn) -> xr.Dataset:
+    nt, ny, nx = draw(st.integers(1, 8)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 10_000))
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(nt, ny, nx)).astype("float32")
+    b = rng.normal(size=(nt, ny, nx)).astype("float32")
+    y = rng.normal(size=(nt, ny, nx)).astype("float32")
+    for arr, p in ((a, draw(st.floats(0, 0.5))), (b, draw(st.floats(0, 0.5))), (y, draw(st.floats(0, 0.5)))):
+        arr[rng.random(arr.shape) < p] = np.nan
+    mask = rng.random((ny, nx)) < 0.7
+    ds = xr.Dataset({"a": (("time", "lat", "lon"), a), "b": (("time", "lat", "lon"), b),
+                     "y": (("time", "lat", "lon"), y), "mask": (("lat", "lon"), mask)})  # fmt: skip
+    chunks = {"time": draw(st.integers(1, nt)), "lat": draw(st.integers(1, ny)), "lon": draw(st.integers(1, nx))}
+    return with_split(ds, "random", test_fraction=0.3, seed=seed).chunk(chunks)
+
+
+def collect(ds: xr.Dataset, **kwargs: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    blocks = list(iter_point_blocks(ds, ["a", "b"], "y", **kwargs))  # type: ignore[arg-type]
+    return (np.concatenate([b.x for b in blocks]), np.concatenate([b.y for b in blocks]),
+            np.concatenate([b.index for b in blocks]), np.concatenate([b.missing for b in blocks]))  # fmt: skip
+
+
+@given(ds=cubes(), which=st.sampled_from([None, TRAIN, TEST]), use_mask=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_each_valid_point_exactly_once(ds: xr.Dataset, which: int | None, use_mask: bool) -> None:
+    x, y, index, missing = collect(ds, which=which, use_mask="mask" if use_mask else None)
+    a, b, t, split, mask = (ds[v].values for v in ("a", "b", "y", "split", "mask"))
+    valid = np.isfinite(a) & np.isfinite(b) & np.isfinite(t)
+    if which is not None:
+        valid &= split == which
+    if use_mask:
+        valid &= mask[None, :, :]
+    expected = {tuple(i) for i in np.argwhere(valid)}
+    got = [tuple(i) for i in index]
+    assert len(got) == len(set(got))  # no sample twice
+    assert set(got) == expected  # every valid sample, and only those
+    ti, yi, xi = index.T
+    np.testing.assert_array_equal(y, t[ti, yi, xi])
+    np.testing.assert_array_equal(x[:, 0], a[ti, yi, xi])
+    assert not missing.any()
+
+
+@given(ds=cubes())
+@settings(max_examples=30, deadline=None)
+def test_fill_policy_keeps_target_cells_and_marks_missing_features(ds: xr.Dataset) -> None:
+    x, _y, index, missing = collect(ds, nan_policy="fill", fill_value=-9.0)
+    t = ds.y.values
+    assert {tuple(i) for i in index} == {tuple(i) for i in np.argwhere(np.isfinite(t))}
+    assert np.all(np.isfinite(x)) and np.all(x[missing] == -9.0)
+    ti, yi, xi = index.T
+    np.testing.assert_array_equal(missing[:, 0], ~np.isfinite(ds.a.values[ti, yi, xi]))
+
+
+def test_points_dataset_is_lazy_and_matches_the_stream() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(6, 4, 5)).astype("float32")
+    data[0, 0, 0] = np.nan
+    ds = xr.Dataset({"a": (("time", "lat", "lon"), data), "b": (("time", "lat", "lon"), data * 2),
+                     "y": (("time", "lat", "lon"), data + 1)}).chunk({"time": 2, "lat": 2, "lon": 5})  # fmt: skip
+    lazy = points_dataset(ds, ["a", "b"], "y")
+    assert lazy.x.chunks is not None and len(lazy.x.chunks[0]) == 3 * 2
+    x, _y, index, _ = collect(ds)
+    np.testing.assert_array_equal(lazy.x.values, x)
+    np.testing.assert_array_equal(lazy.cube_index.values, index)
+    assert lazy.sizes["sample"] == 6 * 4 * 5 - 1
+
+
+@given(
+    shape=st.tuples(st.integers(1, 7), st.integers(1, 7), st.integers(1, 7)),
+    data=st.data(),
+)
+@settings(max_examples=60, deadline=None)
+def test_patches_cover_the_windows_with_overlap(shape: tuple[int, int, int], data: st.DataObject) -> None:
+    size = tuple(data.draw(st.integers(1, n)) for n in shape)
+    stride = tuple(data.draw(st.integers(1, 4)) for _ in shape)
+    array = np.arange(np.prod(shape)).reshape(shape)
+    out = patches(array, size, stride)
+    starts = [range(0, n - s + 1, st_) for n, s, st_ in zip(shape, size, stride, strict=True)]
+    assert out.shape == (np.prod([len(r) for r in starts]), *size)
+    for patch, (i, j, k) in zip(out, np.ndindex(*[len(r) for r in starts]), strict=True):
+        t0, y0, x0 = starts[0][i], starts[1][j], starts[2][k]
+        np.testing.assert_array_equal(patch, array[t0 : t0 + size[0], y0 : y0 + size[1], x0 : x0 + size[2]])
+
+
+def test_bad_sampler_arguments() -> None:
+    with pytest.raises(ValueError, match="size and stride"):
+        patches(np.zeros((3, 3)), (1,), (1, 1))
+    with pytest.raises(ValueError, match="must be positive and fit"):
+        patches(np.zeros((3, 3)), (4, 1), (1, 1))
+    ds = xr.Dataset(
+        {"a": (("time", "lat", "lon"), np.zeros((1, 1, 1))), "y": (("time", "lat", "lon"), np.zeros((1, 1, 1)))}
+    )
+    with pytest.raises(ValueError, match="nan_policy"):
+        list(iter_point_blocks(ds, ["a"], "y", nan_policy="impute"))
+    with pytest.raises(ValueError, match="needs a `split` variable"):
+        list(iter_point_blocks(ds, ["a"], "y", which=TRAIN))
