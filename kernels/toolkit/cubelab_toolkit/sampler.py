@@ -30,7 +30,7 @@ class PointBlock:
     missing: np.ndarray  # (n, features) bool: the feature was NaN (filled)
 
 
-def _block_slices(ds: xr.Dataset, reference: str) -> Iterator[tuple[slice, slice, slice]]:
+def block_slices(ds: xr.Dataset, reference: str) -> Iterator[tuple[slice, slice, slice]]:
     chunks = ds[reference].chunks
     if chunks is None:
         chunks = tuple((ds.sizes[d],) for d in DIMS)
@@ -89,7 +89,7 @@ def iter_point_blocks(
         names.add("split")
     if use_mask:
         names.add(use_mask)
-    for block in _block_slices(ds, target):
+    for block in block_slices(ds, target):
         sel = dict(zip(DIMS, block, strict=True))
         with dask.config.set(scheduler="synchronous"):  # safe in forked loader workers (see FACTS)
             part = ds[sorted(names)].isel(sel).load()
@@ -127,7 +127,7 @@ def points_dataset(ds: xr.Dataset, features: list[str], target: str, **kwargs: o
         )
         return merged
 
-    parts = [one(block) for block in _block_slices(ds, target)]
+    parts = [one(block) for block in block_slices(ds, target)]
     # A first pass counts each block's samples (on the cluster, like the second) so the result has known chunks.
     counts = dask.compute(*[dask.delayed(lambda b: len(b.y))(p) for p in parts])
     nfeat = len(features)
