@@ -1,0 +1,106 @@
+"""TensorFlow/Keras on a cube: tf.data streaming from the same chunk-aligned sampler, the right number of steps
+per epoch (every training batch, counted up front), early stopping on the test split, TensorBoard logs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from cubelab_toolkit.sampler import iter_point_blocks
+from cubelab_toolkit.scaling import Scaler
+from cubelab_toolkit.splits import TEST, TRAIN
+
+
+def count_batches(ds: xr.Dataset, features: list[str], target: str, which: int, batch_size: int) -> int:
+    """How many batches one pass over a split yields (batches never cross blocks)."""
+    return sum(
+        math.ceil(len(b.y) / batch_size) for b in iter_point_blocks(ds, features, target, which=which) if len(b.y)
+    )
+
+
+def dataset(
+    ds: xr.Dataset,
+    features: list[str],
+    target: str,
+    scaler: Scaler,
+    *,
+    which: int,
+    batch_size: int = 1024,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> Any:
+    """A tf.data.Dataset of scaled (x, y) batches, read block by block (bounded memory)."""
+    import tensorflow as tf
+
+    epoch = {"n": 0}
+
+    def batches() -> Any:
+        rng = np.random.default_rng((seed, epoch["n"]))
+        epoch["n"] += 1
+        for block in iter_point_blocks(ds, features, target, which=which):
+            n = len(block.y)
+            if n == 0:
+                continue
+            x = np.stack([scaler.transform(f, block.x[:, i]) for i, f in enumerate(features)], 1).astype("float32")
+            y = np.asarray(scaler.transform(target, block.y), dtype="float32")
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            for start in range(0, n, batch_size):
+                take = order[start : start + batch_size]
+                yield x[take], y[take]
+
+    spec = (tf.TensorSpec((None, len(features)), tf.float32), tf.TensorSpec((None,), tf.float32))
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+
+
+@dataclass
+class KerasResult:
+    model: Any
+    scaler: Scaler
+    test_rmse: float
+    steps_per_epoch: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def train_keras(
+    ds: xr.Dataset,
+    features: list[str],
+    target: str,
+    *,
+    epochs: int = 10,
+    batch_size: int = 1024,
+    lr: float = 3e-3,
+    patience: int = 3,
+    seed: int = 0,
+    tensorboard_dir: str | None = None,
+    model: Any = None,
+    callbacks: list[Any] | None = None,
+) -> KerasResult:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    scaler = Scaler.fit(ds, [*features, target], ds["split"])
+    train = dataset(ds, features, target, scaler, which=TRAIN, batch_size=batch_size, seed=seed).repeat()
+    test = dataset(ds, features, target, scaler, which=TEST, batch_size=4096, shuffle=False)
+    # Counted, not guessed: with a repeating dataset Keras runs exactly this many steps per epoch.
+    steps = count_batches(ds, features, target, TRAIN, batch_size)
+    model = model or keras.Sequential([
+        keras.Input((len(features),)),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(1),
+        keras.layers.Reshape(()),
+    ])  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="mse")
+    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    all_callbacks: list[Any] = [stopping, *(callbacks or [])]
+    if tensorboard_dir:
+        all_callbacks.append(keras.callbacks.TensorBoard(log_dir=tensorboard_dir))
+    fit = model.fit(
+        train, epochs=epochs, steps_per_epoch=steps, validation_data=test, callbacks=all_callbacks, verbose=0
+    )
+    test_mse = float(model.evaluate(test, verbose=0))
+    return KerasResult(model, scaler, math.sqrt(test_mse) * scaler.std[target], steps, dict(fit.history))

@@ -1,0 +1,40 @@
+"""Keras: every training batch is one step (no silent 1/32 of an epoch) and the model learns to the noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cubelab_toolkit.cube import LST_NOISE_K, chunked, synthetic_cube
+from cubelab_toolkit.splits import TRAIN, with_split
+from cubelab_toolkit.train_keras import count_batches, train_keras
+
+keras = pytest.importorskip("keras")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+FEATURES, TARGET = ["air_temperature_2m"], "land_surface_temperature"
+
+
+class StepCounter(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_epoch: list[int] = []
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        self.per_epoch.append(0)
+
+    def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+        self.per_epoch[-1] += 1
+
+
+def test_keras_runs_every_batch_and_learns(tmp_path: Path) -> None:
+    ds = chunked(with_split(synthetic_cube(years=1, resolution=4.0, seed=9), "block", seed=9, block=(23, 5, 5)),
+                 "timeseries", block=10)  # fmt: skip
+    counter = StepCounter()
+    result = train_keras(ds, FEATURES, TARGET, epochs=6, batch_size=512, callbacks=[counter],
+                         tensorboard_dir=str(tmp_path / "tb"))  # fmt: skip
+    expected = count_batches(ds, FEATURES, TARGET, TRAIN, 512)
+    assert result.steps_per_epoch == expected > 10
+    assert counter.per_epoch and set(counter.per_epoch) == {expected}
+    assert result.test_rmse <= 1.2 * LST_NOISE_K, result.history
+    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
