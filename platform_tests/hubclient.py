@@ -59,10 +59,15 @@ class UserServer:
     def stop(self) -> None:
         requests.delete(f"{self.hub_url}/hub/api/users/{self.user}/server", headers=self.headers, timeout=30)
 
-    def run(self, code: str, timeout: float = 120) -> str:
+    def kernelspecs(self) -> dict[str, Any]:
+        resp = requests.get(f"{self.hub_url}/user/{self.user}/api/kernelspecs", headers=self.headers, timeout=30)
+        resp.raise_for_status()
+        return dict(resp.json()["kernelspecs"])
+
+    def run(self, code: str, timeout: float = 120, kernel_name: str = "python3") -> str:
         """Run code in a new kernel over the kernel websocket; return what it printed (raise on an error)."""
         base = f"{self.hub_url}/user/{self.user}/api/kernels"
-        kernel = requests.post(base, headers=self.headers, json={"name": "python3"}, timeout=30)
+        kernel = requests.post(base, headers=self.headers, json={"name": kernel_name}, timeout=30)
         kernel.raise_for_status()
         kernel_id = kernel.json()["id"]
         ws_url = base.replace("http", "ws", 1) + f"/{kernel_id}/channels"

@@ -57,6 +57,43 @@ def _run_logged(argv: list[str], out: TextIO, progress: Progress, every: float =
     return proc.wait()
 
 
+def kernel_requirements(environment_yml: Path) -> tuple[str, list[str]]:
+    """The display name and the pip requirements of a kernel's environment.yml (the single source)."""
+    import yaml
+
+    spec = yaml.safe_load(environment_yml.read_text())
+    pip: list[str] = []
+    for dep in spec.get("dependencies", []):
+        if isinstance(dep, dict) and "pip" in dep:
+            pip += [str(p) for p in dep["pip"]]
+    return str(spec.get("display_name", spec["name"])), pip
+
+
+def kernel_envs(install_dir: Path, hub_venv: Path, progress: Progress) -> list[str]:
+    """One venv per folder of kernels/, each with the toolkit; kernelspecs installed into the hub's prefix."""
+    names = []
+    for spec_file in sorted((REPO_DIR / "kernels").glob("*/environment.yml")):
+        name = spec_file.parent.name
+        display, pip = kernel_requirements(spec_file)
+        requirements = install_dir / f"kernel-{name}.txt"
+        text = "\n".join(pip) + "\n"
+        if not requirements.exists() or requirements.read_text() != text:
+            install_dir.mkdir(parents=True, exist_ok=True)
+            requirements.write_text(text)
+        venv = python_env(install_dir, f"kernel-{name}", requirements, progress, python=user_python(),
+                          editable=(TOOLKIT_DIR,))  # fmt: skip
+        kernel = f"cubelab-{name}"
+        spec_dir = hub_venv / "share" / "jupyter" / "kernels" / kernel
+        if not (spec_dir / "kernel.json").exists() or display not in (spec_dir / "kernel.json").read_text():
+            _run_all(
+                [[str(venv / "bin/python"), "-m", "ipykernel", "install", "--prefix", str(hub_venv),
+                  "--name", kernel, "--display-name", display]],
+                install_dir / f"install-kernel-{name}.log", progress, kernel,
+            )  # fmt: skip
+        names.append(kernel)
+    return names
+
+
 def python_env(
     install_dir: Path,
     name: str,

@@ -18,7 +18,7 @@ from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
-from cubelab.install import hub_env, proxy_command, services_env
+from cubelab.install import hub_env, kernel_envs, proxy_command, services_env
 from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, tree_memory_mb, wait_healthy
 from cubelab.secrets import write_private
 
@@ -41,6 +41,7 @@ class LocalBackend(Backend):
         self.paths.create()
         venv = services_env(self.paths.install, self.progress)
         hub_venv = hub_env(self.paths.install, self.progress)
+        kernel_envs(self.paths.install, hub_venv, self.progress)
         proxy = proxy_command(self.paths.install, self.progress)
         weed = str(venv / "bin/weed")
 
