@@ -66,6 +66,10 @@ class UserServer:
 
     def run(self, code: str, timeout: float = 120, kernel_name: str = "python3") -> str:
         """Run code in a new kernel over the kernel websocket; return what it printed (raise on an error)."""
+        return self.run_cells([code], timeout, kernel_name)[0]
+
+    def run_cells(self, cells: list[str], timeout: float = 120, kernel_name: str = "python3") -> list[str]:
+        """Run cells one after another in one new kernel (as a notebook runs); what each printed."""
         base = f"{self.hub_url}/user/{self.user}/api/kernels"
         kernel = requests.post(base, headers=self.headers, json={"name": kernel_name}, timeout=30)
         kernel.raise_for_status()
@@ -73,7 +77,7 @@ class UserServer:
         ws_url = base.replace("http", "ws", 1) + f"/{kernel_id}/channels"
         ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=timeout)
         try:
-            return _execute(ws, code, self.user, timeout)
+            return [_execute(ws, code, self.user, timeout) for code in cells]
         finally:
             ws.close()
             requests.delete(f"{base}/{kernel_id}", headers=self.headers, timeout=30)
