@@ -104,3 +104,35 @@ def train_keras(
     )
     test_mse = float(model.evaluate(test, verbose=0))
     return KerasResult(model, scaler, math.sqrt(test_mse) * scaler.std[target], steps, dict(fit.history))
+
+
+def log_keras(
+    result: KerasResult,
+    features: list[str],
+    target: str,
+    *,
+    registered_name: str | None = None,
+    alias: str | None = "champion",
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """Log params, per-epoch metrics, the scaler and the Keras model to the active run; register it and point
+    alias at the new version. Returns mlflow's ModelInfo."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from cubelab_toolkit.tracking import log_history, log_scaler, set_alias
+
+    mlflow.log_params({"model": "keras.Sequential", "features": ",".join(features), "target": target,
+                       "steps_per_epoch": result.steps_per_epoch, **(params or {})})  # fmt: skip
+    epochs = len(next(iter(result.history.values()), []))
+    log_history([{"epoch": e, **{k: v[e] for k, v in result.history.items()}} for e in range(epochs)])
+    mlflow.log_metric("test_rmse", result.test_rmse)
+    log_scaler(result.scaler)
+    example = np.zeros((2, len(features)), dtype="float32")
+    # mlflow.tensorflow (not mlflow.keras, whose 3.17.2 log_model fails to write the input example).
+    info = mlflow.tensorflow.log_model(
+        result.model, name="model", signature=infer_signature(example, np.asarray(result.model(example))),
+        input_example=example, registered_model_name=registered_name,
+    )  # fmt: skip
+    set_alias(info, registered_name, alias)
+    return info

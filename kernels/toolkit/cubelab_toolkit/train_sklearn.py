@@ -4,9 +4,7 @@ fitted on training data only, evaluation on the test split, everything logged to
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -17,6 +15,7 @@ from sklearn.linear_model import SGDRegressor
 from cubelab_toolkit.sampler import iter_point_blocks
 from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import TEST, TRAIN
+from cubelab_toolkit.tracking import log_history, log_scaler, set_alias
 
 
 @dataclass
@@ -95,11 +94,9 @@ def log_to_mlflow(
 
     mlflow.log_params({"model": type(result.model).__name__, "features": ",".join(features), "target": target,
                        **(params or {})})  # fmt: skip
-    for row in result.history:
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    log_history(result.history)
     mlflow.log_metric("test_rmse_final", result.test_rmse)
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_artifact(str(result.scaler.save(Path(tmp) / "scaler.json")), "preprocessing")
+    log_scaler(result.scaler)
     example = np.zeros((2, len(features)), dtype="float32")
     info = mlflow.sklearn.log_model(
         result.model, name="model", signature=infer_signature(example, result.model.predict(example)),
@@ -108,8 +105,5 @@ def log_to_mlflow(
     )  # fmt: skip
     result.model_uri = info.model_uri
     result.run_id = mlflow.active_run().info.run_id if mlflow.active_run() else None
-    if registered_name and alias:
-        client = mlflow.MlflowClient()
-        version = info.registered_model_version
-        client.set_registered_model_alias(registered_name, alias, str(version))
+    set_alias(info, registered_name, alias)
     return result

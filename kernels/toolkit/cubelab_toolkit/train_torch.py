@@ -166,3 +166,35 @@ def train_torch(
     if best_state is not None:
         model.load_state_dict(best_state)
     return TorchResult(model, scaler, best, history, steps)
+
+
+def log_torch(
+    result: TorchResult,
+    features: list[str],
+    target: str,
+    *,
+    registered_name: str | None = None,
+    alias: str | None = "champion",
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """Log params, per-epoch metrics, the scaler and the model (signature, input example) to the active run;
+    register it and point alias at the new version. Returns mlflow's ModelInfo."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from cubelab_toolkit.tracking import log_history, log_scaler, set_alias
+
+    mlflow.log_params({"model": type(result.model).__name__, "features": ",".join(features), "target": target,
+                       "steps": result.steps, **(params or {})})  # fmt: skip
+    log_history(result.history)
+    mlflow.log_metric("test_rmse_best", result.test_rmse)
+    log_scaler(result.scaler)
+    example = np.zeros((2, len(features)), dtype="float32")
+    with torch.no_grad():
+        output = result.model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        result.model, name="model", signature=infer_signature(example, output), input_example=example,
+        registered_model_name=registered_name,
+    )  # fmt: skip
+    set_alias(info, registered_name, alias)
+    return info

@@ -38,3 +38,22 @@ def test_keras_runs_every_batch_and_learns(tmp_path: Path) -> None:
     assert counter.per_epoch and set(counter.per_epoch) == {expected}
     assert result.test_rmse <= 1.2 * LST_NOISE_K, result.history
     assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_logged_keras_model_loads_by_alias(tmp_path: Path) -> None:
+    import mlflow
+    import numpy as np
+
+    from cubelab_toolkit.train_keras import log_keras
+
+    ds = chunked(with_split(synthetic_cube(years=1, resolution=6.0, seed=4), "block", seed=4, block=(23, 5, 5)),
+                 "timeseries", block=10)  # fmt: skip
+    result = train_keras(ds, FEATURES, TARGET, epochs=2, batch_size=512)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("keras", artifact_location=(tmp_path / "a").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        log_keras(result, FEATURES, TARGET, registered_name="lst-keras")
+    loaded = mlflow.pyfunc.load_model("models:/lst-keras@champion")
+    x = np.array([[0.5], [-0.5]], dtype="float32")
+    np.testing.assert_allclose(np.asarray(loaded.predict(x)).reshape(-1),
+                               np.asarray(result.model(x)).reshape(-1), rtol=1e-5)  # fmt: skip

@@ -54,3 +54,20 @@ def test_training_learns_and_steps_every_batch(cube, tmp_path: Path) -> None:
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     with torch.no_grad():
         assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_logged_torch_model_loads_by_alias(cube, tmp_path: Path) -> None:
+    import mlflow
+
+    from cubelab_toolkit.train_torch import log_torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("torch", artifact_location=(tmp_path / "a").as_uri())
+    result = train_torch(cube, FEATURES, TARGET, epochs=2, batch_size=512)
+    with mlflow.start_run(experiment_id=exp):
+        log_torch(result, FEATURES, TARGET, registered_name="lst-torch")
+    loaded = mlflow.pyfunc.load_model("models:/lst-torch@champion")
+    x = np.array([[0.5], [-0.5]], dtype="float32")
+    with torch.no_grad():
+        expected = result.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(loaded.predict(x)).reshape(-1), expected.reshape(-1), rtol=1e-5)
