@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 
 from cubelab_toolkit.scaling import Scaler
 
@@ -20,6 +21,18 @@ def log_history(history: list[dict[str, float]]) -> None:
 def log_scaler(scaler: Scaler) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(scaler.save(Path(tmp) / "scaler.json")), "preprocessing")
+
+
+def tensor_signature(n_features: int, output_shape: tuple[int, ...] = (-1, 1)) -> Any:
+    """A signature of float32 tensors (batch, n_features) -> output_shape, as the deep-learning flavours need
+    (infer_signature may give column specs instead, which mlflow's pytorch and tensorflow flavours refuse)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, n_features))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), output_shape)]),
+    )
 
 
 def set_alias(model_info: Any, registered_name: str | None, alias: str | None) -> None:

@@ -118,20 +118,23 @@ def log_keras(
     """Log params, per-epoch metrics, the scaler and the Keras model to the active run; register it and point
     alias at the new version. Returns mlflow's ModelInfo."""
     import mlflow
-    from mlflow.models import infer_signature
 
-    from cubelab_toolkit.tracking import log_history, log_scaler, set_alias
+    from cubelab_toolkit.tracking import log_history, log_scaler, set_alias, tensor_signature
 
     mlflow.log_params({"model": "keras.Sequential", "features": ",".join(features), "target": target,
                        "steps_per_epoch": result.steps_per_epoch, **(params or {})})  # fmt: skip
     epochs = len(next(iter(result.history.values()), []))
-    log_history([{"epoch": e, **{k: v[e] for k, v in result.history.items()}} for e in range(epochs)])
-    mlflow.log_metric("test_rmse", result.test_rmse)
+    std = result.scaler.std[target]
+    rows = [{"epoch": e, **{k: v[e] for k, v in result.history.items()}} for e in range(epochs)]
+    for row in rows:  # in the target's units, comparable with the other frameworks' runs
+        row["test_rmse"] = math.sqrt(row["val_loss"]) * std
+    log_history(rows)
+    mlflow.log_metric("test_rmse_best", result.test_rmse)
     log_scaler(result.scaler)
     example = np.zeros((2, len(features)), dtype="float32")
     # mlflow.tensorflow (not mlflow.keras, whose 3.17.2 log_model fails to write the input example).
     info = mlflow.tensorflow.log_model(
-        result.model, name="model", signature=infer_signature(example, np.asarray(result.model(example))),
+        result.model, name="model", signature=tensor_signature(len(features), (-1,)),
         input_example=example, registered_model_name=registered_name,
     )  # fmt: skip
     set_alias(info, registered_name, alias)

@@ -180,9 +180,8 @@ def log_torch(
     """Log params, per-epoch metrics, the scaler and the model (signature, input example) to the active run;
     register it and point alias at the new version. Returns mlflow's ModelInfo."""
     import mlflow
-    from mlflow.models import infer_signature
 
-    from cubelab_toolkit.tracking import log_history, log_scaler, set_alias
+    from cubelab_toolkit.tracking import log_history, log_scaler, set_alias, tensor_signature
 
     mlflow.log_params({"model": type(result.model).__name__, "features": ",".join(features), "target": target,
                        "steps": result.steps, **(params or {})})  # fmt: skip
@@ -190,10 +189,10 @@ def log_torch(
     mlflow.log_metric("test_rmse_best", result.test_rmse)
     log_scaler(result.scaler)
     example = np.zeros((2, len(features)), dtype="float32")
-    with torch.no_grad():
-        output = result.model(torch.from_numpy(example)).numpy()
+    # Tensor specs, stated: mlflow's default 'pt2' format traces the model and accepts nothing else.
+    signature = tensor_signature(len(features), (-1, 1))
     info = mlflow.pytorch.log_model(
-        result.model, name="model", signature=infer_signature(example, output), input_example=example,
+        result.model, name="model", signature=signature, input_example=example,
         registered_model_name=registered_name,
     )  # fmt: skip
     set_alias(info, registered_name, alias)
