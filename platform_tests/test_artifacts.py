@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cubelab_toolkit import download_artifacts, load_zarr, log_zarr
+from cubelab_toolkit import download_artifacts, load_zarr, log_zarr, log_zarr_store
 from cubelab_toolkit.artifacts import has_consolidated_metadata
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -94,3 +94,34 @@ def test_single_file_artifact_downloads_as_a_file(run_id: str) -> None:
     local = download_artifacts(run_id, "notes/0")
     assert local.is_file() and local.read_text() == "just text"
     assert os.path.basename(local) == "0"
+
+
+@pytest.fixture
+def team_session(team: dict[str, Any], deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment a user's server of the team gets: the team's S3 keys and the artefact root."""
+    monkeypatch.setenv("CUBELAB_ARTIFACT_ROOT", f"s3://{team['bucket']}/{team['artifact_prefix']}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", team["s3"]["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", team["s3"]["secret_key"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", deployment["s3_endpoint"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def test_direct_logging_lands_where_the_server_serves_it(run_id: str, team_session: None) -> None:
+    cube = small_cube()
+    where = log_zarr(cube, "direct/cube.zarr", run_id=run_id)
+    assert where.startswith("s3://") and run_id in where
+    # The tracking server lists and serves what the session wrote: a stock client downloads it whole.
+    stock = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="direct/cube.zarr"))
+    xr.testing.assert_identical(xr.open_zarr(stock, consolidated=None).load(), cube.load())
+    xr.testing.assert_identical(load_zarr(run_id, "direct/cube.zarr").load(), cube.load())
+
+
+def test_direct_store_upload_of_any_layout(run_id: str, team_session: None) -> None:
+    cube = small_cube()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "cube.zarr"
+        cube.to_zarr(store, zarr_format=3)  # default layout, lone chunk files included
+        expected = files_under(store)
+        log_zarr_store(store, "direct/store.zarr", run_id=run_id)
+    local = download_artifacts(run_id, "direct/store.zarr")
+    assert files_under(local) == expected

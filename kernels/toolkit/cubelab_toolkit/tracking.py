@@ -58,7 +58,9 @@ def publish_tensorboard(local_dir: str | Path, run_name: str) -> str | None:
     if destination.startswith("s3://"):
         import s3fs
 
-        s3fs.S3FileSystem().put(str(local_dir), destination, recursive=True)
+        from cubelab_toolkit.artifacts import s3_options
+
+        s3fs.S3FileSystem(**s3_options()).put(str(local_dir), destination, recursive=True)
     else:
         import shutil
 

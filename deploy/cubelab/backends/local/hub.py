@@ -138,6 +138,8 @@ class LocalHub:
                 "AWS_ENDPOINT_URL": self.s3.url,
                 "AWS_ENDPOINT_URL_S3": self.s3.url,
                 "S3_ENDPOINT": self.s3.url,
+                # Where the tracking server keeps run artefacts: the toolkit writes large ones there itself.
+                "CUBELAB_ARTIFACT_ROOT": f"s3://{bucket}/{config.storage.artifact_prefix}",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
             }
         urls = {t.name: f"http://127.0.0.1:{self.tracking.port(t)}" for t in config.teams}
