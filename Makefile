@@ -45,6 +45,8 @@ test: $(VENV)/.installed-test lint
 
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_platform.py --json benchmarks/results.json
+	$(VENV)/bin/python benchmarks/bench_hub.py --json benchmarks/results-hub.json
+	$(VENV)/bin/python benchmarks/bench_toolkit.py --json benchmarks/results-toolkit.json
 
 clean: down
 	rm -rf .cubelab $(VENV)
