@@ -152,13 +152,16 @@ def bench_zarr_logging(backend: Any, rounds: int) -> dict[str, float]:
     }  # fmt: skip
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec, so a child started by a parent that
+# held the cube in memory would report the parent's peak.
 STREAM_CHILD = """
-import resource, sys, time, xarray as xr
+import sys, xarray as xr
 sys.path.insert(0, sys.argv[2])
 from bench_toolkit import torch_rate
 ds = xr.open_zarr(sys.argv[1])
 rate = torch_rate(ds)
-print(rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(rate, int(hwm.split()[1]) / 1024)
 """
 
 
