@@ -55,19 +55,29 @@ def points_from_block(
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
     y = values[target]
-    x = np.stack([np.broadcast_to(values[f], y.shape) for f in features], axis=-1)
-    keep = np.isfinite(y)
-    missing = ~np.isfinite(x)
+    shape = y.shape
+    # Flat 1-D selections: much cheaper than 3-D fancy indexing on every block.
+    keep = np.isfinite(y).ravel()
+    columns = [np.broadcast_to(values[f], shape).ravel() for f in features]
+    missing_cols = [~np.isfinite(c) for c in columns]
     if nan_policy == "drop":
-        keep &= ~missing.any(axis=-1)
+        for miss in missing_cols:
+            keep &= ~miss
     if split is not None and which is not None:
-        keep &= split == which
+        keep &= (split == which).ravel()
     if mask is not None:
-        keep &= np.broadcast_to(mask, y.shape).astype(bool)
-    where = np.nonzero(keep)
-    xs = np.where(missing[where], fill_value, x[where]).astype("float32")
-    index = np.stack(where, axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
-    return PointBlock(xs, y[where].astype("float32"), index, missing[where])
+        keep &= np.broadcast_to(mask, shape).ravel().astype(bool)
+    flat = np.flatnonzero(keep)
+    xs = np.empty((len(flat), len(features)), dtype="float32")
+    missing = np.zeros((len(flat), len(features)), dtype=bool)
+    for i, (column, miss) in enumerate(zip(columns, missing_cols, strict=True)):
+        xs[:, i] = column[flat]
+        if nan_policy == "fill":
+            missing[:, i] = miss[flat]
+    if nan_policy == "fill":
+        xs[missing] = fill_value
+    index = np.stack(np.unravel_index(flat, shape), axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
+    return PointBlock(xs, y.ravel()[flat].astype("float32", copy=False), index, missing)
 
 
 def iter_point_blocks(
@@ -89,11 +99,14 @@ def iter_point_blocks(
         names.add("split")
     if use_mask:
         names.add(use_mask)
+    ordered = {n: ds[n].transpose(*[d for d in DIMS if d in ds[n].dims]) for n in sorted(names)}
     for block in block_slices(ds, target):
         sel = dict(zip(DIMS, block, strict=True))
-        with dask.config.set(scheduler="synchronous"):  # safe in forked loader workers (see FACTS)
-            part = ds[sorted(names)].isel(sel).load()
-        values = {n: part[n].transpose(*[d for d in DIMS if d in part[n].dims]).values for n in names}
+        # The arrays themselves, sliced on chunk boundaries: no Dataset or index objects per block.
+        lazy = [v.data[tuple(sel[d] for d in v.dims)] for v in ordered.values()]
+        # Synchronous: safe in forked loader workers (see FACTS) and no thread hand-off per block.
+        loaded = dask.compute(*lazy, scheduler="synchronous")
+        values = {n: np.asarray(a) for n, a in zip(ordered, loaded, strict=True)}
         for name in names:  # 2-D variables (lat, lon) broadcast over time
             if values[name].ndim == 2:
                 values[name] = values[name][None, :, :]
