@@ -59,3 +59,16 @@ def s3_client(deployment: dict[str, Any], access_key: str, secret_key: str) -> A
         region_name="us-east-1",
         config=botocore.config.Config(retries={"max_attempts": 1}),
     )
+
+
+@pytest.fixture(scope="module")
+def team_server(deployment: dict[str, Any]) -> Any:
+    """The first team's first member's server, started for that team (shared by a test module)."""
+    from platform_tests.hubclient import UserServer
+
+    team = deployment["teams"][0]
+    user = team["members"][0]
+    server = UserServer(deployment["hub_url"], user, issue_token(deployment, user))
+    server.start(team=team["name"])
+    yield server
+    server.stop()

@@ -30,18 +30,8 @@ print(json.dumps({{"run_id": run.info.run_id, "python": sys.executable, "version
 """
 
 
-@pytest.fixture(scope="module")
-def server(deployment: dict[str, Any]) -> Any:
-    team = deployment["teams"][0]
-    user = team["members"][0]
-    server = UserServer(deployment["hub_url"], user, issue_token(deployment, user))
-    server.start(team=team["name"])
-    yield server
-    server.stop()
-
-
-def test_kernels_are_listed_with_their_names(server: UserServer) -> None:
-    specs = server.kernelspecs()
+def test_kernels_are_listed_with_their_names(team_server: UserServer) -> None:
+    specs = team_server.kernelspecs()
     for name, (framework, _) in KERNELS.items():
         assert name in specs, sorted(specs)
         assert framework in specs[name]["spec"]["display_name"]
@@ -49,14 +39,14 @@ def test_kernels_are_listed_with_their_names(server: UserServer) -> None:
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_each_kernel_runs_its_framework_and_logs_to_the_team(
-    deployment: dict[str, Any], server: UserServer, kernel: str
+    deployment: dict[str, Any], team_server: UserServer, kernel: str
 ) -> None:
-    out = server.run(PROBE.format(imports=KERNELS[kernel][1], kernel=kernel), timeout=240, kernel_name=kernel)
+    out = team_server.run(PROBE.format(imports=KERNELS[kernel][1], kernel=kernel), timeout=240, kernel_name=kernel)
     result = json.loads(out.strip().splitlines()[-1])
     assert f"kernel-{kernel.removeprefix('cubelab-')}" in result["python"]  # its own environment
     team = deployment["teams"][0]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, team["members"][1]))
         run = mlflow.MlflowClient(team["tracking_uri"]).get_run(result["run_id"])
-    assert run.info.user_id == server.user
+    assert run.info.user_id == team_server.user
     assert run.data.params["framework_version"] == result["version"]

@@ -19,22 +19,12 @@ NOTEBOOKS = sorted(KERNELS_DIR.glob("*/*.ipynb"))
 NOISE_K = 0.8  # the synthetic cube's LST noise (cubelab_toolkit.cube.LST_NOISE_K)
 
 
-@pytest.fixture(scope="module")
-def server(deployment: dict[str, Any]) -> Any:
-    team = deployment["teams"][0]
-    user = team["members"][0]
-    server = UserServer(deployment["hub_url"], user, issue_token(deployment, user))
-    server.start(team=team["name"])
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_and_logs_everything(deployment: dict[str, Any], server: UserServer, notebook: Path) -> None:
+def test_notebook_runs_and_logs_everything(deployment: dict[str, Any], team_server: UserServer, notebook: Path) -> None:
     nb = json.loads(notebook.read_text())
     kernel = nb["metadata"]["kernelspec"]["name"]
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    outputs = server.run_cells(cells, timeout=600, kernel_name=kernel)
+    outputs = team_server.run_cells(cells, timeout=600, kernel_name=kernel)
     summary = json.loads(outputs[-1].strip().splitlines()[-1])
 
     team = deployment["teams"][0]
@@ -42,7 +32,7 @@ def test_notebook_runs_and_logs_everything(deployment: dict[str, Any], server: U
         mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, team["members"][1]))  # a teammate looks
         client = mlflow.MlflowClient(team["tracking_uri"])
         run = client.get_run(summary["run_id"])
-        assert run.info.user_id == server.user
+        assert run.info.user_id == team_server.user
         assert summary["test_rmse"] <= 1.2 * NOISE_K
         assert len(client.get_metric_history(run.info.run_id, "test_rmse")) >= 2
         version = client.get_model_version_by_alias(summary["model"], "champion")
