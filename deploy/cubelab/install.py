@@ -81,7 +81,7 @@ def kernel_envs(install_dir: Path, hub_venv: Path, progress: Progress) -> list[s
             install_dir.mkdir(parents=True, exist_ok=True)
             requirements.write_text(text)
         venv = python_env(install_dir, f"kernel-{name}", requirements, progress, python=user_python(),
-                          editable=(TOOLKIT_DIR,))  # fmt: skip
+                          editable=(TOOLKIT_DIR,), copy=True)  # fmt: skip
         kernel = f"cubelab-{name}"
         spec_dir = hub_venv / "share" / "jupyter" / "kernels" / kernel
         if not (spec_dir / "kernel.json").exists() or display not in (spec_dir / "kernel.json").read_text():
@@ -102,13 +102,18 @@ def python_env(
     *,
     python: str = sys.executable,
     editable: tuple[Path, ...] = (SOURCE_DIR,),
+    copy: bool = False,
 ) -> Path:
-    """The venv install_dir/name with requirements and the editable packages (without their dependencies)."""
+    """The venv install_dir/name with requirements and cubelab's own packages (without their dependencies):
+    editable, or copied into the venv (copy=True) for environments other accounts run, which must not depend on
+    reading the source tree (it may sit in a private folder such as /root)."""
     venv = install_dir / name
     marker, editable_marker = venv / ".cubelab-installed", venv / ".cubelab-editable"
     version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
     digest = _digest(requirements.read_bytes(), version.stdout.encode())
     editable_digest = _digest(*((p / "pyproject.toml").read_bytes() for p in editable))
+    if copy:  # copies go stale when any source file changes, not only the metadata
+        editable_digest = _digest(editable_digest.encode(), *(f.read_bytes() for f in _package_files(editable)))
     current = marker.exists() and marker.read_text().strip() == digest
     if current and editable_marker.exists() and editable_marker.read_text().strip() == editable_digest:
         return venv
@@ -122,13 +127,24 @@ def python_env(
         progress(f"installing the {name} environment into {venv} (about a minute); log: {log}")
         steps += [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements)]]
     # cubelab's own packages (entry points, metadata) are cheap to refresh on their own.
-    steps += [[*pip, "--no-deps", "-e", str(p)] for p in editable]
+    mode = ["--force-reinstall"] if copy else ["-e"]
+    steps += [[*pip, "--no-deps", *mode, str(p)] for p in editable]
     _run_all(steps, log, progress, name)
     marker.write_text(digest + "\n")
     editable_marker.write_text(editable_digest + "\n")
     if not current:
         progress(f"{name} environment installed")
     return venv
+
+
+def _package_files(roots: tuple[Path, ...]) -> list[Path]:
+    files = []
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".json", ".html", ".toml") and "tests" not in path.parts:
+                if ".egg-info" not in str(path) and "__pycache__" not in path.parts and "build" not in path.parts:
+                    files.append(path)
+    return files
 
 
 def services_env(install_dir: Path, progress: Progress) -> Path:
@@ -150,6 +166,7 @@ def hub_env(install_dir: Path, progress: Progress) -> Path:
         progress,
         python=user_python(),
         editable=(SOURCE_DIR, TOOLKIT_DIR),
+        copy=True,
     )
 
 
