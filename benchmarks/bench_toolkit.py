@@ -8,7 +8,10 @@
 - logging a ~100 MB zarr store of ~1,000 chunks: the toolkit (straight to the run's S3 location) vs s3fs put
   vs plain mlflow.log_artifacts, same run; reading it back: toolkit vs mlflow's own download;
 - peak memory (RSS) of a process streaming a cube several times larger than that.
-ml4xcube is not measured here (see docs/benchmarks.md).
+- with ML4XCUBE_PYTHON set to the Python of a separate environment holding ml4xcube 1.1.0 (it needs
+  xarray 2026.7 and zarr 2: `python3 -m venv /tmp/ml4 && /tmp/ml4/bin/pip install ml4xcube==1.1.0 xarray==2026.7.0`),
+  ml4xcube's XrDataset on a zarr-format-2 copy of the same cube, next to the toolkit on that copy.
+ml4xcube is never a dependency of cubelab.
 """
 
 from __future__ import annotations
@@ -94,6 +97,37 @@ def bench_sampling(url: str, storage_options: dict[str, Any] | None, rounds: int
     torch_ = statistics.median(torch_rate(ds) for _ in range(rounds))
     tf_ = statistics.median(tfdata_rate(ds) for _ in range(rounds))
     return {f"{label}_raw_zarr_per_s": raw, f"{label}_torch_per_s": torch_, f"{label}_tfdata_per_s": tf_}
+
+
+ML4XCUBE_CHILD = """
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+import xarray as xr
+from ml4xcube.datasets.xr_dataset import XrDataset
+ds = xr.open_zarr(sys.argv[1])
+t0 = time.perf_counter()
+data = XrDataset(ds, rand_chunk=False, drop_nan="auto", apply_mask=False, to_pred=None, scale_fn=None,
+                 block_size=[("time", 46), ("lat", 90), ("lon", 90)], sample_size=[("time", 1), ("lat", 1), ("lon", 1)])
+out = data.get_datasets()
+n = len(next(iter(out.values())))
+print(n / (time.perf_counter() - t0))
+"""
+
+
+def bench_ml4xcube(tmp: Path, rounds: int) -> dict[str, float]:
+    """ml4xcube's XrDataset vs the toolkit on the same zarr-format-2 cube (ml4xcube's zarr 2 cannot read v3)."""
+    python = os.environ.get("ML4XCUBE_PYTHON")
+    if not python:
+        return {}
+    url = str(tmp / "cube-v2.zarr")
+    make_cube().to_zarr(url, zarr_format=2, mode="w")
+    theirs = statistics.median(
+        float(subprocess.run([python, "-c", ML4XCUBE_CHILD, url], capture_output=True, text=True, check=True).stdout)
+        for _ in range(rounds)
+    )
+    ds = xr.open_zarr(url)
+    ours = statistics.median(torch_rate(ds) for _ in range(rounds))
+    return {"v2_ml4xcube_xrdataset_per_s": theirs, "v2_toolkit_torch_per_s": ours}
 
 
 def bench_zarr_logging(backend: Any, rounds: int) -> dict[str, float]:
@@ -192,6 +226,7 @@ def main() -> None:
             local = str(Path(tmp) / "cube.zarr")
             make_cube().to_zarr(local, zarr_format=3, mode="w")
             results.update(bench_sampling(local, None, args.rounds, "local"))
+            results.update(bench_ml4xcube(Path(tmp), args.rounds))
             backend = stacks.backend(stacks.config(teams=[{"name": "bench", "members": ["alice"]}]))
             backend.up()
             print("S3 sampling ...", flush=True)
@@ -218,6 +253,13 @@ def main() -> None:
              f"({r[f'{where}_torch_per_s'] / raw:.2f}x raw)", ">= 0.25x raw"),
             (f"{where}: toolkit -> tf.data", f"{r[f'{where}_tfdata_per_s'] / 1e6:.1f} M/s "
              f"({r[f'{where}_tfdata_per_s'] / raw:.2f}x raw)", ">= 0.25x raw"),
+        ]  # fmt: skip
+    if "v2_ml4xcube_xrdataset_per_s" in r:
+        ratio = r["v2_toolkit_torch_per_s"] / r["v2_ml4xcube_xrdataset_per_s"]
+        rows += [
+            ("zarr v2 copy: ml4xcube 1.1.0 XrDataset", f"{r['v2_ml4xcube_xrdataset_per_s'] / 1e6:.2f} M/s", ""),
+            ("zarr v2 copy: toolkit -> torch batches", f"{r['v2_toolkit_torch_per_s'] / 1e6:.1f} M/s ({ratio:.0f}x)",
+             ">= 100x ml4xcube"),
         ]  # fmt: skip
     rows += [
         (f"log {r['zarr_mb']:.0f} MB zarr / {r['zarr_files']} files: toolkit", f"{r['log_toolkit_s']:.2f} s", ""),
