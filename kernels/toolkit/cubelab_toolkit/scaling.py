@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -38,6 +39,11 @@ class Scaler:
 
     def inverse(self, name: str, values: xr.DataArray | np.ndarray) -> xr.DataArray | np.ndarray:
         return values * self.std[name] + self.mean[name]
+
+    def scale_block(self, block: Any, features: list[str], target: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled float32 features (n, len(features)) and target (n,) of a sampler PointBlock."""
+        x = np.stack([self.transform(f, block.x[:, i]) for i, f in enumerate(features)], axis=1)
+        return x.astype("float32"), np.asarray(self.transform(target, block.y), dtype="float32")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -45,8 +45,7 @@ def dataset(
             n = len(block.y)
             if n == 0:
                 continue
-            x = np.stack([scaler.transform(f, block.x[:, i]) for i, f in enumerate(features)], 1).astype("float32")
-            y = np.asarray(scaler.transform(target, block.y), dtype="float32")
+            x, y = scaler.scale_block(block, features, target)
             order = rng.permutation(n) if shuffle else np.arange(n)
             for start in range(0, n, batch_size):
                 take = order[start : start + batch_size]

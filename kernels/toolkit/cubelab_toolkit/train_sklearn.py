@@ -28,18 +28,13 @@ class TrainResult:
     model_uri: str | None = None
 
 
-def _scaled(block: Any, scaler: Scaler, features: list[str], target: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.stack([scaler.transform(f, block.x[:, i]) for i, f in enumerate(features)], axis=1)
-    return x.astype("float32"), np.asarray(scaler.transform(target, block.y), dtype="float32")
-
-
 def rmse_on(model: Any, ds: xr.Dataset, features: list[str], target: str, scaler: Scaler, which: int) -> float:
     """Root-mean-square error in the target's own units over one split, block by block."""
     total, count = 0.0, 0
     for block in iter_point_blocks(ds, features, target, which=which):
         if len(block.y) == 0:
             continue
-        x, _ = _scaled(block, scaler, features, target)
+        x, _ = scaler.scale_block(block, features, target)
         predicted = scaler.inverse(target, model.predict(x))
         total += float(np.sum((predicted - block.y) ** 2))
         count += len(block.y)
@@ -68,7 +63,7 @@ def train_sgd(
         for block in iter_point_blocks(ds, features, target, which=TRAIN):
             if len(block.y) == 0:
                 continue
-            x, y = _scaled(block, scaler, features, target)
+            x, y = scaler.scale_block(block, features, target)
             order = rng.permutation(len(y))
             model.partial_fit(x[order], y[order])
         history.append({

@@ -65,12 +65,11 @@ class CubePoints(IterableDataset):
                 n = len(points.y)
                 if n == 0:
                     continue
-                x = np.stack([self.scaler.transform(f, points.x[:, i]) for i, f in enumerate(self.features)], 1)
-                y = np.asarray(self.scaler.transform(self.target, points.y))
+                x, y = self.scaler.scale_block(points, self.features, self.target)
                 idx = rng.permutation(n) if self.shuffle else np.arange(n)
                 for start in range(0, n, self.batch_size):
                     take = idx[start : start + self.batch_size]
-                    yield torch.from_numpy(x[take].astype("float32")), torch.from_numpy(y[take].astype("float32"))
+                    yield torch.from_numpy(x[take]), torch.from_numpy(y[take])
 
 
 def mlp(n_in: int, hidden: int = 32) -> nn.Module:
