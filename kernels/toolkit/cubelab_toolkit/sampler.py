@@ -9,7 +9,9 @@ target and fills missing features with a value, marking them in a `missing` mask
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dask
@@ -26,7 +28,7 @@ NAN_POLICIES = ("drop", "fill")
 class PointBlock:
     x: np.ndarray  # (n, features) float32
     y: np.ndarray  # (n,) float32
-    index: np.ndarray  # (n, 3) int64: time, lat, lon index of each sample in the cube
+    index: np.ndarray | None  # (n, 3) int64: time, lat, lon index of each sample in the cube (None: not asked for)
     missing: np.ndarray  # (n, features) bool: the feature was NaN (filled)
 
 
@@ -50,6 +52,7 @@ def points_from_block(
     mask: np.ndarray | None = None,
     nan_policy: str = "drop",
     fill_value: float = 0.0,
+    with_index: bool = True,
 ) -> PointBlock:
     """The point samples of one block of the cube (numpy arrays over time, lat, lon)."""
     if nan_policy not in NAN_POLICIES:
@@ -76,8 +79,50 @@ def points_from_block(
             missing[:, i] = miss[flat]
     if nan_policy == "fill":
         xs[missing] = fill_value
-    index = np.stack(np.unravel_index(flat, shape), axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
+    index = None
+    if with_index:
+        index = np.stack(np.unravel_index(flat, shape), axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
     return PointBlock(xs, y.ravel()[flat].astype("float32", copy=False), index, missing)
+
+
+def read_ahead(items: Iterable[object], depth: int) -> Iterator[object]:
+    """Iterate `items` in a background thread, up to `depth` items ahead of the consumer: reading and decoding the
+    next chunks (zarr and its codecs release the GIL) overlaps with the consumer's work on this one. Stops the
+    thread when the consumer stops early."""
+    if depth <= 0:
+        yield from items
+        return
+    done, stop = object(), threading.Event()
+    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except Exception as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put(error)
+
+    thread = threading.Thread(target=work, name="cubelab-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def iter_point_blocks(
@@ -89,9 +134,14 @@ def iter_point_blocks(
     use_mask: str | None = None,
     nan_policy: str = "drop",
     fill_value: float = 0.0,
+    blocks: Sequence[tuple[slice, slice, slice]] | None = None,
+    with_index: bool = True,
+    prefetch: int = 1,
 ) -> Iterator[PointBlock]:
     """Point samples block by block, following the target's chunks. `which` selects train (0) or test (1) by the
-    cube's `split` variable; `use_mask` names a boolean variable (e.g. land_mask) that samples must be in."""
+    cube's `split` variable; `use_mask` names a boolean variable (e.g. land_mask) that samples must be in.
+    `blocks` (from `block_slices`) picks and orders the blocks; `prefetch` blocks are read ahead in a thread;
+    `with_index=False` skips each sample's cube index (trainers do not need it)."""
     names = {*features, target}
     if which is not None:
         if "split" not in ds:
@@ -100,7 +150,8 @@ def iter_point_blocks(
     if use_mask:
         names.add(use_mask)
     ordered = {n: ds[n].transpose(*[d for d in DIMS if d in ds[n].dims]) for n in sorted(names)}
-    for block in block_slices(ds, target):
+
+    def load(block: tuple[slice, slice, slice]) -> dict[str, np.ndarray]:
         sel = dict(zip(DIMS, block, strict=True))
         # The arrays themselves, sliced on chunk boundaries: no Dataset or index objects per block.
         lazy = [v.data[tuple(sel[d] for d in v.dims)] for v in ordered.values()]
@@ -110,6 +161,11 @@ def iter_point_blocks(
         for name in names:  # 2-D variables (lat, lon) broadcast over time
             if values[name].ndim == 2:
                 values[name] = values[name][None, :, :]
+        return values
+
+    chosen = list(block_slices(ds, target)) if blocks is None else list(blocks)
+    loaded = read_ahead(((b, load(b)) for b in chosen), prefetch)
+    for block, values in loaded:  # type: ignore[misc]
         yield points_from_block(
             {n: values[n] for n in [*features, target]},
             features,
@@ -120,6 +176,7 @@ def iter_point_blocks(
             mask=values.get(use_mask) if use_mask else None,
             nan_policy=nan_policy,
             fill_value=fill_value,
+            with_index=with_index,
         )
 
 

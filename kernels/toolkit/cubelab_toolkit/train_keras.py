@@ -18,7 +18,9 @@ from cubelab_toolkit.splits import TEST, TRAIN
 def count_batches(ds: xr.Dataset, features: list[str], target: str, which: int, batch_size: int) -> int:
     """How many batches one pass over a split yields (batches never cross blocks)."""
     return sum(
-        math.ceil(len(b.y) / batch_size) for b in iter_point_blocks(ds, features, target, which=which) if len(b.y)
+        math.ceil(len(b.y) / batch_size)
+        for b in iter_point_blocks(ds, features, target, which=which, with_index=False)
+        if len(b.y)
     )
 
 
@@ -41,7 +43,7 @@ def dataset(
     def batches() -> Any:
         rng = np.random.default_rng((seed, epoch["n"]))
         epoch["n"] += 1
-        for block in iter_point_blocks(ds, features, target, which=which):
+        for block in iter_point_blocks(ds, features, target, which=which, with_index=False):
             n = len(block.y)
             if n == 0:
                 continue

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cubelab_toolkit.sampler import block_slices, iter_point_blocks
 from cubelab_toolkit.scaling import Scaler
-from cubelab_toolkit.splits import DIMS, TEST, TRAIN
+from cubelab_toolkit.splits import TEST, TRAIN
 
 
 class CubePoints(IterableDataset):
@@ -59,17 +59,18 @@ class CubePoints(IterableDataset):
         order = self.shard()
         if self.shuffle:
             order = [order[i] for i in rng.permutation(len(order))]
-        for block in order:
-            sub = self.ds.isel(dict(zip(DIMS, block, strict=True)))
-            for points in iter_point_blocks(sub, self.features, self.target, which=self.which):
-                n = len(points.y)
-                if n == 0:
-                    continue
-                x, y = self.scaler.scale_block(points, self.features, self.target)
-                idx = rng.permutation(n) if self.shuffle else np.arange(n)
-                for start in range(0, n, self.batch_size):
-                    take = idx[start : start + self.batch_size]
-                    yield torch.from_numpy(x[take]), torch.from_numpy(y[take])
+        points_blocks = iter_point_blocks(
+            self.ds, self.features, self.target, which=self.which, blocks=order, with_index=False
+        )
+        for points in points_blocks:
+            n = len(points.y)
+            if n == 0:
+                continue
+            x, y = self.scaler.scale_block(points, self.features, self.target)
+            idx = rng.permutation(n) if self.shuffle else np.arange(n)
+            for start in range(0, n, self.batch_size):
+                take = idx[start : start + self.batch_size]
+                yield torch.from_numpy(x[take]), torch.from_numpy(y[take])
 
 
 def mlp(n_in: int, hidden: int = 32) -> nn.Module:

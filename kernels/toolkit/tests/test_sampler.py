@@ -8,7 +8,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cubelab_toolkit.sampler import iter_point_blocks, patches, points_dataset
+from cubelab_toolkit.sampler import block_slices, iter_point_blocks, patches, points_dataset, read_ahead
 from cubelab_toolkit.splits import TEST, TRAIN, with_split
 
 
@@ -35,10 +35,10 @@ def collect(ds: xr.Dataset, **kwargs: object) -> tuple[np.ndarray, np.ndarray, n
             np.concatenate([b.index for b in blocks]), np.concatenate([b.missing for b in blocks]))  # fmt: skip
 
 
-@given(ds=cubes(), which=st.sampled_from([None, TRAIN, TEST]), use_mask=st.booleans())
+@given(ds=cubes(), which=st.sampled_from([None, TRAIN, TEST]), use_mask=st.booleans(), prefetch=st.integers(0, 3))
 @settings(max_examples=60, deadline=None)
-def test_each_valid_point_exactly_once(ds: xr.Dataset, which: int | None, use_mask: bool) -> None:
-    x, y, index, missing = collect(ds, which=which, use_mask="mask" if use_mask else None)
+def test_each_valid_point_exactly_once(ds: xr.Dataset, which: int | None, use_mask: bool, prefetch: int) -> None:
+    x, y, index, missing = collect(ds, which=which, use_mask="mask" if use_mask else None, prefetch=prefetch)
     a, b, t, split, mask = (ds[v].values for v in ("a", "b", "y", "split", "mask"))
     valid = np.isfinite(a) & np.isfinite(b) & np.isfinite(t)
     if which is not None:
@@ -109,3 +109,50 @@ def test_bad_sampler_arguments() -> None:
         list(iter_point_blocks(ds, ["a"], "y", nan_policy="impute"))
     with pytest.raises(ValueError, match="needs a `split` variable"):
         list(iter_point_blocks(ds, ["a"], "y", which=TRAIN))
+
+
+@given(ds=cubes(), data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_chosen_blocks_in_the_given_order(ds: xr.Dataset, data: st.DataObject) -> None:
+    every = list(block_slices(ds, "y"))
+    shuffled = data.draw(st.permutations(every))
+    chosen = shuffled[: data.draw(st.integers(0, len(every)))]
+    got = list(iter_point_blocks(ds, ["a"], "y", blocks=chosen, with_index=False))
+    assert len(got) == len(chosen)
+    for block, points in zip(chosen, got, strict=True):
+        assert points.index is None
+        t = ds["y"].values[block]
+        a = ds["a"].values[block]
+        assert len(points.y) == int((np.isfinite(t) & np.isfinite(a)).sum())
+
+
+def test_read_ahead_keeps_order_raises_errors_and_stops_early() -> None:
+    import threading
+
+    assert list(read_ahead(range(100), 3)) == list(range(100))
+    assert list(read_ahead(range(5), 0)) == list(range(5))
+
+    def failing() -> object:
+        yield 1
+        raise OSError("chunk unreadable")
+
+    it = read_ahead(failing(), 2)
+    assert next(it) == 1
+    with pytest.raises(OSError, match="chunk unreadable"):
+        next(it)
+
+    produced: list[int] = []
+
+    def endless() -> object:
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    before = threading.active_count()
+    it = read_ahead(endless(), 2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops: the reading thread ends, it does not run on
+    assert threading.active_count() == before
+    assert len(produced) <= 3 + 2 + 1
