@@ -19,12 +19,14 @@ $(VENV)/.installed: deploy/pyproject.toml | prereqs
 	@$(VENV)/bin/python -c "import cubelab" && touch $@
 
 # Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest, Playwright) on top,
-# and Debian's Chromium for the browser tests.
+# Debian's Chromium for the browser tests, podman/runc/debootstrap for the image tests (as root), helm and
+# the compose specification's schema for the deployment tests.
 $(VENV)/.installed-test: $(VENV)/.installed deploy/pyproject.toml kernels/toolkit/pyproject.toml
 	@$(PYTHON) deploy/cubelab/prereqs.py --for-tests
 	@echo "[cubelab] installing test dependencies and the in-kernel toolkit into $(VENV)"
 	@$(PIP) install -e 'deploy[test]' -e kernels/toolkit 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn, cubelab_toolkit" && touch $@
+	@$(VENV)/bin/python deploy/cubelab/prereqs.py --tools $(VENV)/tools
+	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn, cubelab_toolkit, testcontainers" && touch $@
 
 up: $(VENV)/.installed
 	@$(CUBELAB) up

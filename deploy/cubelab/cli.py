@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from cubelab.procs import StartError
 
 DEFAULT_CONFIG = "cubelab.yaml"
 EXAMPLE_CONFIG = "cubelab.example.yaml"
+RELEASE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 
 
 def _default_config() -> str:
@@ -102,6 +104,28 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    config = load(args.config)
+    if args.target == "compose":
+        from cubelab.backends import compose
+
+        out = Path(args.out) if args.out else config.path.parent
+        path, env, added = compose.write(config, out)
+        print(f"wrote {path} ({len(config.teams)} teams)")
+        print(f"{env}: {len(added)} new secret(s) generated, existing ones kept (mode 0600; never commit it)")
+        print(f"next: cd {out} && docker compose up -d --build")
+    else:
+        from cubelab.backends import kubernetes
+
+        if not RELEASE_NAME.match(args.release):
+            print(f"cubelab: release name {args.release!r} is not a valid Helm release name", file=sys.stderr)
+            return 2
+        path = kubernetes.write(config, Path(args.out or config.path.parent / "cubelab-values.yaml"), args.release)
+        print(f"wrote {path} ({len(config.teams)} teams, release {args.release})")
+        print(f"next: helm install {args.release} helm/cubelab -f {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cubelab",
@@ -130,6 +154,17 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("-n", "--lines", type=int, default=200, help="last N lines (0: all; default 200)")
     lg.set_defaults(func=cmd_logs)
     sub.add_parser("check", help="validate the config and change nothing").set_defaults(func=cmd_check)
+    rd = sub.add_parser(
+        "render",
+        help="write what docker compose (docker-compose.yml, .env) or Helm (values) needs from the platform config",
+    )
+    rd.add_argument("target", choices=["compose", "helm"])
+    rd.add_argument(
+        "-o", "--out", help="compose: folder for docker-compose.yml and .env (default: the config's folder); "
+        "helm: values file (default: cubelab-values.yaml beside the config)",
+    )  # fmt: skip
+    rd.add_argument("--release", default="cubelab", help="helm: the release name the values are for")
+    rd.set_defaults(func=cmd_render)
     sub.add_parser(
         "describe", help="print the deployment description (URLs, team S3 credentials) that platform_tests/ reads"
     ).set_defaults(func=cmd_describe)

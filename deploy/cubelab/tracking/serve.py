@@ -15,11 +15,25 @@ from typing import Any
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--artifacts-destination", required=True, help="s3://BUCKET/PREFIX")
-    parser.add_argument("--static-prefix", default=None, help="serve the UI under this path prefix")
+    env = os.environ.get
+    # Containers set these through the environment (images/tracking); the embedded stack passes flags.
+    parser.add_argument("--host", default=env("CUBELAB_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env("CUBELAB_PORT", "0")) or None)
+    parser.add_argument(
+        "--artifacts-destination",
+        default=env("CUBELAB_ARTIFACTS_DESTINATION"),
+        help="s3://BUCKET/PREFIX (default: $CUBELAB_ARTIFACTS_DESTINATION)",
+    )
+    parser.add_argument(
+        "--static-prefix",
+        default=env("CUBELAB_SERVICE_PREFIX"),
+        help="serve the UI under this path prefix (default: $CUBELAB_SERVICE_PREFIX)",
+    )
     args = parser.parse_args(argv)
+    if args.port is None:
+        parser.error("--port (or $CUBELAB_PORT) is required")
+    if not args.artifacts_destination:
+        parser.error("--artifacts-destination (or $CUBELAB_ARTIFACTS_DESTINATION) is required")
     store_uri = os.environ.get("CUBELAB_BACKEND_STORE_URI")
     if not store_uri:
         parser.error("CUBELAB_BACKEND_STORE_URI is not set")

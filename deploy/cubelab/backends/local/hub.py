@@ -21,11 +21,12 @@ from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.passwords import PasswordFile, hash_password
 from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
+from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import SecretStore, write_private
 
 NAME = "hub"
 HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
-HUB_ROLE, HUB_DATABASE = "hub", "jupyterhub"
+
 SYSTEM_USER_PREFIX = "cl-"
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2
-from psycopg2 import sql
 
 from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths, reachable_by_others
 from cubelab.config import PlatformConfig, Team
 from cubelab.prereqs import postgres_bindir, postgres_bindirs
 from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
+from cubelab.provision import provision_database
 from cubelab.secrets import SecretStore
 
 SUPERUSER = "cubelab"
@@ -162,19 +162,7 @@ class LocalPostgres:
         conn = self.connect()
         conn.autocommit = True
         try:
-            with conn.cursor() as cur:
-                role, db = sql.Identifier(role_name), sql.Identifier(database)
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role_name,))
-                if cur.fetchone() is None:
-                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
-                cur.execute(
-                    sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(role),
-                    (password,),
-                )
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-                if cur.fetchone() is None:
-                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
-                cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+            provision_database(conn, role_name, database, password)
         finally:
             conn.close()
 

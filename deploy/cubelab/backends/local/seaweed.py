@@ -14,17 +14,12 @@ import botocore.exceptions
 from cubelab.backends.local.paths import StatePaths
 from cubelab.config import PlatformConfig, Team
 from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
+from cubelab.provision import Credentials, ensure_bucket, identity_document
 from cubelab.secrets import SecretStore, new_access_key, new_password, write_private
 
 NAME = "s3"
 # weed mini's internal servers, placed on the ports right after the S3 port (each also uses +10000 for gRPC).
 _INTERNAL = ("master", "volume", "filer", "admin", "s3.port.iceberg", "s3.port.lance")
-
-
-class Credentials:
-    def __init__(self, access_key: str, secret_key: str) -> None:
-        self.access_key = access_key
-        self.secret_key = secret_key
 
 
 class LocalS3:
@@ -64,22 +59,8 @@ class LocalS3:
         )
 
     def _identity_document(self) -> str:
-        admin = self.admin_credentials()
-        identities = [{
-            "name": "cubelab-admin",
-            "credentials": [{"accessKey": admin.access_key, "secretKey": admin.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]  # fmt: skip
-        for team in self.config.teams:
-            creds = self.team_credentials(team)
-            bucket = self.config.bucket(team)
-            identities.append({
-                "name": f"team-{team.name}",
-                "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
-                # Every action is scoped to the team's own bucket: nothing else is reachable.
-                "actions": [f"{a}:{bucket}" for a in ("Read", "Write", "List", "Tagging")],
-            })  # fmt: skip
-        return json.dumps({"identities": identities}, indent=2)
+        teams = {t.name: (self.config.bucket(t), self.team_credentials(t)) for t in self.config.teams}
+        return json.dumps(identity_document(self.admin_credentials(), teams), indent=2)
 
     def write_identities(self) -> bool:
         """Write the identity file; True if it changed."""
@@ -149,22 +130,8 @@ class LocalS3:
             time.sleep(0.2)
 
     def ensure_bucket(self, team: Team, timeout: float = 20) -> None:
-        """Create the team's bucket if missing. SeaweedFS creates buckets asynchronously: retry until it is there."""
-        s3 = self.client(self.admin_credentials())
-        bucket = self.config.bucket(team)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                s3.head_bucket(Bucket=bucket)
-                return
-            except botocore.exceptions.ClientError:
-                pass
-            try:
-                s3.create_bucket(Bucket=bucket)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    if time.monotonic() > deadline:
-                        raise StartError(NAME, f"cannot create bucket {bucket!r}: {exc}") from None
-            if time.monotonic() > deadline:
-                raise StartError(NAME, f"bucket {bucket!r} did not appear within {timeout:.0f} s", self.log)
-            time.sleep(0.2)
+        """Create the team's bucket if missing (retried: SeaweedFS creates buckets asynchronously)."""
+        try:
+            ensure_bucket(self.client(self.admin_credentials()), self.config.bucket(team), timeout)
+        except RuntimeError as exc:
+            raise StartError(NAME, str(exc), self.log) from None

@@ -1,0 +1,135 @@
+"""Building and running cubelab's images with podman for the image tests (no Docker engine on these machines).
+
+podman needs runc, cgroupfs and explicit ulimits here (FACTS.md); no registry is reachable, so the base image is
+made with debootstrap: Debian bookworm with python3, python3-venv and ca-certificates, plus this machine's CA
+bundle and pip/npm settings pointing at it (package downloads go through a TLS-inspecting proxy here; a site's
+own base image would carry its CA the same way). The images are built with `--build-arg BASE_IMAGE` = that base.
+testcontainers talks to podman's Docker-compatible API on a socket served for the test session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = Path("/var/lib/cubelab/podman")
+BASE_IMAGE = "localhost/cubelab-base:bookworm"
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def unavailable() -> str | None:
+    """Why images cannot be built here, or None."""
+    if os.geteuid() != 0:
+        return "building images needs root here (podman as root with runc; make test installs it then)"
+    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (make test installs them when run as root with apt)"
+    return None
+
+
+def environment() -> dict[str, str]:
+    STATE.mkdir(parents=True, exist_ok=True)
+    conf = STATE / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+
+def podman(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["podman", *args], env=environment(), capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise RuntimeError(f"podman {' '.join(args[:3])} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def image_exists(name: str) -> bool:
+    return podman("image", "exists", name, check=False).returncode == 0
+
+
+def ensure_base_image() -> str:
+    if image_exists(BASE_IMAGE):
+        return BASE_IMAGE
+    print(f"[images] making {BASE_IMAGE} with debootstrap (~40 s)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="cubelab-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+             "bookworm", str(rootfs), "http://deb.debian.org/debian"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
+        (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
+        for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        if HOST_CA.exists():  # this site's CA (see the module docstring)
+            shutil.copy(HOST_CA, rootfs / "etc/ssl/certs/ca-certificates.crt")
+            (rootfs / "etc/pip.conf").write_text(f"[global]\ncert = {HOST_CA}\n")
+            (rootfs / "etc/npmrc").write_text(f"cafile={HOST_CA}\n")
+            (rootfs / "usr/etc").mkdir(exist_ok=True)
+            (rootfs / "usr/etc/npmrc").write_text(f"cafile={HOST_CA}\n")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        done = subprocess.run(
+            ["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, env=environment(), capture_output=True, check=False
+        )
+        tar.wait()
+        if done.returncode != 0:
+            raise RuntimeError(f"podman import failed: {done.stderr.decode()[-2000:]}")
+    return BASE_IMAGE
+
+
+def build(name: str, tag: str = "test") -> str:
+    """Build images/<name> on the debootstrap base; podman's layer cache makes a rebuild quick."""
+    image = f"localhost/cubelab/{name}:{tag}"
+    started = time.monotonic()
+    podman(
+        "build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
+        "-f", str(ROOT / "images" / name / "Dockerfile"), "-t", image, str(ROOT),
+    )  # fmt: skip
+    print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
+    return image
+
+
+@contextmanager
+def docker_api() -> Iterator[str]:
+    """podman's Docker-compatible API on a private socket, with testcontainers pointed at it."""
+    socket = STATE / "podman.sock"
+    socket.unlink(missing_ok=True)
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+        env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    saved = {k: os.environ.get(k) for k in ("DOCKER_HOST", "TESTCONTAINERS_RYUK_DISABLED")}
+    try:
+        deadline = time.monotonic() + 20
+        while not socket.exists():
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise RuntimeError("podman system service did not open its socket")
+            time.sleep(0.1)
+        os.environ["DOCKER_HOST"] = f"unix://{socket}"
+        # Ryuk (testcontainers' reaper container) needs a registry; containers are stopped by the tests.
+        os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+        yield f"unix://{socket}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        service.terminate()
+        service.wait(timeout=20)

@@ -1,0 +1,163 @@
+"""docker compose output of `cubelab render compose`: valid against the compose specification, healthchecks and
+start order, no secret in the file, .env complete and kept, teams from the platform config. No Docker here:
+the file is checked statically (schema, references), and the hub settings inside it are read by the real
+jupyterhub_config.py in the image tests' hub container (test_images.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from cubelab.backends import compose
+from cubelab.cli import main as cli_main
+from cubelab.config import load
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "cubelab.example.yaml"
+SCHEMA = Path(sys.prefix) / "tools" / "compose-spec.json"
+REF = re.compile(r"\$\{([A-Z0-9_]+)(?::\?[^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def spec() -> jsonschema.Draft7Validator:
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} is missing: `make test` installs it (python deploy/cubelab/prereqs.py --tools)")
+    return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+
+
+def rendered(tmp_path: Path, config_text: str | None = None) -> tuple[dict[str, Any], str, dict[str, str]]:
+    (tmp_path / "cubelab.yaml").write_text(config_text if config_text is not None else EXAMPLE.read_text())
+    path, env, _ = compose.write(load(tmp_path / "cubelab.yaml"), tmp_path)
+    text = path.read_text()
+    return yaml.safe_load(text), text, compose.read_env(env)
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """What compose does with ${NAME} and ${NAME:?message} (and ${NAME:-default})."""
+    if isinstance(value, str):
+        value = re.sub(r"\$\{([A-Z0-9_]+):-([^}]*)\}", lambda m: env.get(m.group(1), m.group(2)), value)
+        return REF.sub(lambda m: env[m.group(1)], value)
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+def test_valid_against_the_compose_specification(spec: jsonschema.Draft7Validator, tmp_path: Path) -> None:
+    doc, _, env = rendered(tmp_path)
+    errors = [f"{list(e.path)}: {e.message}" for e in spec.iter_errors(interpolate(doc, env))]
+    assert not errors, errors
+
+
+def test_the_validation_catches_a_broken_file(spec: jsonschema.Draft7Validator, tmp_path: Path) -> None:
+    doc, _, _ = rendered(tmp_path)
+    doc["services"]["hub"]["healthcheck"]["intervall"] = "10s"  # a typo'd key
+    doc["services"]["postgres"]["depends_on"] = {"s3": {"condition": "service_ready"}}  # no such condition
+    messages = " ".join(e.message for e in spec.iter_errors(doc))
+    assert "intervall" in messages and "service_ready" in messages
+
+
+def test_healthchecks_and_start_order(tmp_path: Path) -> None:
+    doc, _, _ = rendered(tmp_path)
+    services = doc["services"]
+    one_shots = {name for name, s in services.items() if s.get("restart") == "no"}
+    assert one_shots == {"s3-identities", "init", "platform-tests"}
+    for name, service in services.items():
+        if name not in one_shots:
+            assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+        for dependency, condition in service.get("depends_on", {}).items():
+            wanted = "service_completed_successfully" if dependency in one_shots else "service_healthy"
+            assert condition == {"condition": wanted}, (name, dependency)
+    for team in ("ocean", "land"):
+        tracking = services[f"tracking-{team}"]
+        assert tracking["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+        assert f"/services/mlflow-{team}/health" in " ".join(tracking["healthcheck"]["test"])
+    assert services["init"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "s3": {"condition": "service_healthy"},
+    }
+    # Users' containers join `cubelab-users`, where Postgres is not.
+    assert "users" not in services["postgres"]["networks"]
+    assert doc["networks"]["users"]["name"] == "cubelab-users"
+
+
+def test_no_secret_in_the_file_and_env_holds_every_reference(tmp_path: Path) -> None:
+    _, text, env = rendered(tmp_path)
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    referenced = set(REF.findall(text))
+    assert referenced <= set(env), referenced - set(env)
+    for name, value in env.items():
+        assert value not in text, f"the value of {name} is written into docker-compose.yml"
+    assert len(set(env.values())) == len(env), "two secrets share a value"
+    assert {"TEAM_OCEAN_DB_PASSWORD", "TEAM_LAND_S3_SECRET_KEY", "USER_ALICE_PASSWORD"} <= set(env)
+
+
+def test_hub_settings_register_each_team(tmp_path: Path) -> None:
+    doc, _, env = rendered(tmp_path)
+    hub = interpolate(doc["services"]["hub"], env)
+    settings = json.loads(hub["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
+    services = {s["name"]: s for s in settings["services"]}
+    assert services["mlflow-ocean"]["url"] == "http://tracking-ocean:5000"
+    assert services["mlflow-ocean"]["api_token"] == env["TEAM_OCEAN_HUB_TOKEN"]
+    roles = {r["name"]: r for r in settings["load_roles"]}
+    assert roles["team-land"]["groups"] == ["land"]
+    assert roles["team-land"]["scopes"] == ["access:services!service=mlflow-land"]
+    assert settings["groups"] == {"ocean": ["alice", "bob"], "land": ["bob", "carol"]}
+    assert settings["team_env"]["ocean"]["AWS_SECRET_ACCESS_KEY"] == env["TEAM_OCEAN_S3_SECRET_KEY"]
+    assert settings["spawner_class"] == "dockerspawner.DockerSpawner"
+    assert settings["gpu_teams"] == []
+
+
+def test_adding_a_team_keeps_every_secret_and_adds_its_own(tmp_path: Path) -> None:
+    _, _, before = rendered(tmp_path)
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["teams"].append({"name": "ice", "members": ["carol"], "gpu": True})
+    doc, _, after = rendered(tmp_path, yaml.safe_dump(config))
+    assert {k: after[k] for k in before} == before
+    assert set(after) - set(before) == {
+        "TEAM_ICE_DB_PASSWORD", "TEAM_ICE_S3_ACCESS_KEY", "TEAM_ICE_S3_SECRET_KEY", "TEAM_ICE_HUB_TOKEN"
+    }  # fmt: skip
+    tracking = doc["services"]["tracking-ice"]
+    assert tracking["environment"]["CUBELAB_ARTIFACTS_DESTINATION"] == "s3://cubelab-ice/mlflow"
+    assert "mlflow_ice" in tracking["environment"]["CUBELAB_BACKEND_STORE_URI"]
+    assert doc["services"]["init"]["environment"]["CUBELAB_TEAMS"] == "ocean land ice"
+    settings = json.loads(doc["services"]["hub"]["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
+    assert settings["gpu_teams"] == ["ice"]
+    # A team allowed GPUs: the notebook service reserves them.
+    devices = doc["services"]["notebook"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+def test_committed_compose_file_is_the_example_rendered(tmp_path: Path) -> None:
+    """docker-compose.yml at the root is `cubelab render compose` of cubelab.example.yaml: no drift."""
+    shutil.copy(EXAMPLE, tmp_path / "cubelab.example.yaml")
+    compose.write(load(tmp_path / "cubelab.example.yaml"), tmp_path)
+    committed = (ROOT / "docker-compose.yml").read_text()
+    assert committed == (tmp_path / "docker-compose.yml").read_text(), (
+        "docker-compose.yml is stale: run `.venv/bin/cubelab -c cubelab.example.yaml render compose`"
+    )
+
+
+def test_cli_render_compose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(EXAMPLE, tmp_path / "cubelab.yaml")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["-c", str(tmp_path / "cubelab.yaml"), "render", "compose", "-o", str(tmp_path / "out")])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "docker compose up -d" in out and "new secret(s) generated" in out
+    assert (tmp_path / "out" / "docker-compose.yml").exists()
+    (tmp_path / "bad.yaml").write_text("users: [{name: a}]\nteams: [{name: x, members: [b]}]\n")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["-c", str(tmp_path / "bad.yaml"), "render", "compose", "-o", str(tmp_path / "bad")])
+    assert done.value.code == 2
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,211 @@
+"""helm/cubelab with the values `cubelab render helm` makes: helm lint and helm template with several values files,
+every manifest valid for a current Kubernetes (kubernetes-validate --strict), team resources matching the
+platform config, the values passed to zero-to-jupyterhub valid against that chart's schema, and the hub hook
+(cubelab.hub.kubernetes) doing what the values promise.
+
+The zero-to-jupyterhub chart cannot be downloaded here, so the chart is linted and rendered from a copy without
+its dependency entry: everything cubelab owns renders; the hub's part is checked against z2jh's values schema."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from cubelab.backends import kubernetes
+from cubelab.config import load
+from cubelab.hub.kubernetes import TeamProfiles, expand, write_first_passwords
+from cubelab.passwords import PasswordFile
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "cubelab"
+EXAMPLE = ROOT / "cubelab.example.yaml"
+HELM = Path(sys.prefix) / "tools" / "helm"
+Z2JH_SCHEMA = ROOT.parent / "shared" / "reference" / "z2jh-values.schema.yaml"
+KUBERNETES = "1.36.0"
+BUNDLED = {"postgres": {"bundled": True}, "s3": {"bundled": True}}
+EXTERNAL = {
+    "postgres": {"host": "db.example.org", "existingSecret": "site-postgres"},
+    "s3": {"endpoint": "https://s3.example.org", "existingSecret": "site-s3"},
+}
+
+
+@pytest.fixture(scope="module")
+def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart without its zero-to-jupyterhub dependency entry (not downloadable here)."""
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: `make test` installs it (python deploy/cubelab/prereqs.py --tools)")
+    copy = tmp_path_factory.mktemp("chart") / "cubelab"
+    shutil.copytree(CHART, copy)
+    meta = yaml.safe_load((copy / "Chart.yaml").read_text())
+    assert [d["name"] for d in meta.pop("dependencies")] == ["jupyterhub"]
+    (copy / "Chart.yaml").write_text(yaml.safe_dump(meta))
+    return copy
+
+
+def team_values(tmp_path: Path, teams: list[dict[str, Any]] | None = None, release: str = "cubelab") -> Path:
+    config = yaml.safe_load(EXAMPLE.read_text())
+    if teams is not None:
+        config["teams"] = teams
+    (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
+    return kubernetes.write(load(tmp_path / "cubelab.yaml"), tmp_path / "values.yaml", release)
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=False)
+
+
+def template(chart: Path, values: Path, site: dict[str, Any], tmp_path: Path, release: str = "cubelab") -> list[dict]:
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    done = helm("template", release, str(chart), "-f", str(values), "-f", str(tmp_path / "site.yaml"),
+                "--kube-version", KUBERNETES)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.mark.parametrize("site", [BUNDLED, EXTERNAL], ids=["bundled", "external"])
+def test_lint_and_every_manifest_valid(chart: Path, tmp_path: Path, site: dict[str, Any]) -> None:
+    values = team_values(tmp_path)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    lint = helm("lint", "--strict", str(chart), "-f", str(values), "-f", str(tmp_path / "site.yaml"))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = template(chart, values, site, tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    kinds = sorted({d["kind"] for d in docs})
+    expected = ["Deployment", "Job", "NetworkPolicy", "Pod", "Secret", "Service"]
+    assert kinds == sorted(expected + (["StatefulSet"] if site is BUNDLED else []))
+
+
+def test_strict_validation_can_fail() -> None:
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+           "spec": {"ports": [{"port": 80}], "selektor": {"a": "b"}}}  # fmt: skip
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES, strict=True)
+
+
+def test_team_resources_follow_the_platform_config(chart: Path, tmp_path: Path) -> None:
+    teams = [{"name": "ocean", "members": ["alice", "bob"]}, {"name": "land", "members": ["bob", "carol"]},
+             {"name": "sea-ice", "members": ["carol"], "gpu": True}]  # fmt: skip
+    docs = template(chart, team_values(tmp_path, teams), BUNDLED, tmp_path)
+    by_kind: dict[str, set[str]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], set()).add(d["metadata"]["name"])
+    for team in ("ocean", "land", "sea-ice"):
+        for kind in ("Deployment", "Service", "NetworkPolicy"):
+            assert f"cubelab-tracking-{team}" in by_kind[kind]
+        assert f"cubelab-team-{team}" in by_kind["Secret"]
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    deployment = named["Deployment", "cubelab-tracking-sea-ice"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CUBELAB_BACKEND_STORE_URI"]["value"] == (
+        "postgresql+psycopg2://team_sea_ice:$(DB_PASSWORD)@cubelab-postgres:5432/mlflow_sea_ice"
+    )
+    assert env["CUBELAB_ARTIFACTS_DESTINATION"]["value"] == "s3://cubelab-sea-ice/mlflow"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cubelab-team-sea-ice",
+                                                                        "key": "s3-secret-key"}  # fmt: skip
+    # Only the team's users' pods (and the hub, proxy, helm test) reach its tracking server.
+    policy = named["NetworkPolicy", "cubelab-tracking-land"]
+    sources = [p["podSelector"]["matchLabels"] for p in policy["spec"]["ingress"][0]["from"]]
+    assert {"component": "singleuser-server", "cubelab.io/team": "land"} in sources
+    assert not any(s.get("cubelab.io/team") not in (None, "land") for s in sources)
+    # No secret value is in the values file; Secrets are generated.
+    secret = named["Secret", "cubelab-team-ocean"]
+    assert set(secret["data"]) == {"db-password", "s3-access-key", "s3-secret-key", "hub-token"}
+    values_text = (tmp_path / "values.yaml").read_text()
+    assert not any(v in values_text for v in secret["data"].values())
+
+
+def test_hub_values_register_teams_and_pass_the_z2jh_schema(tmp_path: Path) -> None:
+    teams = [{"name": "ocean", "members": ["alice", "bob"]}, {"name": "land", "members": ["bob", "carol"], "gpu": True}]
+    values = yaml.safe_load(team_values(tmp_path, teams).read_text())
+    hub = values["jupyterhub"]["hub"]
+    assert hub["loadRoles"]["team-ocean"] == {
+        "description": "members of team ocean: use its tracking server",
+        "scopes": ["access:services!service=mlflow-ocean"],
+        "groups": ["ocean"],
+    }
+    settings = json.loads(hub["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"])
+    services = {s["name"]: s for s in settings["services"]}
+    assert services["mlflow-land"]["url"] == "http://cubelab-tracking-land:5000"
+    assert services["mlflow-land"]["api_token"] == "$(TEAM_LAND_HUB_TOKEN)"
+    assert hub["extraEnv"]["TEAM_LAND_HUB_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "cubelab-team-land", "key": "hub-token"}  # fmt: skip
+    slugs = [p["slug"] for p in values["jupyterhub"]["singleuser"]["profileList"]]
+    assert slugs == ["ocean-cpu", "land-cpu", "land-gpu"]  # GPU only for the team allowed
+    if not Z2JH_SCHEMA.exists():
+        pytest.skip(f"{Z2JH_SCHEMA} is absent (a clone outside the workplace): z2jh values not checked")
+    schema = _without_required(yaml.safe_load(Z2JH_SCHEMA.read_text()))
+    validator = jsonschema.Draft7Validator(schema)
+    assert not [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(values["jupyterhub"])]
+    broken = json.loads(json.dumps(values["jupyterhub"]))
+    broken["hub"]["extraConfg"] = {}  # the schema catches a typo'd key
+    assert any("extraConfg" in e.message for e in validator.iter_errors(broken))
+
+
+def _without_required(schema: Any) -> Any:
+    """z2jh's schema requires keys its own values.yaml supplies; we check the keys we pass exist and are typed."""
+    if isinstance(schema, dict):
+        return {k: _without_required(v) for k, v in schema.items() if k != "required"}
+    if isinstance(schema, list):
+        return [_without_required(v) for v in schema]
+    return schema
+
+
+def test_values_schema_and_release_checks(chart: Path, tmp_path: Path) -> None:
+    values = team_values(tmp_path)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(BUNDLED))
+    base = ["template", "x", str(chart), "-f", str(values), "-f", str(tmp_path / "site.yaml")]
+    other = helm("template", "other", *base[2:])
+    assert other.returncode != 0 and "rendered for release" in other.stderr
+    bad_team = helm(*base[:1], "cubelab", *base[2:], "--set", "teams[0].name=Bad_Name")
+    assert bad_team.returncode != 0 and "teams/0/name" in bad_team.stderr
+    no_db = helm("template", "cubelab", str(chart), "-f", str(values))
+    assert no_db.returncode != 0 and "postgres.host is required" in no_db.stderr
+
+
+def test_a_broken_template_fails(chart: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(chart, broken)
+    path = broken / "templates" / "tracking" / "service.yaml"
+    path.write_text(path.read_text().replace("{{- end }}", ""))
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(BUNDLED))
+    done = helm("lint", str(broken), "-f", str(team_values(tmp_path)), "-f", str(tmp_path / "site.yaml"))
+    assert done.returncode != 0
+
+
+def test_hub_hook_expands_secrets_and_narrows_profiles(tmp_path: Path) -> None:
+    settings = {"token": "$(TEAM_OCEAN_HUB_TOKEN)", "list": ["a-$(X)-b"], "plain": "no refs"}
+    assert expand(settings, {"TEAM_OCEAN_HUB_TOKEN": "t0k", "X": "x"}) == {
+        "token": "t0k", "list": ["a-x-b"], "plain": "no refs"}  # fmt: skip
+    with pytest.raises(KeyError, match="TEAM_OCEAN_HUB_TOKEN"):
+        expand(settings, {"X": "x"})
+    profiles = TeamProfiles([{"slug": "ocean-cpu"}, {"slug": "land-cpu"}, {"slug": "land-gpu"}])
+    bob = SimpleNamespace(user=SimpleNamespace(groups=[SimpleNamespace(name="land")]))
+    assert [p["slug"] for p in profiles(bob)] == ["land-cpu", "land-gpu"]
+    passwords = tmp_path / "passwords.json"
+    assert write_first_passwords(passwords, ["alice", "bob"], {"USER_ALICE_PASSWORD": "first-a"}) == 1
+    assert PasswordFile(passwords).check("alice", "first-a")
+    PasswordFile(passwords).set("alice", "changed")
+    assert write_first_passwords(passwords, ["alice"], {"USER_ALICE_PASSWORD": "first-a"}) == 0
+    assert PasswordFile(passwords).check("alice", "changed")
+
+
+def test_cli_render_helm(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLE, tmp_path / "cubelab.yaml")
+    out = tmp_path / "v.yaml"
+    command = [sys.executable, "-m", "cubelab", "-c", str(tmp_path / "cubelab.yaml"), "render", "helm"]
+    done = subprocess.run([*command, "-o", str(out), "--release", "lab"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(out.read_text())["renderedForRelease"] == "lab"
+    done = subprocess.run([*command, "--release", "Not_A_Release"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "not a valid Helm release name" in done.stderr

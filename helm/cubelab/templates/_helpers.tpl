@@ -1,0 +1,93 @@
+{{/* Names: everything is <release>-<component>[-<team>]; the rendered hub settings depend on it. */}}
+{{- define "cubelab.name" -}}{{ .Release.Name }}{{- end -}}
+
+{{- define "cubelab.labels" -}}
+app.kubernetes.io/name: cubelab
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{/* A team name as part of an environment variable name: ocean-2 -> OCEAN_2 (cubelab.provision.env_name). */}}
+{{- define "cubelab.envName" -}}{{ . | upper | replace "-" "_" }}{{- end -}}
+
+{{/*
+A secret value, base64: the one already in the cluster (so upgrades keep passwords), else a new random one.
+Arguments: dict "ctx" $ "name" secretName "key" key "length" n
+*/}}
+{{- define "cubelab.secretValue" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- index $existing.data .key -}}
+{{- else -}}
+{{- randAlphaNum (.length | int) | b64enc -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "cubelab.postgresHost" -}}
+{{- if .Values.postgres.bundled -}}{{ .Release.Name }}-postgres{{- else -}}{{ required "postgres.host is required when postgres.bundled is false" .Values.postgres.host }}{{- end -}}
+{{- end -}}
+
+{{- define "cubelab.postgresSecret" -}}
+{{- if .Values.postgres.bundled -}}{{ .Release.Name }}-postgres{{- else -}}{{ required "postgres.existingSecret (key: password) is required when postgres.bundled is false" .Values.postgres.existingSecret }}{{- end -}}
+{{- end -}}
+
+{{- define "cubelab.s3Endpoint" -}}
+{{- if .Values.s3.bundled -}}http://{{ .Release.Name }}-s3:8333{{- else -}}{{ required "s3.endpoint is required when s3.bundled is false" .Values.s3.endpoint }}{{- end -}}
+{{- end -}}
+
+{{- define "cubelab.s3Secret" -}}
+{{- if .Values.s3.bundled -}}{{ .Release.Name }}-s3-admin{{- else -}}{{ required "s3.existingSecret (keys: access-key, secret-key) is required when s3.bundled is false" .Values.s3.existingSecret }}{{- end -}}
+{{- end -}}
+
+{{/* Stop early on values made for another release or a malformed team list. */}}
+{{- define "cubelab.validate" -}}
+{{- if and .Values.renderedForRelease (ne .Values.renderedForRelease .Release.Name) -}}
+{{- fail (printf "these values were rendered for release %q, not %q: run `cubelab render helm --release %s`" .Values.renderedForRelease .Release.Name .Release.Name) -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range .Values.teams -}}
+{{- if hasKey $seen .name -}}{{- fail (printf "team %q is listed twice in teams" .name) -}}{{- end -}}
+{{- $_ := set $seen .name true -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment of the provisioning containers: names and secrets (cubelab.provision reads them). */}}
+{{- define "cubelab.teamNames" -}}
+{{- $names := list -}}
+{{- range .Values.teams }}{{ $names = append $names .name }}{{ end -}}
+{{- join " " $names -}}
+{{- end -}}
+
+{{- define "cubelab.provisionEnv" -}}
+- name: CUBELAB_TEAMS
+  value: {{ include "cubelab.teamNames" . | quote }}
+- name: CUBELAB_BUCKET_PREFIX
+  value: {{ .Values.storage.bucketPrefix | quote }}
+- name: S3_ENDPOINT
+  value: {{ include "cubelab.s3Endpoint" . | quote }}
+- name: S3_ADMIN_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ include "cubelab.s3Secret" . }}, key: access-key}}
+- name: S3_ADMIN_SECRET_KEY
+  valueFrom: {secretKeyRef: {name: {{ include "cubelab.s3Secret" . }}, key: secret-key}}
+{{- range .Values.teams }}
+- name: TEAM_{{ include "cubelab.envName" .name }}_S3_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ $.Release.Name }}-team-{{ .name }}, key: s3-access-key}}
+- name: TEAM_{{ include "cubelab.envName" .name }}_S3_SECRET_KEY
+  valueFrom: {secretKeyRef: {name: {{ $.Release.Name }}-team-{{ .name }}, key: s3-secret-key}}
+{{- end }}
+{{- end -}}
+
+{{- define "cubelab.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 1001
+runAsGroup: 1001
+fsGroup: 1001
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "cubelab.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+{{- end -}}
