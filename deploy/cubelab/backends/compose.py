@@ -236,9 +236,12 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
         "s3": {
             "image": SEAWEEDFS_IMAGE,
             "restart": "unless-stopped",
+            # The binary itself, not the image's entrypoint script (which knows the classic subcommands only).
+            "entrypoint": ["/usr/bin/weed"],
             "command": [
                 "mini",
                 "-dir=/data",
+                "-ip.bind=0.0.0.0",
                 f"-s3.port={S3_PORT}",
                 "-s3.config=/etc/seaweedfs/identities.json",
                 "-webdav=false",
