@@ -194,6 +194,11 @@ def test_hub_image_starts_from_the_compose_settings(podman_api: str, tmp_path: P
         assert services["mlflow-ocean"]["info"] == {"team": "ocean", "kind": "mlflow"}
         assert {"mlflow-ocean", "mlflow-land"} <= set(services)
         assert requests.get(f"{api}/users", timeout=10).status_code == 403  # nothing without a token
+        # What the other deployment targets load from this image: DockerSpawner, KubeSpawner and the curl
+        # client zero-to-jupyterhub's config switches to, the OIDC authenticator, cubelab's z2jh hook.
+        imports = "import dockerspawner, kubespawner, pycurl, oauthenticator.generic, cubelab.hub.kubernetes"
+        done = container.exec(["python3", "-c", imports])
+        assert done.exit_code == 0, done.output.decode()
 
 
 def test_platform_tests_image_runs_the_suite_against_a_deployment(podman_api: str, stack: LocalBackend) -> None:
