@@ -241,3 +241,55 @@ def test_platform_tests_image_runs_the_suite_against_a_deployment(podman_api: st
         log = (out + err).decode()
     assert result["StatusCode"] == 0, log[-4000:]
     assert re.search(r"\d+ passed", log) and " failed" not in log, log[-2000:]
+
+
+def test_tracking_image_provisions_a_new_team(podman_api: str, stack: LocalBackend, tmp_path: Path) -> None:
+    """The compose `init` service and the Helm provisioning Job: `python -m cubelab.provision all` in the tracking
+    image creates a team's role, database and bucket and the first passwords, against real Postgres and S3."""
+    import boto3
+    import psycopg2
+    from testcontainers.core.container import DockerContainer
+
+    from cubelab.backends.local.postgres import SUPERUSER
+    from cubelab.passwords import PasswordFile
+    from cubelab.provision import TeamSecrets, user_password_var
+
+    image = containers.build("tracking")
+    admin = stack.s3.admin_credentials()
+    team, password = f"extra{secrets.token_hex(3)}", secrets.token_urlsafe(24)
+    prefix = stack.config.storage.bucket_prefix
+    tmp_path.chmod(0o777)  # the container's user (uid 1001) writes the password file here
+    env = {
+        "CUBELAB_TEAMS": team,
+        "CUBELAB_BUCKET_PREFIX": prefix,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(stack.postgres.port),
+        "POSTGRES_USER": SUPERUSER,
+        "POSTGRES_PASSWORD": stack.postgres.password(),
+        "S3_ENDPOINT": stack.s3.url,
+        "S3_ADMIN_ACCESS_KEY": admin.access_key,
+        "S3_ADMIN_SECRET_KEY": admin.secret_key,
+        TeamSecrets(team).db_password: password,
+        "CUBELAB_USERS": "erin",
+        user_password_var("erin"): "first-password",
+        "CUBELAB_PASSWORDS_FILE": "/out/passwords.json",
+    }
+    container = (DockerContainer(image).with_kwargs(network_mode="host")
+                 .with_volume_mapping(str(tmp_path), "/out", "rw")
+                 .with_command("python3 -m cubelab.provision all --timeout 60"))  # fmt: skip
+    for key, value in env.items():
+        container = container.with_env(key, value)
+    with container:
+        result = container.get_wrapped_container().wait(timeout=180)
+        out, err = container.get_logs()
+    assert result["StatusCode"] == 0, (out + err).decode()[-3000:]
+    assert password not in (out + err).decode()  # secrets never printed
+    role = f"team_{team}"
+    with psycopg2.connect(host="127.0.0.1", port=stack.postgres.port, user=role, password=password,
+                          dbname=f"mlflow_{team}", connect_timeout=5) as conn, conn.cursor() as cur:  # fmt: skip
+        cur.execute("SELECT current_user")
+        assert cur.fetchone() == (role,)
+    s3 = boto3.client("s3", endpoint_url=stack.s3.url, aws_access_key_id=admin.access_key,
+                      aws_secret_access_key=admin.secret_key, region_name="us-east-1")  # fmt: skip
+    s3.head_bucket(Bucket=f"{prefix}{team}")
+    assert PasswordFile(tmp_path / "passwords.json").check("erin", "first-password")
