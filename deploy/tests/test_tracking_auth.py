@@ -108,3 +108,19 @@ def test_oauth_callback_refuses_a_state_it_did_not_issue() -> None:
     mw = TeamAuthMiddleware(None, SETTINGS, FixedChecker({}))  # type: ignore[arg-type]
     status, _, _ = call(mw, "/services/mlflow-ocean/oauth_callback", {"Cookie": "x=1"})
     assert status == 403
+
+
+def test_allowed_hosts_extend_mlflows_defaults() -> None:
+    """The server's Host-header allowlist: mlflow's defaults (spelled out in serve.py; checked here against
+    mlflow itself), plus the hub's public host and the names containers use."""
+    from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+
+    from cubelab.tracking.serve import MLFLOW_DEFAULT_HOSTS, allowed_hosts
+
+    assert MLFLOW_DEFAULT_HOSTS == get_default_allowed_hosts()
+    hosts = allowed_hosts({"CUBELAB_HUB_PUBLIC_URL": "https://hub.example.org",
+                           "CUBELAB_ALLOWED_HOSTS": "tracking-ocean:5000, lab-tracking-ocean.*:5000"})  # fmt: skip
+    for host in ("hub.example.org", "tracking-ocean:5000", "lab-tracking-ocean.ns.svc:5000", "127.0.0.1:5000"):
+        assert is_allowed_host_header(hosts, host), host
+    for host in ("tracking-land:5000", "evil.example.com", "hub.example.org.evil.com"):
+        assert not is_allowed_host_header(hosts, host), host

@@ -197,6 +197,9 @@ def _tracking(config: PlatformConfig, team: Team) -> dict[str, Any]:
             "CUBELAB_SERVICE_TOKEN": _ref(t.hub_token),
             "CUBELAB_HUB_API_URL": "http://hub:8081/hub/api",
             "CUBELAB_HUB_PUBLIC_URL": config.containers.public_url,
+            # The names other containers reach it by, directly and through the hub's proxy (mlflow refuses
+            # unknown Host headers; the public host is added from CUBELAB_HUB_PUBLIC_URL).
+            "CUBELAB_ALLOWED_HOSTS": f"tracking-{team.name}:{TRACKING_PORT},hub:{HUB_PORT}",
             # The server writes artefacts with the team's own S3 identity: no other bucket is reachable.
             "AWS_ACCESS_KEY_ID": _ref(t.s3_access_key),
             "AWS_SECRET_ACCESS_KEY": _ref(t.s3_secret_key),
@@ -322,6 +325,7 @@ def _describe_env(config: PlatformConfig) -> dict[str, str]:
     """What `python -m cubelab.provision describe` needs to write the platform_tests deployment description."""
     env = {
         "CUBELAB_BACKEND": "compose",
+        "S3_ENDPOINT": f"http://s3:{S3_PORT}",
         "CUBELAB_HUB_URL": f"http://hub:{HUB_PORT}",
         "CUBELAB_HUB_API_URL": "http://hub:8081/hub/api",
         "CUBELAB_ADMIN_TOKEN": _ref("CUBELAB_ADMIN_TOKEN"),

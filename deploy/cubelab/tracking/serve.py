@@ -10,7 +10,30 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
+
+# mlflow 3.17.2's own defaults (mlflow.server.security_utils.get_default_allowed_hosts): loopback names and
+# private addresses. Spelled out because importing mlflow.server before the settings are in place is not
+# possible (see main); a test compares this list with mlflow's.
+MLFLOW_DEFAULT_HOSTS = (
+    ["localhost", "127.0.0.1", "[::1]", "0.0.0.0", "localhost:*", "127.0.0.1:*", "[[]::1]:*", "0.0.0.0:*"]  # noqa: S104
+    + ["192.168.*", "10.*"]
+    + [f"172.{n}.*" for n in range(16, 32)]
+    + ["fc00:*", "fd00:*"]
+)
+
+
+def allowed_hosts(env: Mapping[str, str]) -> list[str]:
+    """Host headers the server accepts (mlflow's DNS-rebinding guard): mlflow's defaults, the hub's public host
+    (requests through the hub's proxy keep it), and $CUBELAB_ALLOWED_HOSTS, the names other containers use
+    (tracking-TEAM:5000 under compose, the Service's names on Kubernetes)."""
+    hosts = list(MLFLOW_DEFAULT_HOSTS)
+    if public := urlsplit(env.get("CUBELAB_HUB_PUBLIC_URL", "")).netloc:
+        hosts.append(public)
+    hosts += [h.strip() for h in env.get("CUBELAB_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    return hosts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.static_prefix:
         settings["_MLFLOW_STATIC_PREFIX"] = args.static_prefix
+    settings["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join(allowed_hosts(os.environ))
     os.environ.update(settings)
     del os.environ["CUBELAB_BACKEND_STORE_URI"]
 

@@ -1,0 +1,150 @@
+"""The compose deployment, run: `cubelab render compose` output brought up with podman-compose (no Docker engine
+here) and platform_tests/ run unchanged inside it by the platform-tests service.
+
+Two departures from `docker compose up`, both because of what this machine has: Postgres and SeaweedFS are
+stand-in images built here (deploy/tests/standins: no registry), and podman 4.3 cannot wait on healthchecks, so
+`depends_on` is removed from the file it runs and this test starts the services in the order the conditions
+give, waiting for each healthcheck (run by hand: podman's timers need systemd). Users' servers are not spawned
+(the notebook image is not built in CI), so the hub and kernel tests of platform_tests are not part of this run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import podman_images as containers  # deploy/tests/podman_images.py
+import pytest
+import yaml
+
+from cubelab.backends import compose
+from cubelab.config import load
+from cubelab.install import services_env
+from cubelab.procs import free_tcp_port
+from cubelab.scratch import use_shared_installs
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDINS = Path(__file__).resolve().parent / "standins"
+PODMAN_COMPOSE = Path(sys.prefix) / "bin" / "podman-compose"
+SUITE = ["platform_tests/test_tracking.py", "platform_tests/test_storage.py", "platform_tests/test_access.py",
+         "platform_tests/test_artifacts.py"]  # fmt: skip
+
+
+def podman_compose(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PODMAN_COMPOSE), "--profile", "test", "-f", "podman.yml", *args],
+        cwd=project, env=containers.environment(), capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def wait_healthy(container: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while containers.podman("healthcheck", "run", container, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            logs = containers.podman("logs", container, check=False)
+            raise AssertionError(
+                f"{container} not healthy after {timeout:.0f} s:\n{(logs.stdout + logs.stderr)[-3000:]}"
+            )
+        time.sleep(1)
+
+
+def wait_exited_ok(container: str, timeout: float = 180) -> None:
+    done = containers.podman("wait", container, check=False, timeout=timeout)
+    logs = containers.podman("logs", container, check=False)
+    assert done.stdout.strip() == "0", f"{container} exited {done.stdout.strip()}:\n{logs.stdout + logs.stderr}"
+
+
+def runnable(compose_file: dict[str, Any], stand_ins: dict[str, str], docker_socket: str) -> dict[str, Any]:
+    """The rendered file as podman 4.3 can run it (see the module docstring)."""
+    for name, service in compose_file["services"].items():
+        service.pop("depends_on", None)
+        service.pop("build", None)
+        if name in stand_ins:
+            service["image"] = stand_ins[name]
+    hub = compose_file["services"]["hub"]
+    hub["volumes"] = [v if "docker.sock" not in v else f"{docker_socket}:/var/run/docker.sock" for v in hub["volumes"]]
+    return compose_file
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if reason := containers.unavailable():
+        pytest.skip(reason)
+    use_shared_installs()
+    weed = services_env(Path(os.environ["CUBELAB_INSTALL_DIR"]), print) / "bin" / "weed"
+    seaweed_context = tmp_path_factory.mktemp("seaweedfs")
+    (seaweed_context / "Dockerfile").write_text((STANDINS / "seaweedfs" / "Dockerfile").read_text())
+    (seaweed_context / "weed").write_bytes(weed.read_bytes())
+    (seaweed_context / "weed").chmod(0o755)
+    stand_ins = {
+        "postgres": containers.build_folder(STANDINS / "postgres", "localhost/cubelab-standin/postgres:15"),
+        "s3": containers.build_folder(seaweed_context, "localhost/cubelab-standin/seaweedfs:test"),
+    }
+    for name in ("tracking", "hub", "platform-tests"):
+        containers.build(name)
+    project = tmp_path_factory.mktemp("compose")
+    config = yaml.safe_load((ROOT / "cubelab.example.yaml").read_text())
+    port = free_tcp_port()
+    config["containers"] = {"registry": "localhost/cubelab", "tag": "test", "public_url": f"http://localhost:{port}"}
+    (project / "cubelab.yaml").write_text(yaml.safe_dump(config))
+    path, env, _ = compose.write(load(project / "cubelab.yaml"), project)
+    with env.open("a") as fh:
+        fh.write(f"CUBELAB_HTTP_PORT={port}\n")
+    with containers.docker_api() as socket:
+        runnable_file = runnable(yaml.safe_load(path.read_text()), stand_ins, socket.removeprefix("unix://"))
+        (project / "podman.yml").write_text(yaml.safe_dump(runnable_file, sort_keys=False))
+        name = project.name
+        try:
+            # The order the depends_on conditions give: s3-identities completed -> s3 healthy; postgres
+            # healthy; init completed -> tracking servers and hub.
+            for group in (["postgres", "s3-identities"], ["s3"], ["init"], ["tracking-ocean", "tracking-land", "hub"]):
+                started = podman_compose(project, "up", "-d", *group)
+                assert started.returncode == 0, started.stdout + started.stderr
+                for service in group:
+                    container = f"{name}_{service}_1"
+                    if runnable_file["services"][service].get("restart") == "no":
+                        wait_exited_ok(container)
+                    else:
+                        wait_healthy(container)
+            yield project
+        finally:
+            podman_compose(project, "down", "-v", timeout=180)
+
+
+def test_platform_tests_pass_against_the_compose_deployment(deployment: Path) -> None:
+    command = ("python3 -m cubelab.provision describe /tmp/d.json && "
+               f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider -q {' '.join(SUITE)}")  # fmt: skip
+    done = podman_compose(deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-5000:]
+    summary = [line for line in out.splitlines() if " passed" in line]
+    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], out[-3000:]
+
+
+def test_hub_of_the_compose_deployment_serves_the_teams(deployment: Path) -> None:
+    import requests
+
+    env = compose.read_env(deployment / ".env")
+    hub = f"http://127.0.0.1:{env['CUBELAB_HTTP_PORT']}"
+    admin = {"Authorization": f"token {env['CUBELAB_ADMIN_TOKEN']}"}
+    groups = requests.get(f"{hub}/hub/api/groups", headers=admin, timeout=10)
+    assert {g["name"]: sorted(g["users"]) for g in groups.json()} == {"ocean": ["alice", "bob"],
+                                                                      "land": ["bob", "carol"]}  # fmt: skip
+    # A user logs in with the first password from .env (hashed by the init service into the hub's volume).
+    session = requests.Session()
+    session.get(f"{hub}/hub/login", timeout=10)
+    login = session.post(f"{hub}/hub/login", timeout=10, allow_redirects=False,
+                         data={"username": "alice", "password": env["USER_ALICE_PASSWORD"],
+                               "_xsrf": session.cookies.get("_xsrf", "")})  # fmt: skip
+    assert login.status_code == 302, login.text[:300]
+    # The team's tracking server through the hub's proxy, with the member's token.
+    token = requests.post(f"{hub}/hub/api/users/alice/tokens", headers=admin, json={"expires_in": 300}, timeout=10)
+    bearer = {"Authorization": f"Bearer {token.json()['token']}"}
+    search = requests.post(f"{hub}/services/mlflow-ocean/api/2.0/mlflow/experiments/search", timeout=10,
+                           headers=bearer, json={"max_results": 1})  # fmt: skip
+    assert search.status_code == 200, search.text[:300]
