@@ -110,6 +110,13 @@ def build(name: str, tag: str = "test") -> str:
     return image
 
 
+def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:
+    """Build a Dockerfile outside images/ (the compose test's stand-ins) on the debootstrap base."""
+    podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
+           "-f", str(dockerfile), "-t", image, str(context))  # fmt: skip
+    return image
+
+
 def build_folder(folder: Path, image: str) -> str:
     """Build the Dockerfile in folder (the stand-in images of the compose test) on the debootstrap base."""
     podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",

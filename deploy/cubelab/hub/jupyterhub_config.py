@@ -58,6 +58,8 @@ c.Spawner.pre_spawn_hook = TeamEnvironment(settings["team_env"], gpu_teams=setti
 if settings.get("docker_image"):
     # Containers are removed when servers stop; homes live on in the per-user volumes.
     c.DockerSpawner.remove = True
+    # The hub reaches users' containers by their address on the users' network, not through host ports.
+    c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.notebook_dir = "/home/jovyan/work"
 c.JupyterHub.authenticator_class = settings["authenticator_class"]
 # Users' servers outlive a hub restart (`cubelab apply` restarts the hub when teams change);
