@@ -13,9 +13,11 @@ without an error and the array reads back as fill values. Two fixes, used togeth
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import posixpath
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,8 @@ class ExactListingRepository(MlflowArtifactsRepository):
 def download_artifacts(
     run_id: str, artifact_path: str, dst_path: str | Path | None = None, tracking_uri: str | None = None
 ) -> Path:
-    """Download a run's artefact file or folder, every file of it. Returns the local path."""
+    """Download a run's artefact file or folder, every file of it. Returns the local path. Without dst_path the
+    files go to a temporary folder that is removed when the process exits (pass dst_path to keep them)."""
     client = mlflow.MlflowClient(tracking_uri)
     root_uri = client.get_run(run_id).info.artifact_uri
     resolved_tracking = tracking_uri or mlflow.get_tracking_uri()
@@ -62,7 +65,12 @@ def download_artifacts(
         repo: Any = ExactListingRepository(root_uri, tracking_uri=resolved_tracking)
     else:
         repo = get_artifact_repository(root_uri, tracking_uri=resolved_tracking)
-    dst = str(dst_path) if dst_path else tempfile.mkdtemp(prefix="cubelab-artifacts-")
+    if dst_path:
+        dst = str(dst_path)
+    else:
+        dst = tempfile.mkdtemp(prefix="cubelab-artifacts-")
+        # Lazily opened datasets read from it for as long as the session lives; then it goes.
+        atexit.register(shutil.rmtree, dst, True)
     return Path(repo.download_artifacts(artifact_path, dst))
 
 

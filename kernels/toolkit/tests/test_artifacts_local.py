@@ -50,3 +50,27 @@ def test_consolidated_metadata_detection(tmp_path: Path) -> None:
     assert has_consolidated_metadata(tmp_path / "v2.zarr")
     assert not has_consolidated_metadata(tmp_path / "v3.zarr")
     assert has_consolidated_metadata(tmp_path / "v3c.zarr")
+
+
+def test_temporary_download_folder_is_removed_at_exit(tmp_path: Path) -> None:
+    """download_artifacts without dst_path must not leave folders behind in /tmp (one per call, forever)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import mlflow
+        from cubelab_toolkit.artifacts import download_artifacts
+        mlflow.set_tracking_uri({f"sqlite:///{tmp_path}/mlflow.db"!r})
+        (p := __import__("pathlib").Path({str(tmp_path / "a.txt")!r})).write_text("x")
+        with mlflow.start_run() as run:
+            mlflow.log_artifact(str(p))
+        local = download_artifacts(run.info.run_id, "a.txt")
+        assert local.read_text() == "x"
+        print(local.parent)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.name.startswith("cubelab-artifacts-")
+    assert not folder.exists()
