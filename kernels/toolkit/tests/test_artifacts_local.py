@@ -54,6 +54,7 @@ def test_consolidated_metadata_detection(tmp_path: Path) -> None:
 
 def test_temporary_download_folder_is_removed_at_exit(tmp_path: Path) -> None:
     """download_artifacts without dst_path must not leave folders behind in /tmp (one per call, forever)."""
+    import os
     import subprocess
     import sys
     import textwrap
@@ -69,7 +70,10 @@ def test_temporary_download_folder_is_removed_at_exit(tmp_path: Path) -> None:
         assert local.read_text() == "x"
         print(local.parent)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False)
+    # A fresh process, without the MLFLOW_* variables earlier tests leave (mlflow.set_experiment exports one).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.name.startswith("cubelab-artifacts-")
