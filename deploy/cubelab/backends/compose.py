@@ -76,22 +76,11 @@ def write_env(config: PlatformConfig, path: Path) -> list[str]:
 
 
 def _team_env(config: PlatformConfig, team: Team) -> dict[str, str]:
-    """What a user's server of this team gets (cubelab.hub.teams.TeamEnvironment), as in the embedded stack."""
-    t, bucket, s3 = TeamSecrets(team.name), config.bucket(team), f"http://s3:{S3_PORT}"
-    return {
-        "MLFLOW_TRACKING_URI": f"http://tracking-{team.name}:{TRACKING_PORT}{render.service_prefix(team)}",
-        "S3_USER_STORAGE_BUCKET": bucket,
-        "S3_USER_STORAGE_KEY": _ref(t.s3_access_key),
-        "S3_USER_STORAGE_SECRET": _ref(t.s3_secret_key),
-        "AWS_ACCESS_KEY_ID": _ref(t.s3_access_key),
-        "AWS_SECRET_ACCESS_KEY": _ref(t.s3_secret_key),
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3,
-        "AWS_ENDPOINT_URL_S3": s3,
-        "S3_ENDPOINT": s3,
-        "CUBELAB_ARTIFACT_ROOT": f"s3://{bucket}/{config.storage.artifact_prefix}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    t = TeamSecrets(team.name)
+    return render.team_environment(
+        config, team, tracking_uri=f"http://tracking-{team.name}:{TRACKING_PORT}{render.service_prefix(team)}",
+        s3_endpoint=f"http://s3:{S3_PORT}", access_key=_ref(t.s3_access_key), secret_key=_ref(t.s3_secret_key),
+    )  # fmt: skip
 
 
 def hub_settings(config: PlatformConfig) -> dict[str, Any]:
@@ -102,10 +91,7 @@ def hub_settings(config: PlatformConfig) -> dict[str, Any]:
     services.append({"name": render.ADMIN_SERVICE, "api_token": _ref("CUBELAB_ADMIN_TOKEN")})
     culler = config.hub.cull_idle_seconds > 0
     if culler:
-        services.append({"name": "idle-culler",
-                         "command": ["python3", "-m", "jupyterhub_idle_culler",
-                                     f"--timeout={config.hub.cull_idle_seconds}"]})  # fmt: skip
-    gpu_teams = [t.name for t in config.teams if t.gpu]
+        services.append(render.culler_service("python3", config.hub.cull_idle_seconds))
     settings: dict[str, Any] = {
         "bind_url": f"http://0.0.0.0:{HUB_PORT}",
         "hub_bind_url": "http://0.0.0.0:8081",
@@ -118,30 +104,22 @@ def hub_settings(config: PlatformConfig) -> dict[str, Any]:
         "load_roles": render.roles(config, culler),
         "services": services,
         "template_paths": ["/opt/cubelab/templates"],
-        "template_vars": {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"},
-        "server_token_scopes": ["users:activity!user", "access:servers!server", "access:services",
-                                "read:users:name!user", "read:users:groups!user"],
+        "template_vars": render.template_vars(config),
+        "server_token_scopes": render.SERVER_TOKEN_SCOPES,
         "team_env": {t.name: _team_env(config, t) for t in config.teams},
         "spawner_class": "dockerspawner.DockerSpawner",
         "docker_image": config.containers.image("notebook"),
         # Users' containers join the network of the tracking servers and S3, not the one Postgres is on.
         "docker_network": "cubelab-users",
         "docker_volumes": {"cubelab-home-{username}": "/home/jovyan/work"},
-        "gpu_teams": gpu_teams,
+        "gpu_teams": [t.name for t in config.teams if t.gpu],
     }  # fmt: skip
-    if config.hub.auth.type == "local":
-        settings["authenticator_class"] = "cubelab.hub.auth.LocalPasswordAuthenticator"
-        settings["passwords_file"] = "/srv/cubelab/passwords.json"
-        settings["allowed_users"] = [u.name for u in config.users]
-    else:
-        settings["authenticator_class"] = "generic-oauth"
-        auth = config.hub.auth
-        settings["oidc"] = {
-            "client_id": auth.client_id, "client_secret_file": "/run/secrets/oidc-client-secret",
-            "authorize_url": auth.authorize_url, "token_url": auth.token_url, "userdata_url": auth.userdata_url,
-            "username_claim": auth.username_claim, "groups_claim": auth.groups_claim, "scope": list(auth.scope),
-            "callback_url": f"{config.containers.public_url}/hub/oauth_callback",
-        }  # fmt: skip
+    settings |= render.auth_settings(
+        config,
+        passwords_file="/srv/cubelab/passwords.json",
+        client_secret_file="/run/secrets/oidc-client-secret",  # noqa: S106 - a path, not a secret
+        callback_url=f"{config.containers.public_url}/hub/oauth_callback",
+    )
     return settings
 
 

@@ -8,6 +8,7 @@ and the users' network policy. No secret is rendered: the chart generates them i
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -34,21 +35,11 @@ def _tracking_url(release_prefix: str, team: Team) -> str:
 
 def team_env(config: PlatformConfig, team: Team, prefix: str, s3_endpoint: str) -> dict[str, str]:
     """What a user's pod of this team gets; $(NAME) are hub environment variables from the team's Secret."""
-    t, bucket = TeamSecrets(team.name), config.bucket(team)
-    return {
-        "MLFLOW_TRACKING_URI": f"{_tracking_url(prefix, team)}{render.service_prefix(team)}",
-        "S3_USER_STORAGE_BUCKET": bucket,
-        "S3_USER_STORAGE_KEY": f"$({t.s3_access_key})",
-        "S3_USER_STORAGE_SECRET": f"$({t.s3_secret_key})",
-        "AWS_ACCESS_KEY_ID": f"$({t.s3_access_key})",
-        "AWS_SECRET_ACCESS_KEY": f"$({t.s3_secret_key})",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ENDPOINT_URL_S3": s3_endpoint,
-        "S3_ENDPOINT": s3_endpoint,
-        "CUBELAB_ARTIFACT_ROOT": f"s3://{bucket}/{config.storage.artifact_prefix}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    t = TeamSecrets(team.name)
+    return render.team_environment(
+        config, team, tracking_uri=f"{_tracking_url(prefix, team)}{render.service_prefix(team)}",
+        s3_endpoint=s3_endpoint, access_key=f"$({t.s3_access_key})", secret_key=f"$({t.s3_secret_key})",
+    )  # fmt: skip
 
 
 def hub_settings(config: PlatformConfig, prefix: str, s3_endpoint: str) -> dict[str, Any]:
@@ -59,10 +50,9 @@ def hub_settings(config: PlatformConfig, prefix: str, s3_endpoint: str) -> dict[
                      {"name": render.ADMIN_SERVICE, "api_token": "$(CUBELAB_ADMIN_TOKEN)"}],
         "groups": render.groups(config),
         "template_paths": ["/opt/cubelab/templates"],
-        "template_vars": {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"},
+        "template_vars": render.template_vars(config),
         "team_env": {t.name: team_env(config, t, prefix, s3_endpoint) for t in config.teams},
-        "server_token_scopes": ["users:activity!user", "access:servers!server", "access:services",
-                                "read:users:name!user", "read:users:groups!user"],
+        "server_token_scopes": render.SERVER_TOKEN_SCOPES,
         "admin_users": list(config.admins),
     }  # fmt: skip
     if config.hub.auth.type == "local":
@@ -71,7 +61,7 @@ def hub_settings(config: PlatformConfig, prefix: str, s3_endpoint: str) -> dict[
     return settings
 
 
-def profiles(config: PlatformConfig) -> list[dict[str, Any]]:
+def profiles(config: PlatformConfig, gpu_image: str) -> list[dict[str, Any]]:
     """One CPU profile per team, and a GPU one for teams allowed GPUs; the hub shows users their teams' only."""
     out: list[dict[str, Any]] = []
     for team in config.teams:
@@ -81,7 +71,7 @@ def profiles(config: PlatformConfig) -> list[dict[str, Any]]:
         if team.gpu:
             out.append({"display_name": f"{team.name}: GPU", "slug": f"{team.name}-gpu",
                         "description": f"Team {team.name} with one NVIDIA GPU (CUDA builds of PyTorch and TensorFlow).",
-                        "kubespawner_override": {**GPU_PROFILE, "image": "$(GPU_IMAGE)"}})  # fmt: skip
+                        "kubespawner_override": {**copy.deepcopy(GPU_PROFILE), "image": gpu_image}})  # fmt: skip
     if out:
         out[0]["default"] = True
     return out
@@ -107,8 +97,7 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
     s3_endpoint = f"http://{prefix}-s3:8333"
     images = config.containers
     settings = hub_settings(config, prefix, s3_endpoint)
-    gpu_image = images.image("notebook").replace(f":{images.tag}", f":{images.tag}-cuda")
-    profile_list = json.loads(json.dumps(profiles(config)).replace("$(GPU_IMAGE)", gpu_image))
+    profile_list = profiles(config, gpu_image=f"{images.registry}/notebook:{images.tag}-cuda")
     hub: dict[str, Any] = {
         "image": {"name": f"{images.registry}/hub", "tag": images.tag},
         "loadRoles": {role.pop("name"): role for role in render.roles(config, culler=False)},

@@ -71,3 +71,67 @@ def team_services(config: PlatformConfig, urls: dict[str, str], tokens: dict[str
         }
         for team in config.teams
     ]
+
+
+# A user server's token also opens the user's teams' tracking servers (access:services is narrowed by the hub
+# to the services the user's roles allow).
+SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", "access:services",
+                       "read:users:name!user", "read:users:groups!user"]  # fmt: skip
+
+
+def template_vars(config: PlatformConfig) -> dict[str, Any]:
+    return {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"}
+
+
+def culler_service(python: str, seconds: int) -> dict[str, Any]:
+    return {"name": "idle-culler", "command": [python, "-m", "jupyterhub_idle_culler", f"--timeout={seconds}"]}
+
+
+def team_environment(
+    config: PlatformConfig, team: Team, *, tracking_uri: str, s3_endpoint: str, access_key: str, secret_key: str
+) -> dict[str, str]:
+    """What a user's server of this team gets (cubelab.hub.teams.TeamEnvironment), for every deployment target:
+    the team's tracking URI, its S3 keys under DeepESDL's and AWS's names, its artefact root."""
+    bucket = config.bucket(team)
+    return {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "S3_USER_STORAGE_BUCKET": bucket,
+        "S3_USER_STORAGE_KEY": access_key,
+        "S3_USER_STORAGE_SECRET": secret_key,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "S3_ENDPOINT": s3_endpoint,
+        # Where the tracking server keeps run artefacts: the toolkit writes large ones there itself.
+        "CUBELAB_ARTIFACT_ROOT": f"s3://{bucket}/{config.storage.artifact_prefix}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+def auth_settings(
+    config: PlatformConfig, *, passwords_file: str, client_secret_file: str, callback_url: str
+) -> dict[str, Any]:
+    """The authenticator part of the hub settings: local accounts or OIDC (paths differ per target)."""
+    auth = config.hub.auth
+    if auth.type == "local":
+        return {
+            "authenticator_class": "cubelab.hub.auth.LocalPasswordAuthenticator",
+            "passwords_file": passwords_file,
+            "allowed_users": [u.name for u in config.users],
+        }
+    return {
+        "authenticator_class": "generic-oauth",
+        "oidc": {
+            "client_id": auth.client_id,
+            "client_secret_file": client_secret_file,
+            "authorize_url": auth.authorize_url,
+            "token_url": auth.token_url,
+            "userdata_url": auth.userdata_url,
+            "username_claim": auth.username_claim,
+            "groups_claim": auth.groups_claim,
+            "scope": list(auth.scope),
+            "callback_url": callback_url,
+        },
+    }

@@ -127,34 +127,17 @@ class LocalHub:
         team_env = {}
         for team in config.teams:
             creds = self.s3.team_credentials(team)
-            bucket = config.bucket(team)
-            team_env[team.name] = {
-                "MLFLOW_TRACKING_URI": self.tracking.url(team),
-                "S3_USER_STORAGE_BUCKET": bucket,
-                "S3_USER_STORAGE_KEY": creds.access_key,
-                "S3_USER_STORAGE_SECRET": creds.secret_key,
-                "AWS_ACCESS_KEY_ID": creds.access_key,
-                "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_ENDPOINT_URL": self.s3.url,
-                "AWS_ENDPOINT_URL_S3": self.s3.url,
-                "S3_ENDPOINT": self.s3.url,
-                # Where the tracking server keeps run artefacts: the toolkit writes large ones there itself.
-                "CUBELAB_ARTIFACT_ROOT": f"s3://{bucket}/{config.storage.artifact_prefix}",
-                "MLFLOW_DISABLE_TELEMETRY": "true",
-            }
+            team_env[team.name] = render.team_environment(
+                config, team, tracking_uri=self.tracking.url(team), s3_endpoint=self.s3.url,
+                access_key=creds.access_key, secret_key=creds.secret_key,
+            )  # fmt: skip
         urls = {t.name: f"http://127.0.0.1:{self.tracking.port(t)}" for t in config.teams}
         tokens = {t.name: self.tracking.service_token(t) for t in config.teams}
         services = render.team_services(config, urls, tokens)
         services.append({"name": render.ADMIN_SERVICE, "api_token": self.admin_token()})
         culler = config.hub.cull_idle_seconds > 0
         if culler:
-            services.append({
-                "name": "idle-culler",
-                "command": [str(venv / "bin/python"), "-m", "jupyterhub_idle_culler",
-                            f"--timeout={config.hub.cull_idle_seconds}"],
-            })  # fmt: skip
-        auth = config.hub.auth
+            services.append(render.culler_service(str(venv / "bin/python"), config.hub.cull_idle_seconds))
         settings: dict[str, Any] = {
             "bind_url": f"http://127.0.0.1:{self.port}",
             "proxy_api_url": f"http://127.0.0.1:{self.port + 1}",
@@ -168,34 +151,20 @@ class LocalHub:
             "load_roles": render.roles(config, culler),
             "services": services,
             "template_paths": [str(HUB_DIR / "templates")],
-            "template_vars": {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"},
+            "template_vars": render.template_vars(config),
             "spawner_cmd": [str(venv / "bin/jupyterhub-singleuser")],
-            # The server's token also opens the user's teams' tracking servers (access:services is
-            # narrowed by the hub to the services the user's roles allow).
-            "server_token_scopes": ["users:activity!user", "access:servers!server", "access:services",
-                                    "read:users:name!user", "read:users:groups!user"],
+            "server_token_scopes": render.SERVER_TOKEN_SCOPES,
             "team_env": team_env,
             "run_as_system_users": self.system_users,
             "homes_dir": str(self.paths.homes),
             "stack_marker": str(self.paths.root),
-        }  # fmt: skip
-        if auth.type == "local":
-            settings["authenticator_class"] = "cubelab.hub.auth.LocalPasswordAuthenticator"
-            settings["passwords_file"] = str(self.paths.hub / "passwords.json")
-            settings["allowed_users"] = [u.name for u in config.users]
-        else:
-            settings["authenticator_class"] = "generic-oauth"
-            settings["oidc"] = {
-                "client_id": auth.client_id,
-                "client_secret_file": str(Path(config.path).parent / auth.client_secret_file),
-                "authorize_url": auth.authorize_url,
-                "token_url": auth.token_url,
-                "userdata_url": auth.userdata_url,
-                "username_claim": auth.username_claim,
-                "groups_claim": auth.groups_claim,
-                "scope": list(auth.scope),
-                "callback_url": f"{self.url}/hub/oauth_callback",
-            }
+        }
+        settings |= render.auth_settings(
+            config,
+            passwords_file=str(self.paths.hub / "passwords.json"),
+            client_secret_file=str(Path(config.path).parent / config.hub.auth.client_secret_file),
+            callback_url=f"{self.url}/hub/oauth_callback",
+        )
         return settings
 
     def provision(self, progress: Callable[[str], None]) -> None:
