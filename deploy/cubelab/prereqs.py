@@ -102,6 +102,16 @@ def install_tools(bindir: Path) -> None:
                 (bindir / "compose-spec.json").write_bytes(zf.read("compose/config/compose_spec.json"))
 
 
+def _apt_command(packages: list[str]) -> str:
+    return f"apt-get update && apt-get install -y --no-install-recommends {' '.join(packages)}"
+
+
+def _apt_install(packages: list[str]) -> int:
+    """Install Debian packages (as root); returns apt's exit status."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(["sh", "-c", _apt_command(packages)], env=env, check=False).returncode
+
+
 def _podman_helper(name: str) -> bool:
     return any(Path(d, name).exists() for d in ("/usr/lib/podman", "/usr/libexec/podman"))
 
@@ -112,9 +122,7 @@ def install_container_tools() -> None:
     if not missing or os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     print(f"[cubelab] installing container tools for the image tests: {' '.join(missing)}", flush=True)
-    command = f"apt-get update && apt-get install -y --no-install-recommends {' '.join(missing)}"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["sh", "-c", command], env=env, check=False).returncode != 0:
+    if _apt_install(missing) != 0:
         print("cubelab: installing the container tools failed; the image build tests will skip", file=sys.stderr)
 
 
@@ -136,14 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     missing = missing_packages(for_tests)
     if not missing:
         return 0
-    command = f"apt-get update && apt-get install -y --no-install-recommends {' '.join(missing)}"
+    command = _apt_command(missing)
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         print(f"cubelab needs: {', '.join(missing)}. Install with:\n  sudo sh -c '{command}'", file=sys.stderr)
         return 1
     print(f"[cubelab] installing missing Debian packages: {' '.join(missing)}", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(["sh", "-c", command], env=env, check=False)
-    if done.returncode != 0 or missing_packages(for_tests):
+    if _apt_install(missing) != 0 or missing_packages(for_tests):
         print(f"cubelab: installing {' '.join(missing)} failed; run `{command}` and retry", file=sys.stderr)
         return 1
     return 0

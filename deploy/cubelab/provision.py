@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cubelab.secrets import write_private
+
 HUB_ROLE, HUB_DATABASE = "hub", "jupyterhub"
 
 
@@ -142,12 +144,7 @@ def write_identities(path: Path) -> None:
     for team in _teams():
         names = TeamSecrets(team)
         teams[team] = (f"{prefix}{team}", Credentials(_need(names.s3_access_key), _need(names.s3_secret_key)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(identity_document(admin, teams), fh, indent=2)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(identity_document(admin, teams), indent=2))
     print(f"cubelab provision: S3 identities for {len(teams)} team(s) written to {path}", flush=True)
 
 
@@ -254,9 +251,7 @@ def describe(path: Path) -> None:
         "users_isolated": True,
         "teams": teams,
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(description, fh, indent=2)
+    write_private(path, json.dumps(description, indent=2))
     print(f"cubelab provision: deployment description of {len(teams)} team(s) written to {path}", flush=True)
 
 

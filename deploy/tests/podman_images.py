@@ -98,30 +98,23 @@ def ensure_base_image() -> str:
     return BASE_IMAGE
 
 
-def build(name: str, tag: str = "test") -> str:
-    """Build images/<name> on the debootstrap base; podman's layer cache makes a rebuild quick."""
-    image = f"localhost/cubelab/{name}:{tag}"
+def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:
+    """Build a Dockerfile on the debootstrap base; podman's layer cache makes a rebuild quick."""
     started = time.monotonic()
-    podman(
-        "build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
-        "-f", str(ROOT / "images" / name / "Dockerfile"), "-t", image, str(ROOT),
-    )  # fmt: skip
+    podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
+           "-f", str(dockerfile), "-t", image, str(context))  # fmt: skip
     print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
     return image
 
 
-def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:
-    """Build a Dockerfile outside images/ (the compose test's stand-ins) on the debootstrap base."""
-    podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
-           "-f", str(dockerfile), "-t", image, str(context))  # fmt: skip
-    return image
+def build(name: str, tag: str = "test") -> str:
+    """Build images/<name> (context: the repository)."""
+    return build_file(ROOT / "images" / name / "Dockerfile", f"localhost/cubelab/{name}:{tag}")
 
 
 def build_folder(folder: Path, image: str) -> str:
-    """Build the Dockerfile in folder (the stand-in images of the compose test) on the debootstrap base."""
-    podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
-           "-t", image, str(folder))  # fmt: skip
-    return image
+    """Build the Dockerfile in folder with the folder as context (the compose test's stand-ins)."""
+    return build_file(folder / "Dockerfile", image, context=folder)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from cubelab.config import load
 from cubelab.install import services_env
 from cubelab.procs import free_tcp_port
 from cubelab.scratch import use_shared_installs
+from platform_tests.hubclient import login
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -142,12 +143,8 @@ def test_hub_of_the_compose_deployment_serves_the_teams(deployment: Path) -> Non
     assert {g["name"]: sorted(g["users"]) for g in groups.json()} == {"ocean": ["alice", "bob"],
                                                                       "land": ["bob", "carol"]}  # fmt: skip
     # A user logs in with the first password from .env (hashed by the init service into the hub's volume).
-    session = requests.Session()
-    session.get(f"{hub}/hub/login", timeout=10)
-    login = session.post(f"{hub}/hub/login", timeout=10, allow_redirects=False,
-                         data={"username": "alice", "password": env["USER_ALICE_PASSWORD"],
-                               "_xsrf": session.cookies.get("_xsrf", "")})  # fmt: skip
-    assert login.status_code == 302, login.text[:300]
+    _, login_page = login(hub, "alice", env["USER_ALICE_PASSWORD"])
+    assert login_page.status_code == 302, login_page.text[:300]
     # The team's tracking server through the hub's proxy, with the member's token.
     token = requests.post(f"{hub}/hub/api/users/alice/tokens", headers=admin, json={"expires_in": 300}, timeout=10)
     bearer = {"Authorization": f"Bearer {token.json()['token']}"}

@@ -8,7 +8,6 @@ secrets and changes nothing else. Names of the variables: `cubelab.provision.Tea
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -65,13 +64,14 @@ def read_env(path: Path) -> dict[str, str]:
 def write_env(config: PlatformConfig, path: Path) -> list[str]:
     """Create or complete .env; existing values are kept. Returns the names added."""
     values = read_env(path)
-    added = [name for name in secret_names(config) if name not in values]
+    added = []
     for name, make in secret_names(config).items():
-        values.setdefault(name, make())
+        if name not in values:
+            values[name] = make()
+            added.append(name)
     lines = ["# cubelab secrets for docker compose: generated, keep private, never commit (mode 0600)."]
     lines += [f"{k}={v}" for k, v in values.items()]
-    write_private(path, "\n".join(lines) + "\n")
-    os.chmod(path, 0o600)
+    write_private(path, "\n".join(lines) + "\n")  # atomically, mode 0600
     return added
 
 
@@ -153,11 +153,12 @@ def _provision_env(config: PlatformConfig) -> dict[str, str]:
     return env
 
 
-def _s3_identity_vars(config: PlatformConfig) -> set[str]:
+def _s3_identity_env(config: PlatformConfig) -> dict[str, str]:
+    """The part of the provisioning environment that writing the S3 identities needs (no database secrets)."""
     names = {"CUBELAB_TEAMS", "CUBELAB_BUCKET_PREFIX", "S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY"}
     for team in config.teams:
         names |= {TeamSecrets(team.name).s3_access_key, TeamSecrets(team.name).s3_secret_key}
-    return names
+    return {k: v for k, v in _provision_env(config).items() if k in names}
 
 
 def _tracking(config: PlatformConfig, team: Team) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
             "image": tracking_image,
             "build": build("tracking"),
             "command": ["python3", "-m", "cubelab.provision", "s3-identities", "/etc/seaweedfs/identities.json"],
-            "environment": {k: v for k, v in _provision_env(config).items() if k in _s3_identity_vars(config)},
+            "environment": _s3_identity_env(config),
             "volumes": ["s3-config:/etc/seaweedfs"],
             "user": "root",
             "networks": ["backend"],
@@ -286,8 +287,7 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
         "image": images.image("platform-tests"),
         "build": build("platform-tests"),
         "profiles": ["test"],
-        "environment": {k: v for k, v in _provision_env(config).items() if k in _s3_identity_vars(config)}
-        | _describe_env(config),
+        "environment": _s3_identity_env(config) | _describe_env(config),
         "depends_on": {"hub": {"condition": "service_healthy"}},
         "networks": ["backend", "users"],
         "restart": "no",
