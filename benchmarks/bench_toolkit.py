@@ -61,7 +61,7 @@ def raw_zarr_rate(url: str, storage_options: dict[str, Any] | None) -> float:
     return valid / (time.perf_counter() - t0)
 
 
-def torch_rate(ds: xr.Dataset) -> float:
+def torch_rate(ds: xr.Dataset, shuffle: bool = True) -> float:
     from torch.utils.data import DataLoader
 
     from cubelab_toolkit.scaling import Scaler
@@ -70,7 +70,7 @@ def torch_rate(ds: xr.Dataset) -> float:
     scaler = Scaler(mean={"air_temperature_2m": 15.0, "land_surface_temperature": 290.0},
                     std={"air_temperature_2m": 8.0, "land_surface_temperature": 9.0})  # fmt: skip
     data = CubePoints(ds, ["air_temperature_2m"], "land_surface_temperature", scaler, which=None,  # type: ignore[arg-type]
-                      batch_size=65536, shuffle=True)  # fmt: skip
+                      batch_size=65536, shuffle=shuffle)  # fmt: skip
     t0, n = time.perf_counter(), 0
     for _, y in DataLoader(data, batch_size=None):
         n += len(y)
@@ -127,7 +127,10 @@ def bench_ml4xcube(tmp: Path, rounds: int) -> dict[str, float]:
     )
     ds = xr.open_zarr(url)
     ours = statistics.median(torch_rate(ds) for _ in range(rounds))
-    return {"v2_ml4xcube_xrdataset_per_s": theirs, "v2_toolkit_torch_per_s": ours}
+    # The same work as XrDataset (which does not shuffle): the samples in cube order.
+    ours_in_order = statistics.median(torch_rate(ds, shuffle=False) for _ in range(rounds))
+    return {"v2_ml4xcube_xrdataset_per_s": theirs, "v2_toolkit_torch_per_s": ours,
+            "v2_toolkit_torch_unshuffled_per_s": ours_in_order}  # fmt: skip
 
 
 def bench_zarr_logging(backend: Any, rounds: int) -> dict[str, float]:
@@ -255,11 +258,14 @@ def main() -> None:
              f"({r[f'{where}_tfdata_per_s'] / raw:.2f}x raw)", ">= 0.25x raw"),
         ]  # fmt: skip
     if "v2_ml4xcube_xrdataset_per_s" in r:
-        ratio = r["v2_toolkit_torch_per_s"] / r["v2_ml4xcube_xrdataset_per_s"]
+        theirs = r["v2_ml4xcube_xrdataset_per_s"]
+        in_order, shuffled = r["v2_toolkit_torch_unshuffled_per_s"], r["v2_toolkit_torch_per_s"]
         rows += [
-            ("zarr v2 copy: ml4xcube 1.1.0 XrDataset", f"{r['v2_ml4xcube_xrdataset_per_s'] / 1e6:.2f} M/s", ""),
-            ("zarr v2 copy: toolkit -> torch batches", f"{r['v2_toolkit_torch_per_s'] / 1e6:.1f} M/s ({ratio:.0f}x)",
-             ">= 100x ml4xcube"),
+            ("zarr v2 copy: ml4xcube 1.1.0 XrDataset (cube order)", f"{theirs / 1e6:.2f} M/s", ""),
+            ("zarr v2 copy: toolkit -> torch batches, cube order (the same work)",
+             f"{in_order / 1e6:.1f} M/s ({in_order / theirs:.0f}x)", ">= 100x ml4xcube"),
+            ("zarr v2 copy: toolkit -> torch batches, shuffled",
+             f"{shuffled / 1e6:.1f} M/s ({shuffled / theirs:.0f}x)", ""),
         ]  # fmt: skip
     rows += [
         (f"log {r['zarr_mb']:.0f} MB zarr / {r['zarr_files']} files: toolkit", f"{r['log_toolkit_s']:.2f} s", ""),

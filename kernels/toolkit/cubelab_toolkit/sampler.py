@@ -18,7 +18,9 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from xarray.backends.zarr import ZarrArrayWrapper
 
+from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import DIMS
 
 NAN_POLICIES = ("drop", "fill")
@@ -32,13 +34,58 @@ class PointBlock:
     missing: np.ndarray  # (n, features) bool: the feature was NaN (filled)
 
 
-def block_slices(ds: xr.Dataset, reference: str) -> Iterator[tuple[slice, slice, slice]]:
+BLOCK_CELLS = 2**21  # cells an unshuffled pass reads at once (8 MB per float32 variable): several chunks per read
+RUN_SAMPLES = 2**18  # samples shuffled together (see runs_of)
+
+
+def block_slices(ds: xr.Dataset, reference: str, max_cells: int | None = None) -> Iterator[tuple[slice, slice, slice]]:
+    """Blocks of whole chunks of `reference`: one chunk each, or with `max_cells` as many neighbouring chunks as
+    fit in that many cells (grown along lon, then lat, then time). Bigger blocks are read with fewer, concurrent
+    zarr calls and mix samples from a wider area into each shuffled batch."""
     chunks = ds[reference].chunks
     if chunks is None:
         chunks = tuple((ds.sizes[d],) for d in DIMS)
-    bounds = [np.cumsum((0, *c)) for c in chunks]
-    for i, j, k in itertools.product(*(range(len(c)) for c in chunks)):
+    group = [1, 1, 1]
+    if max_cells:
+        largest = [max(c) for c in chunks]
+        for axis in (2, 1, 0):
+            while group[axis] < len(chunks[axis]):
+                grown = [n * g + (n if a == axis else 0) for a, (n, g) in enumerate(zip(largest, group, strict=True))]
+                if int(np.prod(grown)) > max_cells:
+                    break
+                group[axis] += 1
+    bounds = [np.cumsum((0, *c))[::g] if len(c) % g == 0 else np.append(np.cumsum((0, *c))[::g], sum(c))
+              for c, g in zip(chunks, group, strict=True)]  # fmt: skip
+    for i, j, k in itertools.product(*(range(len(b) - 1) for b in bounds)):
         yield tuple(slice(int(b[n]), int(b[n + 1])) for b, n in zip(bounds, (i, j, k), strict=True))  # type: ignore[misc]
+
+
+def valid_cells(
+    values: dict[str, np.ndarray],
+    features: list[str],
+    target: str,
+    *,
+    split: np.ndarray | None = None,
+    which: int | None = None,
+    mask: np.ndarray | None = None,
+    nan_policy: str = "drop",
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Flat indices of a block's sample cells, its feature columns (flat, broadcast to the target's shape) and
+    their NaN masks. Flat 1-D selections: much cheaper than boolean or 3-D fancy indexing on every block."""
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
+    shape = values[target].shape
+    keep = np.isfinite(values[target]).ravel()
+    columns = [np.broadcast_to(values[f], shape).ravel() for f in features]
+    missing_cols = [~np.isfinite(c) for c in columns]
+    if nan_policy == "drop":
+        for miss in missing_cols:
+            keep &= ~miss
+    if split is not None and which is not None:
+        keep &= (split == which).ravel()
+    if mask is not None:
+        keep &= np.broadcast_to(mask, shape).ravel().astype(bool)
+    return np.flatnonzero(keep), columns, missing_cols
 
 
 def points_from_block(
@@ -55,22 +102,10 @@ def points_from_block(
     with_index: bool = True,
 ) -> PointBlock:
     """The point samples of one block of the cube (numpy arrays over time, lat, lon)."""
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
     y = values[target]
-    shape = y.shape
-    # Flat 1-D selections: much cheaper than 3-D fancy indexing on every block.
-    keep = np.isfinite(y).ravel()
-    columns = [np.broadcast_to(values[f], shape).ravel() for f in features]
-    missing_cols = [~np.isfinite(c) for c in columns]
-    if nan_policy == "drop":
-        for miss in missing_cols:
-            keep &= ~miss
-    if split is not None and which is not None:
-        keep &= (split == which).ravel()
-    if mask is not None:
-        keep &= np.broadcast_to(mask, shape).ravel().astype(bool)
-    flat = np.flatnonzero(keep)
+    flat, columns, missing_cols = valid_cells(
+        values, features, target, split=split, which=which, mask=mask, nan_policy=nan_policy
+    )
     xs = np.empty((len(flat), len(features)), dtype="float32")
     missing = np.zeros((len(flat), len(features)), dtype=bool)
     for i, (column, miss) in enumerate(zip(columns, missing_cols, strict=True)):
@@ -81,7 +116,7 @@ def points_from_block(
         xs[missing] = fill_value
     index = None
     if with_index:
-        index = np.stack(np.unravel_index(flat, shape), axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
+        index = np.stack(np.unravel_index(flat, y.shape), axis=-1).astype("int64") + np.asarray(offset, dtype="int64")
     return PointBlock(xs, y.ravel()[flat].astype("float32", copy=False), index, missing)
 
 
@@ -125,6 +160,66 @@ def read_ahead(items: Iterable[object], depth: int) -> Iterator[object]:
         thread.join()
 
 
+def zarr_source(data: object) -> object | None:
+    """The lazily indexed zarr array behind a dask array exactly as `xarray.open_zarr` made it (one source array
+    and one read task per chunk), or None for any other array. Reading a block from it directly gives the same
+    values as computing the dask slice, without building and running a dask graph per block (~1 ms each)."""
+    if not isinstance(data, da.Array):
+        return None
+    layers = getattr(data.__dask_graph__(), "layers", {})
+    originals = [layer for name, layer in layers.items() if str(name).startswith("original-")]
+    if len(layers) != 2 or len(originals) != 1 or len(originals[0]) != 1:
+        return None
+    source = next(iter(originals[0].values()))
+    inner = source
+    while hasattr(inner, "array"):  # xarray's indexing adapters, down to the backend array
+        inner = inner.array
+    if not isinstance(inner, ZarrArrayWrapper):
+        return None
+    if getattr(source, "shape", None) != data.shape or getattr(source, "dtype", None) != data.dtype:
+        return None
+    return source
+
+
+def iter_loaded_blocks(
+    ds: xr.Dataset,
+    names: set[str],
+    blocks: Sequence[tuple[slice, slice, slice]],
+    prefetch: int = 1,
+) -> Iterator[tuple[tuple[slice, slice, slice], dict[str, np.ndarray]]]:
+    """Each block's values of the named variables as numpy arrays over (time, lat, lon); 2-D variables (lat, lon)
+    come as (1, lat, lon). `prefetch` blocks are read ahead in a background thread."""
+    ordered = {n: ds[n].transpose(*[d for d in DIMS if d in ds[n].dims]) for n in sorted(names)}
+    sources = {n: zarr_source(v.data) for n, v in ordered.items()}
+
+    def load(block: tuple[slice, slice, slice]) -> dict[str, np.ndarray]:
+        sel = dict(zip(DIMS, block, strict=True))
+        keys = {n: tuple(sel[d] for d in v.dims) for n, v in ordered.items()}
+        values = {n: np.asarray(src[keys[n]]) for n, src in sources.items() if src is not None}  # type: ignore[index]
+        lazy = [n for n, src in sources.items() if src is None]
+        if lazy:  # The arrays themselves, sliced on chunk boundaries: no Dataset or index objects per block.
+            # Synchronous: safe in forked loader workers (see FACTS) and no thread hand-off per block.
+            loaded = dask.compute(*[ordered[n].data[keys[n]] for n in lazy], scheduler="synchronous")
+            values.update({n: np.asarray(a) for n, a in zip(lazy, loaded, strict=True)})
+        for name, array in values.items():  # 2-D variables (lat, lon) broadcast over time
+            if array.ndim == 2:
+                values[name] = array[None, :, :]
+        return values
+
+    yield from read_ahead(((b, load(b)) for b in blocks), prefetch)  # type: ignore[misc]
+
+
+def _needed(ds: xr.Dataset, features: list[str], target: str, which: int | None, use_mask: str | None) -> set[str]:
+    names = {*features, target}
+    if which is not None:
+        if "split" not in ds:
+            raise ValueError("which= needs a `split` variable in the cube (see cubelab_toolkit.splits.with_split)")
+        names.add("split")
+    if use_mask:
+        names.add(use_mask)
+    return names
+
+
 def iter_point_blocks(
     ds: xr.Dataset,
     features: list[str],
@@ -142,32 +237,13 @@ def iter_point_blocks(
     cube's `split` variable; `use_mask` names a boolean variable (e.g. land_mask) that samples must be in.
     `blocks` (from `block_slices`) picks and orders the blocks; `prefetch` blocks are read ahead in a thread;
     `with_index=False` skips each sample's cube index (trainers do not need it)."""
-    names = {*features, target}
-    if which is not None:
-        if "split" not in ds:
-            raise ValueError("which= needs a `split` variable in the cube (see cubelab_toolkit.splits.with_split)")
-        names.add("split")
-    if use_mask:
-        names.add(use_mask)
-    ordered = {n: ds[n].transpose(*[d for d in DIMS if d in ds[n].dims]) for n in sorted(names)}
-
-    def load(block: tuple[slice, slice, slice]) -> dict[str, np.ndarray]:
-        sel = dict(zip(DIMS, block, strict=True))
-        # The arrays themselves, sliced on chunk boundaries: no Dataset or index objects per block.
-        lazy = [v.data[tuple(sel[d] for d in v.dims)] for v in ordered.values()]
-        # Synchronous: safe in forked loader workers (see FACTS) and no thread hand-off per block.
-        loaded = dask.compute(*lazy, scheduler="synchronous")
-        values = {n: np.asarray(a) for n, a in zip(ordered, loaded, strict=True)}
-        for name in names:  # 2-D variables (lat, lon) broadcast over time
-            if values[name].ndim == 2:
-                values[name] = values[name][None, :, :]
-        return values
-
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, not {nan_policy!r}")
+    names = _needed(ds, features, target, which, use_mask)
     chosen = list(block_slices(ds, target)) if blocks is None else list(blocks)
-    loaded = read_ahead(((b, load(b)) for b in chosen), prefetch)
-    for block, values in loaded:  # type: ignore[misc]
+    for block, values in iter_loaded_blocks(ds, names, chosen, prefetch):
         yield points_from_block(
-            {n: values[n] for n in [*features, target]},
+            values,
             features,
             target,
             tuple(s.start for s in block),  # type: ignore[arg-type]
@@ -178,6 +254,89 @@ def iter_point_blocks(
             fill_value=fill_value,
             with_index=with_index,
         )
+
+
+def iter_point_batches(
+    ds: xr.Dataset,
+    features: list[str],
+    target: str,
+    scaler: Scaler,
+    *,
+    which: int | None = None,
+    batch_size: int | None = 1024,
+    rng: np.random.Generator | None = None,
+    use_mask: str | None = None,
+    blocks: Sequence[tuple[slice, slice, slice]] | None = None,
+    prefetch: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Scaled float32 mini-batches (x (n, features), y (n,)) of the point samples with no NaN, block by block.
+    Batches never cross blocks (`batch_size=None`: one batch per block). With `rng`, the blocks come in a random
+    order and each block's samples are shuffled: the shuffle permutes sample indices, and every batch is gathered
+    straight from the block's arrays and scaled in place (no per-block copies of the samples)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be positive, not {batch_size}")
+    names = _needed(ds, features, target, which, use_mask)
+    chosen = list(batch_blocks(ds, target, shuffle=rng is not None)) if blocks is None else list(blocks)
+    if rng is not None:
+        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    mean = np.asarray([scaler.mean[f] for f in features], dtype="float32")
+    std = np.asarray([scaler.std[f] for f in features], dtype="float32")
+    y_mean, y_std = np.float32(scaler.mean[target]), np.float32(scaler.std[target])
+    for _, values in iter_loaded_blocks(ds, names, chosen, prefetch):
+        flat, columns, _ = valid_cells(
+            values, features, target, split=values.get("split"), which=which,
+            mask=values.get(use_mask) if use_mask else None,
+        )  # fmt: skip
+        y_all = values[target].ravel()
+        runs = runs_of(len(flat))
+        for r in rng.permutation(len(runs)) if rng is not None else range(len(runs)):
+            run = flat[runs[r][0] : runs[r][1]]
+            if rng is not None:
+                rng.shuffle(run)
+            step = batch_size or len(run)
+            for start in range(0, len(run), step):
+                take = run[start : start + step]
+                x = np.empty((len(take), len(features)), dtype="float32")
+                for i, column in enumerate(columns):
+                    x[:, i] = column[take]
+                x -= mean
+                x /= std
+                y = y_all[take].astype("float32", copy=False)
+                y -= y_mean
+                y /= y_std
+                yield x, y
+
+
+def runs_of(n: int) -> list[tuple[int, int]]:
+    """A block's n samples in runs of at most RUN_SAMPLES (in memory order): each run is shuffled on its own and
+    batches never cross runs, so the shuffle and the gathers stay within a few MB (in cache)."""
+    return [(start, min(start + RUN_SAMPLES, n)) for start in range(0, n, RUN_SAMPLES)]
+
+
+def batch_blocks(ds: xr.Dataset, target: str, *, shuffle: bool) -> list[tuple[slice, slice, slice]]:
+    """The blocks of a batch pass: one chunk each when shuffled (measured fastest: the shuffle's work stays
+    per chunk and overlaps the next chunk's read), several chunks each otherwise (fewer, concurrent reads)."""
+    return list(block_slices(ds, target, None if shuffle else BLOCK_CELLS))
+
+
+def count_point_batches(
+    ds: xr.Dataset,
+    features: list[str],
+    target: str,
+    *,
+    which: int | None,
+    batch_size: int,
+    shuffle: bool = True,
+    use_mask: str | None = None,
+) -> int:
+    """How many batches one pass of `iter_point_batches` over all blocks yields (the same for every seed)."""
+    names = _needed(ds, features, target, which, use_mask)
+    total = 0
+    for _, values in iter_loaded_blocks(ds, names, batch_blocks(ds, target, shuffle=shuffle)):
+        flat, _, _ = valid_cells(values, features, target, split=values.get("split"), which=which,
+                                 mask=values.get(use_mask) if use_mask else None)  # fmt: skip
+        total += sum(-(-(stop - start) // batch_size) for start, stop in runs_of(len(flat)))
+    return total
 
 
 def points_dataset(ds: xr.Dataset, features: list[str], target: str, **kwargs: object) -> xr.Dataset:

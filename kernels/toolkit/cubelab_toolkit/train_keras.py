@@ -10,18 +10,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from cubelab_toolkit.sampler import iter_point_blocks
+from cubelab_toolkit.sampler import count_point_batches, iter_point_batches
 from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import TEST, TRAIN
-
-
-def count_batches(ds: xr.Dataset, features: list[str], target: str, which: int, batch_size: int) -> int:
-    """How many batches one pass over a split yields (batches never cross blocks)."""
-    return sum(
-        math.ceil(len(b.y) / batch_size)
-        for b in iter_point_blocks(ds, features, target, which=which, with_index=False)
-        if len(b.y)
-    )
 
 
 def dataset(
@@ -41,17 +32,9 @@ def dataset(
     epoch = {"n": 0}
 
     def batches() -> Any:
-        rng = np.random.default_rng((seed, epoch["n"]))
+        rng = np.random.default_rng((seed, epoch["n"])) if shuffle else None
         epoch["n"] += 1
-        for block in iter_point_blocks(ds, features, target, which=which, with_index=False):
-            n = len(block.y)
-            if n == 0:
-                continue
-            x, y = scaler.scale_block(block, features, target)
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            for start in range(0, n, batch_size):
-                take = order[start : start + batch_size]
-                yield x[take], y[take]
+        yield from iter_point_batches(ds, features, target, scaler, which=which, batch_size=batch_size, rng=rng)
 
     spec = (tf.TensorSpec((None, len(features)), tf.float32), tf.TensorSpec((None,), tf.float32))
     return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
@@ -87,7 +70,7 @@ def train_keras(
     train = dataset(ds, features, target, scaler, which=TRAIN, batch_size=batch_size, seed=seed).repeat()
     test = dataset(ds, features, target, scaler, which=TEST, batch_size=4096, shuffle=False)
     # Counted, not guessed: with a repeating dataset Keras runs exactly this many steps per epoch.
-    steps = count_batches(ds, features, target, TRAIN, batch_size)
+    steps = count_point_batches(ds, features, target, which=TRAIN, batch_size=batch_size)
     model = model or keras.Sequential([
         keras.Input((len(features),)),
         keras.layers.Dense(32, activation="relu"),

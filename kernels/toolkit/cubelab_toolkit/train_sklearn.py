@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from sklearn.linear_model import SGDRegressor
 
-from cubelab_toolkit.sampler import iter_point_blocks
+from cubelab_toolkit.sampler import iter_point_batches, iter_point_blocks
 from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import TEST, TRAIN
 from cubelab_toolkit.tracking import log_history, log_scaler, set_alias
@@ -60,12 +60,9 @@ def train_sgd(
     rng = np.random.default_rng(seed)
     history = []
     for epoch in range(epochs):
-        for block in iter_point_blocks(ds, features, target, which=TRAIN):
-            if len(block.y) == 0:
-                continue
-            x, y = scaler.scale_block(block, features, target)
-            order = rng.permutation(len(y))
-            model.partial_fit(x[order], y[order])
+        # One partial_fit call per block: its samples, shuffled, as one batch.
+        for x, y in iter_point_batches(ds, features, target, scaler, which=TRAIN, batch_size=None, rng=rng):
+            model.partial_fit(x, y)
         history.append({
             "epoch": epoch,
             "train_rmse": rmse_on(model, ds, features, target, scaler, TRAIN),

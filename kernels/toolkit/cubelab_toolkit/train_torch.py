@@ -15,7 +15,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cubelab_toolkit.sampler import block_slices, iter_point_blocks
+from cubelab_toolkit.sampler import batch_blocks, iter_point_batches
 from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import TEST, TRAIN
 
@@ -42,7 +42,7 @@ class CubePoints(IterableDataset):
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         self.epoch = 0
-        self.blocks = list(block_slices(ds, target))
+        self.blocks = batch_blocks(ds, target, shuffle=shuffle)
 
     def set_epoch(self, epoch: int) -> None:
         """A different shuffle every epoch (as DistributedSampler.set_epoch)."""
@@ -55,22 +55,13 @@ class CubePoints(IterableDataset):
         return self.blocks[shard::shards]
 
     def __iter__(self) -> Any:
-        rng = np.random.default_rng((self.seed, self.epoch, self.rank))
-        order = self.shard()
-        if self.shuffle:
-            order = [order[i] for i in rng.permutation(len(order))]
-        points_blocks = iter_point_blocks(
-            self.ds, self.features, self.target, which=self.which, blocks=order, with_index=False
-        )
-        for points in points_blocks:
-            n = len(points.y)
-            if n == 0:
-                continue
-            x, y = self.scaler.scale_block(points, self.features, self.target)
-            idx = rng.permutation(n) if self.shuffle else np.arange(n)
-            for start in range(0, n, self.batch_size):
-                take = idx[start : start + self.batch_size]
-                yield torch.from_numpy(x[take]), torch.from_numpy(y[take])
+        rng = np.random.default_rng((self.seed, self.epoch, self.rank)) if self.shuffle else None
+        batches = iter_point_batches(
+            self.ds, self.features, self.target, self.scaler,
+            which=self.which, batch_size=self.batch_size, rng=rng, blocks=self.shard(),
+        )  # fmt: skip
+        for x, y in batches:
+            yield torch.from_numpy(x), torch.from_numpy(y)
 
 
 def mlp(n_in: int, hidden: int = 32) -> nn.Module:

@@ -8,7 +8,18 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cubelab_toolkit.sampler import block_slices, iter_point_blocks, patches, points_dataset, read_ahead
+from cubelab_toolkit import sampler
+from cubelab_toolkit.sampler import (
+    block_slices,
+    count_point_batches,
+    iter_point_batches,
+    iter_point_blocks,
+    patches,
+    points_dataset,
+    read_ahead,
+    zarr_source,
+)
+from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import TEST, TRAIN, with_split
 
 
@@ -156,3 +167,89 @@ def test_read_ahead_keeps_order_raises_errors_and_stops_early() -> None:
     it.close()  # the consumer stops: the reading thread ends, it does not run on
     assert threading.active_count() == before
     assert len(produced) <= 3 + 2 + 1
+
+
+@given(ds=cubes(), max_cells=st.one_of(st.none(), st.integers(1, 400)))
+@settings(max_examples=60, deadline=None)
+def test_grouped_blocks_tile_the_cube_on_chunk_boundaries(ds: xr.Dataset, max_cells: int | None) -> None:
+    blocks = list(block_slices(ds, "y", max_cells))
+    seen = np.zeros(ds["y"].shape, dtype=int)
+    for block in blocks:
+        seen[block] += 1
+    assert (seen == 1).all()  # every cell in exactly one block
+    edges = [set(np.cumsum((0, *c)).tolist()) for c in ds["y"].chunks]
+    largest_chunk = int(np.prod([max(c) for c in ds["y"].chunks]))
+    for block in blocks:
+        assert all({s.start, s.stop} <= e for s, e in zip(block, edges, strict=True))  # whole chunks only
+        cells = int(np.prod([s.stop - s.start for s in block]))
+        assert cells <= max(max_cells or 0, largest_chunk)  # grown only while it fits
+    if max_cells is None:
+        assert len(blocks) == int(np.prod([len(c) for c in ds["y"].chunks]))
+
+
+@given(ds=cubes(), which=st.sampled_from([None, TRAIN]), seed=st.one_of(st.none(), st.integers(0, 99)),
+       batch_size=st.one_of(st.none(), st.integers(1, 50)), run=st.integers(1, 40))  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_batches_hold_each_valid_sample_once_scaled(
+    ds: xr.Dataset, which: int | None, seed: int | None, batch_size: int | None, run: int
+) -> None:
+    scaler = Scaler(mean={"a": 1.0, "b": -2.0, "y": 0.5}, std={"a": 2.0, "b": 0.5, "y": 3.0})
+    rng = None if seed is None else np.random.default_rng(seed)
+    old, sampler.RUN_SAMPLES = sampler.RUN_SAMPLES, run  # small runs: several per block
+    try:
+        batches = list(iter_point_batches(ds, ["a", "b"], "y", scaler, which=which, batch_size=batch_size, rng=rng))
+        count = count_point_batches(ds, ["a", "b"], "y", which=which, batch_size=batch_size or 10**9,
+                                    shuffle=seed is not None)  # fmt: skip
+    finally:
+        sampler.RUN_SAMPLES = old
+    x, y, _, _ = collect(ds, which=which)
+    expected = np.column_stack([(x[:, 0] - 1.0) / 2.0, (x[:, 1] + 2.0) / 0.5, (y - 0.5) / 3.0]).astype("float32")
+    got = np.concatenate([np.column_stack([bx, by]) for bx, by in batches]) if batches else np.empty((0, 3))
+    assert all(bx.dtype == by.dtype == np.float32 and len(bx) == len(by) > 0 for bx, by in batches)
+    if batch_size:
+        assert all(len(by) <= batch_size for _, by in batches)
+        assert len(batches) == count
+    # The same samples (as rows), each once, in whatever order the shuffle gave.
+    np.testing.assert_allclose(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)], rtol=1e-6)
+
+
+def test_shuffled_batches_are_reproducible_and_differ_by_seed() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(8, 6, 6)).astype("float32")
+    ds = xr.Dataset({"a": (("time", "lat", "lon"), data), "y": (("time", "lat", "lon"), data + 1)}).chunk(
+        {"time": 4, "lat": 3, "lon": 3}
+    )
+    scaler = Scaler(mean={"a": 0.0, "y": 0.0}, std={"a": 1.0, "y": 1.0})
+
+    def order(seed: int | None) -> np.ndarray:
+        rng = None if seed is None else np.random.default_rng(seed)
+        return np.concatenate([y for _, y in iter_point_batches(ds, ["a"], "y", scaler, batch_size=7, rng=rng)])
+
+    np.testing.assert_array_equal(order(3), order(3))
+    assert not np.array_equal(order(3), order(4))
+    # Unshuffled: memory order (this small cube is read as one block).
+    np.testing.assert_array_equal(order(None), ds["y"].values[np.isfinite(data)])
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        list(iter_point_batches(ds, ["a"], "y", scaler, batch_size=0))
+
+
+def test_zarr_cubes_are_read_without_dask_graphs_and_give_the_same_samples(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(6, 5, 4)).astype("float32")
+    data[data > 1.2] = np.nan
+    dims = ("time", "lat", "lon")
+    ds = xr.Dataset({"a": (dims, data), "b": (dims, np.roll(data, 1, axis=2)), "y": (dims, data * 3),
+                     "mask": (("lat", "lon"), rng.random((5, 4)) < 0.6)})  # fmt: skip
+    ds.chunk({"time": 2, "lat": 5, "lon": 2}).to_zarr(tmp_path / "c.zarr", zarr_format=3)
+    opened = xr.open_zarr(tmp_path / "c.zarr")
+    assert zarr_source(opened["a"].data) is not None and zarr_source(opened["mask"].data) is not None
+    # Anything but the bare opened array goes through dask.
+    assert zarr_source(opened["a"].isel(time=slice(1, 5)).data) is None
+    assert zarr_source((opened["a"] + 1).data) is None
+    assert zarr_source(ds["a"].chunk({"time": 2}).data) is None
+    assert zarr_source(np.zeros(3)) is None
+    in_memory = ds.chunk({"time": 2, "lat": 5, "lon": 2})
+    for kwargs in ({}, {"use_mask": "mask"}):
+        got, want = collect(opened, **kwargs), collect(in_memory, **kwargs)  # type: ignore[arg-type]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cubelab_toolkit.cube import LST_NOISE_K, chunked, synthetic_cube
+from cubelab_toolkit.sampler import iter_point_batches
+from cubelab_toolkit.scaling import Scaler
 from cubelab_toolkit.splits import TRAIN, with_split
-from cubelab_toolkit.train_keras import count_batches, train_keras
+from cubelab_toolkit.train_keras import train_keras
 
 keras = pytest.importorskip("keras")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -33,7 +36,10 @@ def test_keras_runs_every_batch_and_learns(tmp_path: Path) -> None:
     counter = StepCounter()
     result = train_keras(ds, FEATURES, TARGET, epochs=6, batch_size=512, callbacks=[counter],
                          tensorboard_dir=str(tmp_path / "tb"))  # fmt: skip
-    expected = count_batches(ds, FEATURES, TARGET, TRAIN, 512)
+    # Counted here by one shuffled pass of the sampler, not by the function train_keras uses.
+    scaler = Scaler.fit(ds, [*FEATURES, TARGET], ds["split"])
+    rng = np.random.default_rng(5)
+    expected = sum(1 for _ in iter_point_batches(ds, FEATURES, TARGET, scaler, which=TRAIN, batch_size=512, rng=rng))
     assert result.steps_per_epoch == expected > 10
     assert counter.per_epoch and set(counter.per_epoch) == {expected}
     assert result.test_rmse <= 1.2 * LST_NOISE_K, result.history
