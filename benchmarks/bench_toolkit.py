@@ -17,6 +17,7 @@ ml4xcube is never a dependency of cubelab.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -91,11 +92,32 @@ def tfdata_rate(ds: xr.Dataset) -> float:
     return n / (time.perf_counter() - t0)
 
 
+TFDATA_CHILD = """
+import json, sys
+import xarray as xr
+sys.path.insert(0, sys.argv[1])
+from bench_toolkit import tfdata_rate
+args = json.load(sys.stdin)
+print(tfdata_rate(xr.open_zarr(args["url"], storage_options=args["options"])))
+"""
+
+
+def tfdata_rate_in_child(url: str, storage_options: dict[str, Any] | None) -> float:
+    """tf.data measured in its own process, as it runs in the TensorFlow kernel: importing TensorFlow changes
+    the process's allocator settings (it sets M_TRIM_THRESHOLD) and starts thread pools, which slowed the torch
+    loaders measured after it in the same process by ~10 %. Credentials go through stdin, not the command line."""
+    child = subprocess.run(
+        [sys.executable, "-c", TFDATA_CHILD, str(Path(__file__).resolve().parent)],
+        input=json.dumps({"url": url, "options": storage_options}), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(child.stdout.strip().splitlines()[-1])
+
+
 def bench_sampling(url: str, storage_options: dict[str, Any] | None, rounds: int, label: str) -> dict[str, float]:
     ds = xr.open_zarr(url, storage_options=storage_options)
     raw = statistics.median(raw_zarr_rate(url, storage_options) for _ in range(rounds))
     torch_ = statistics.median(torch_rate(ds) for _ in range(rounds))
-    tf_ = statistics.median(tfdata_rate(ds) for _ in range(rounds))
+    tf_ = statistics.median(tfdata_rate_in_child(url, storage_options) for _ in range(rounds))
     return {f"{label}_raw_zarr_per_s": raw, f"{label}_torch_per_s": torch_, f"{label}_tfdata_per_s": tf_}
 
 
