@@ -30,7 +30,7 @@ def main() -> None:
             v: {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")} for v in cube.data_vars
         },
     }
-    print("| codec | plain zarr read + decompress | toolkit -> torch, shuffled | ratio | toolkit -> torch, in order "
+    print("| codec | plain zarr read + decompress | toolkit -> torch, shuffled | ratio | toolkit -> torch, cube order "
           "| ratio |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
