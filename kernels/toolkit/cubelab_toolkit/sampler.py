@@ -9,6 +9,7 @@ target and fills missing features with a value, marking them in a `missing` mask
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -54,8 +55,8 @@ def block_slices(ds: xr.Dataset, reference: str, max_cells: int | None = None) -
                 if int(np.prod(grown)) > max_cells:
                     break
                 group[axis] += 1
-    bounds = [np.cumsum((0, *c))[::g] if len(c) % g == 0 else np.append(np.cumsum((0, *c))[::g], sum(c))
-              for c, g in zip(chunks, group, strict=True)]  # fmt: skip
+    # Every g-th chunk edge, and the end of the axis (np.unique: once, also when g divides the chunk count).
+    bounds = [np.unique(np.append(np.cumsum((0, *c))[::g], sum(c))) for c, g in zip(chunks, group, strict=True)]
     for i, j, k in itertools.product(*(range(len(b) - 1) for b in bounds)):
         yield tuple(slice(int(b[n]), int(b[n + 1])) for b, n in zip(bounds, (i, j, k), strict=True))  # type: ignore[misc]
 
@@ -272,18 +273,13 @@ def iter_point_batches(
     every batch is gathered straight from the block's arrays and scaled in place (no per-block copies)."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, not {batch_size}")
-    names = _needed(ds, features, target, which, use_mask)
-    chosen = list(batch_blocks(ds, target, shuffle=rng is not None)) if blocks is None else list(blocks)
+    chosen = batch_blocks(ds, target, shuffle=rng is not None) if blocks is None else list(blocks)
     if rng is not None:
         chosen = [chosen[i] for i in rng.permutation(len(chosen))]
     mean = np.asarray([scaler.mean[f] for f in features], dtype="float32")
     std = np.asarray([scaler.std[f] for f in features], dtype="float32")
     y_mean, y_std = np.float32(scaler.mean[target]), np.float32(scaler.std[target])
-    for _, values in iter_loaded_blocks(ds, names, chosen, prefetch):
-        flat, columns = valid_cells(
-            values, features, target, split=values.get("split"), which=which,
-            mask=values.get(use_mask) if use_mask else None,
-        )  # fmt: skip
+    for values, flat, columns in _valid_blocks(ds, features, target, which, use_mask, chosen, prefetch):
         y_all = values[target].ravel()
         runs = runs_of(len(flat))
         for r in rng.permutation(len(runs)) if rng is not None else range(len(runs)):
@@ -328,13 +324,29 @@ def count_point_batches(
     use_mask: str | None = None,
 ) -> int:
     """How many batches one pass of `iter_point_batches` over all blocks yields (the same for every seed)."""
+    blocks = batch_blocks(ds, target, shuffle=shuffle)
+    return sum(
+        math.ceil((stop - start) / batch_size)
+        for _, flat, _ in _valid_blocks(ds, features, target, which, use_mask, blocks, prefetch=1)
+        for start, stop in runs_of(len(flat))
+    )
+
+
+def _valid_blocks(
+    ds: xr.Dataset,
+    features: list[str],
+    target: str,
+    which: int | None,
+    use_mask: str | None,
+    blocks: Sequence[tuple[slice, slice, slice]],
+    prefetch: int,
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, list[np.ndarray]]]:
+    """Each block's values, the flat indices of its samples with no NaN, and its feature columns."""
     names = _needed(ds, features, target, which, use_mask)
-    total = 0
-    for _, values in iter_loaded_blocks(ds, names, batch_blocks(ds, target, shuffle=shuffle)):
+    for _, values in iter_loaded_blocks(ds, names, blocks, prefetch):
         mask = values.get(use_mask) if use_mask else None
-        flat, _ = valid_cells(values, features, target, split=values.get("split"), which=which, mask=mask)
-        total += sum(-(-(stop - start) // batch_size) for start, stop in runs_of(len(flat)))
-    return total
+        flat, columns = valid_cells(values, features, target, split=values.get("split"), which=which, mask=mask)
+        yield values, flat, columns
 
 
 def points_dataset(ds: xr.Dataset, features: list[str], target: str, **kwargs: object) -> xr.Dataset:
