@@ -10,9 +10,17 @@ from typing import Any
 
 import pytest
 
+from cubelab.prereqs import describe_missing, missing_requirements
 from cubelab.scratch import ScratchStacks
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+def pytest_report_header() -> list[str]:
+    """Before any test runs: each program the suite needs that this machine lacks, and the tests it breaks."""
+    if missing := missing_requirements():
+        return ["cubelab prerequisites MISSING (make test installs them as root):", describe_missing(missing)]
+    return ["cubelab prerequisites: all present (chromium, podman and its helpers)"]
 
 
 def _print(message: str) -> None:

@@ -174,6 +174,40 @@ import json; print(json.dumps(results))
     assert results and all(v == "PermissionError" for v in results.values()), results
 
 
+def test_kernel_reaches_the_s3_api_but_no_internal_storage_server(
+    deployment: dict[str, Any], alice_server: UserServer
+) -> None:
+    """SeaweedFS's master, volume, filer and admin servers and their gRPC ports would bypass the teams' S3
+    identities (the filer lists and serves every bucket): from a user's kernel none of them may answer."""
+    ports = deployment.get("s3_internal_ports")
+    if not ports:
+        pytest.skip("the deployment description lists no internal storage ports")
+    host = deployment["s3_endpoint"].split("://", 1)[1].rsplit(":", 1)[0]
+    s3_port = int(deployment["s3_endpoint"].rsplit(":", 1)[1].split("/")[0])
+    probe = f"""
+import json, socket, urllib.request
+results = {{}}
+for port in [{s3_port}] + {ports!r}:
+    try:
+        with socket.create_connection(({host!r}, port), timeout=3):
+            results[port] = "open"
+    except OSError as exc:
+        results[port] = type(exc).__name__
+# The filer's HTTP API lists buckets without any credentials when it can be reached.
+try:
+    urllib.request.urlopen("http://{host}:{ports[2] if len(ports) > 2 else ports[0]}/buckets/?pretty=y", timeout=3)
+    results["filer-listing"] = "served"
+except OSError as exc:
+    results["filer-listing"] = type(exc).__name__
+print(json.dumps(results))
+"""
+    results = json.loads(alice_server.run(probe).strip().splitlines()[-1])
+    assert results.pop(str(s3_port)) == "open"  # the S3 API itself, where the identities decide
+    if not deployment.get("users_isolated"):
+        pytest.skip("users are not separate Unix accounts on this deployment (cubelab not run as root)")
+    assert all(v != "open" and v != "served" for v in results.values()), results
+
+
 WRITE_TENSORBOARD_RUN = """
 import os, tempfile, time, boto3
 from tensorboard.compat.proto import event_pb2, summary_pb2

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cubelab import __version__
 from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.paths import StateDirError
 from cubelab.config import ConfigError, load
 from cubelab.procs import StartError
 
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"cubelab: invalid config: {exc}", file=sys.stderr)
         code = 2
-    except StartError as exc:
+    except (StartError, StateDirError) as exc:
         print(f"cubelab: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

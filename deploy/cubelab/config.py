@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,19 @@ import yaml
 
 class ConfigError(Exception):
     """A config that cannot be used. The message names the file, the key and, where known, the line."""
+
+
+# Limits on the YAML itself, checked before and while it is read, so a hostile or broken file fails in
+# milliseconds: a platform config is a few kilobytes.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 100
+MAX_NODES = 100_000  # with aliases expanded
+# Folders that are never a state directory: cubelab would change their mode and fill them.
+SYSTEM_FOLDERS = frozenset(
+    "/ /bin /boot /dev /etc /home /lib /lib64 /media /mnt /opt /proc /root /run /sbin /srv /sys /tmp /usr "
+    "/usr/bin /usr/lib /usr/local /usr/share /var /var/lib /var/log /var/tmp /var/cache".split()
+)
 
 
 @dataclass(frozen=True)
@@ -61,14 +76,19 @@ class Ports:
 
     # How many consecutive ports each shared service takes from its base port.
     SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": 7, "hub": 3}
+    # SeaweedFS serves gRPC on each of its HTTP ports + 10000.
+    GRPC_OFFSET: ClassVar[int] = 10000
 
     def reserved(self) -> dict[int, str]:
-        """Ports the shared services take, with the config key that gives each."""
-        return {
+        """Ports the shared services take, with the config key that gives each (SeaweedFS's gRPC twins too)."""
+        taken = {
             port: f"ports.{key}"
             for key, span in self.SPANS.items()
             for port in range(getattr(self, key), getattr(self, key) + span)
         }
+        for port in range(self.s3, self.s3 + self.SPANS["s3"]):
+            taken.setdefault(port + self.GRPC_OFFSET, "ports.s3 (SeaweedFS gRPC, port + 10000)")
+        return taken
 
 
 @dataclass(frozen=True)
@@ -156,8 +176,59 @@ class _LineLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_depth(text: str) -> None:
+    """Refuse deep nesting from the parser's event stream, which stops at the first level too deep (PyYAML's
+    composer recurses, so a 100,000-deep file would otherwise take seconds to fail)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_LineLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise ConfigError(f"line {line}: nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_shape(root: yaml.Node | None) -> None:
+    """Refuse deep nesting, many aliases and alias bombs (a few lines that expand to billions of nodes). An alias
+    is the same node object reached twice, so sizes are counted once per node and reused."""
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    seen_paths = 0
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_DEPTH:
+            line = node.start_mark.line + 1
+            raise ConfigError(f"line {line}: nested more than {MAX_DEPTH} levels deep")
+        if done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[id(node)] > MAX_NODES:
+                raise ConfigError(f"the config expands to more than {MAX_NODES} values (YAML aliases?)")
+            continue
+        if id(node) in sizes:
+            seen_paths += 1  # reached again through an alias
+            if seen_paths > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases")
+            continue
+        sizes[id(node)] = 0  # in progress; a node that contains itself is refused by PyYAML's safe loader
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in _children(node))
+
+
 def _line_index(node: yaml.Node | None, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Map each key path of the document to the 1-based line where it starts."""
+    """Map each key path of the document to the 1-based line where it starts (through aliases too: the shape
+    check has bounded how far they expand)."""
     lines: dict[tuple[Any, ...], int] = {}
     if node is None:
         return lines
@@ -212,11 +283,17 @@ def _error_path(error: jsonschema.ValidationError) -> tuple[Any, ...]:
 
 def parse(text: str, path: Path) -> PlatformConfig:
     """Validate config text and build the config. Raises ConfigError naming file, key and line."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{path}: the config is {len(text)} bytes; a platform config is at most {MAX_BYTES}")
     try:
+        _check_depth(text)
         node = yaml.compose(text, Loader=_LineLoader)
+        _check_shape(node)
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the config is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -240,11 +317,23 @@ def parse(text: str, path: Path) -> PlatformConfig:
     return _build(data, path, fail)
 
 
+def identifier(name: str) -> str:
+    """The form a name takes where only letters, digits and one separator are allowed (environment variables,
+    SQL identifiers, Kubernetes names): two names with the same identifier would share secrets."""
+    return re.sub(r"[^a-z0-9]", "_", name.lower())
+
+
 def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
     users: list[User] = []
+    idents: dict[str, str] = {}
     for i, raw in enumerate(data["users"]):
         if raw["name"] in {u.name for u in users}:
             raise fail(("users", i, "name"), f"user {raw['name']!r} is listed twice")
+        if (other := idents.get(identifier(raw["name"]))) is not None:
+            raise fail(("users", i, "name"),
+                       f"users {other!r} and {raw['name']!r} become the same name in environment variables, "
+                       "database roles and Kubernetes names; rename one")  # fmt: skip
+        idents[identifier(raw["name"])] = raw["name"]
         users.append(User(name=raw["name"], admin=raw.get("admin", False)))
     user_names = {u.name for u in users}
 
@@ -278,6 +367,8 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                 )
         port = raw.get("port")
         if port is not None:
+            if port + Ports.GRPC_OFFSET in range(ports.s3, ports.s3 + Ports.SPANS["s3"]):
+                raise fail(("teams", i, "port"), f"port {port} is SeaweedFS's gRPC port of ports.s3 - 10000")
             if port in used_ports:
                 raise fail(("teams", i, "port"), f"port {port} is already used by {used_ports[port]}")
             used_ports[port] = f"team {name!r}"
@@ -297,10 +388,17 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
             if port in owners:
                 raise fail(("ports", key), f"port {port} of ports.{key} collides with {owners[port]}")
             owners[port] = f"ports.{key}"
+    for port in range(ports.s3, ports.s3 + Ports.SPANS["s3"]):
+        if (twin := port + Ports.GRPC_OFFSET) in owners:
+            raise fail(("ports", "s3"), f"SeaweedFS's gRPC port {twin} (port {port} + 10000) collides with "
+                                        f"{owners[twin]}")  # fmt: skip
     hub = _build_hub(data.get("hub", {}), fail)
     state_dir = Path(data.get("state_dir", ".cubelab"))
     if not state_dir.is_absolute():
         state_dir = path.parent / state_dir
+    if (folder := os.path.normpath(state_dir)) in SYSTEM_FOLDERS or folder == os.path.expanduser("~"):
+        raise fail(("state_dir",), f"{folder} is a system folder; give cubelab a folder of its own, "
+                                   "e.g. /var/lib/cubelab/state or ./.cubelab")  # fmt: skip
     return PlatformConfig(
         path=path,
         state_dir=state_dir,

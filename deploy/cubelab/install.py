@@ -148,7 +148,10 @@ def _package_files(roots: tuple[Path, ...]) -> list[Path]:
 
 
 def services_env(install_dir: Path, progress: Progress) -> Path:
-    return python_env(install_dir, "services", SOURCE_DIR / "requirements" / "services.txt", progress)
+    """As root the tracking servers run as their own system accounts: a copy on Debian's Python they can read."""
+    root = os.geteuid() == 0
+    return python_env(install_dir, "services", SOURCE_DIR / "requirements" / "services.txt", progress,
+                      python=user_python(), copy=root)  # fmt: skip
 
 
 def user_python() -> str:

@@ -245,17 +245,20 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def kill_marked(marker: str, timeout: float = 10.0) -> list[int]:
-    """Stop every process whose environment has CUBELAB_STACK=marker (servers the hub left, orphans)."""
+def kill_marked(marker: str, timeout: float = 10.0, spare: str | None = None, only: str | None = None) -> list[int]:
+    """Stop every process whose environment has CUBELAB_STACK=marker (servers the hub left, orphans), except
+    those whose environment has the variable `spare`; with `only`, just those that have that variable."""
     needle = f"CUBELAB_STACK={marker}".encode()
     found = []
     for proc in psutil.process_iter():
         try:
             with open(f"/proc/{proc.pid}/environ", "rb") as fh:
-                if needle in fh.read().split(b"\0"):
-                    found.append(proc)
+                env = fh.read().split(b"\0")
         except (OSError, psutil.NoSuchProcess):
             continue
+        names = {v.split(b"=", 1)[0] for v in env}
+        if needle in env and not (spare and spare.encode() in names) and (only is None or only.encode() in names):
+            found.append(proc)
     for proc in found:
         try:
             proc.terminate()

@@ -18,40 +18,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from cubelab.prereqs import IMAGE_TESTS, PODMAN_STATE, describe_missing, missing_requirements, podman_environment
+
 ROOT = Path(__file__).resolve().parents[2]
-STATE = Path("/var/lib/cubelab/podman")
+STATE = PODMAN_STATE
 BASE_IMAGE = "localhost/cubelab-base:bookworm"
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-[network]
-# netavark + aardvark-dns: containers on a compose network find each other by service name.
-network_backend = "netavark"
-"""
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
-def unavailable() -> str | None:
-    """Why images cannot be built here, or None."""
+def require_containers() -> None:
+    """Skip without root (podman runs as root here); as root, fail naming each missing program and the tests it
+    breaks. `make test` installs all of it as root and runs a container before any test (cubelab.prereqs)."""
     if os.geteuid() != 0:
-        return "building images needs root here (podman as root with runc; make test installs it then)"
-    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
-    missing += [p for p in ("netavark", "aardvark-dns", "catatonit") if not Path(f"/usr/lib/podman/{p}").exists()
-                and not Path(f"/usr/libexec/podman/{p}").exists()]  # fmt: skip
-    if missing:
-        return f"{', '.join(missing)} not installed (make test installs them when run as root with apt)"
-    return None
+        pytest.skip("building images needs root here (podman as root with runc; make test installs it then)")
+    if missing := [r for r in missing_requirements() if set(r.tests) & set(IMAGE_TESTS)]:
+        pytest.fail(f"missing (make test installs them as root with apt):\n{describe_missing(missing)}")
 
 
 def environment() -> dict[str, str]:
-    STATE.mkdir(parents=True, exist_ok=True)
-    conf = STATE / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
-    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+    return podman_environment()
 
 
 def podman(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -77,8 +77,7 @@ def runnable(compose_file: dict[str, Any], stand_ins: dict[str, str], docker_soc
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if reason := containers.unavailable():
-        pytest.skip(reason)
+    containers.require_containers()
     use_shared_installs()
     weed = services_env(Path(os.environ["CUBELAB_INSTALL_DIR"]), print) / "bin" / "weed"
     seaweed_context = tmp_path_factory.mktemp("seaweedfs")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -155,7 +157,8 @@ def test_cli_check_accepts_the_example() -> None:
 def test_cli_help_lists_commands() -> None:
     done = _cli("--help", cwd=REPO)
     for command in ("up", "apply", "down", "status", "logs", "check"):
-        assert command in done.stdout
+        # a line of the command list, not a word inside another one ("JupyterHub" holds "up")
+        assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
 
 
 def test_container_settings_and_gpu_teams() -> None:
@@ -166,3 +169,46 @@ def test_container_settings_and_gpu_teams() -> None:
     assert parse(VALID, Path("/c.yaml")).containers.image("tracking") == "cubelab/tracking:latest"
     assert "containers.tag" in error_of(VALID + "containers:\n  tag: 'bad tag'\n")
     assert "containers.public_url" in error_of(VALID + "containers:\n  public_url: hub.example.org\n")
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (BOMB, "more than 100000 values"),
+    ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested more than 32 levels"),
+    ("a: " + "{b: " * 40 + "1" + "}" * 40 + "\n", "nested more than 32 levels"),
+    ("x: &x 1\n" + "".join(f"k{i}: *x\n" for i in range(150)), "more than 100 YAML aliases"),
+    ("#" * (2 << 20), "a platform config is at most"),
+])  # fmt: skip
+def test_hostile_yaml_fails_fast_with_a_message(text: str, expected: str) -> None:
+    started = time.monotonic()
+    assert expected in error_of(text)
+    assert time.monotonic() - started < 1.0
+
+
+def test_cli_check_on_an_alias_bomb_exits_2_quickly(tmp_path: Path) -> None:
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    done = _cli("-c", str(tmp_path / "bomb.yaml"), "check", cwd=tmp_path)
+    assert done.returncode == 2 and "more than 100000 values" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("folder", ["/tmp", "/", "/etc", "/var/lib", "/tmp/", "/usr/../tmp"])
+def test_system_folders_are_not_state_dirs(folder: str) -> None:
+    assert "is a system folder" in error_of(VALID + f"state_dir: {folder}\n")
+
+
+def test_names_that_collide_as_identifiers_are_refused() -> None:
+    text = VALID.replace("  - name: bob\n", "  - name: bob\n  - name: a-b\n  - name: a_b\n")
+    assert "'a-b' and 'a_b' become the same name" in error_of(text)
+
+
+def test_seaweedfs_grpc_twins_are_reserved() -> None:
+    # ports.s3 18333 uses 18333..18339 and their gRPC twins 28333..28339.
+    assert "gRPC" in error_of(VALID.replace("members: [bob]", "members: [bob]\n    port: 28335"))
+    assert "gRPC" in error_of(VALID + "ports: {s3: 18333, hub: 28334}\n")
+    config = parse(VALID, Path("/c.yaml"))
+    assert config.ports.reserved()[28333].startswith("ports.s3")

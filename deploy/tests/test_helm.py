@@ -39,13 +39,18 @@ EXTERNAL = {
 }
 
 
+def copy_chart(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing: `make test` installs it (python deploy/cubelab/prereqs.py --tools)")
+    copy = tmp_path_factory.mktemp(name) / "cubelab"
+    shutil.copytree(CHART, copy)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the chart without its zero-to-jupyterhub dependency entry (not downloadable here)."""
-    if not HELM.exists():
-        pytest.fail(f"{HELM} is missing: `make test` installs it (python deploy/cubelab/prereqs.py --tools)")
-    copy = tmp_path_factory.mktemp("chart") / "cubelab"
-    shutil.copytree(CHART, copy)
+    copy = copy_chart(tmp_path_factory, "chart")
     meta = yaml.safe_load((copy / "Chart.yaml").read_text())
     assert [d["name"] for d in meta.pop("dependencies")] == ["jupyterhub"]
     (copy / "Chart.yaml").write_text(yaml.safe_dump(meta))
@@ -209,3 +214,67 @@ def test_cli_render_helm(tmp_path: Path) -> None:
     assert yaml.safe_load(out.read_text())["renderedForRelease"] == "lab"
     done = subprocess.run([*command, "--release", "Not_A_Release"], capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "not a valid Helm release name" in done.stderr
+
+
+Z2JH_CHART = ROOT.parent / "shared" / "reference" / "charts" / "jupyterhub-4.4.0.tgz"
+
+
+@pytest.fixture(scope="module")
+def release_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart with zero-to-jupyterhub 4.4.0 as its dependency, supplied from ../shared/reference (no fetch)."""
+    if not Z2JH_CHART.exists():
+        pytest.skip(f"{Z2JH_CHART} is not here (a user's clone has no ../shared): the packaged z2jh chart")
+    copy = copy_chart(tmp_path_factory, "release")
+    (copy / "charts").mkdir(exist_ok=True)
+    shutil.copy(Z2JH_CHART, copy / "charts")
+    return copy
+
+
+OIDC = {"type": "oidc", "client_id": "cubelab", "client_secret_file": "/run/secrets/oidc",
+        "authorize_url": "https://idp.example.org/auth", "token_url": "https://idp.example.org/token",
+        "userdata_url": "https://idp.example.org/userinfo"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("auth", "expected"), [
+    (None, "cubelab.hub.auth.LocalPasswordAuthenticator"), (OIDC, "generic-oauth"),
+])  # fmt: skip
+def test_zero_to_jupyterhubs_hub_runs_the_authenticator_the_config_names(
+    release_chart: Path, tmp_path: Path, auth: dict[str, Any] | None, expected: str
+) -> None:
+    """Rendered with z2jh itself: the hub's values (what its jupyterhub_config.py reads) name cubelab's
+    authenticator, never z2jh's default `dummy`; with OIDC the client secret is mounted where the hook reads it."""
+    import base64
+
+    config = yaml.safe_load(EXAMPLE.read_text())
+    if auth:
+        config["hub"] = {"auth": auth}
+    (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
+    values = kubernetes.write(load(tmp_path / "cubelab.yaml"), tmp_path / "values.yaml")
+    docs = template(release_chart, values, BUNDLED, tmp_path)
+    hub_secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "hub")
+    hub_values = yaml.safe_load(base64.b64decode(hub_secret["data"]["values.yaml"]))
+    assert hub_values["hub"]["config"]["JupyterHub"]["authenticator_class"] == expected
+    settings = json.loads(hub_values["hub"]["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"])
+    assert settings["authenticator_class"] == expected
+    hub_pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "hub")
+    mounts = {m["mountPath"] for m in hub_pod["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", [])}
+    if auth:
+        assert settings["oidc"]["client_secret_file"].startswith(kubernetes.OIDC_MOUNT)
+        assert kubernetes.OIDC_MOUNT in mounts
+    # and the hook sets the same traits as the embedded hub does (a stand-in for traitlets' Config, which is
+    # in the hub's environment, not the tests')
+    from cubelab.hub.authconfig import configure_authenticator
+
+    class Config(dict):  # type: ignore[type-arg]
+        def __getattr__(self, name: str) -> Any:
+            return self.setdefault(name, SimpleNamespace())
+
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("s3cret\n")
+    c = Config()
+    if auth:
+        settings["oidc"]["client_secret_file"] = str(secret_file)
+    configure_authenticator(c, settings)
+    assert c.JupyterHub.authenticator_class == expected
+    if auth:
+        assert c.GenericOAuthenticator.client_secret == "s3cret" and c.GenericOAuthenticator.manage_groups

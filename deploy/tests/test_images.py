@@ -84,8 +84,7 @@ def test_requirements_are_pinned(requirements: Path) -> None:
 
 @pytest.fixture(scope="module")
 def podman_api() -> Iterator[str]:
-    if reason := containers.unavailable():
-        pytest.skip(reason)
+    containers.require_containers()
     with containers.docker_api() as url:
         yield url
 

@@ -115,6 +115,26 @@ def test_secrets_are_private_and_not_in_logs_or_argv(stack: LocalBackend) -> Non
             assert value not in logs and value not in argv
 
 
+def test_tracking_servers_run_as_their_own_unprivileged_accounts(stack: LocalBackend) -> None:
+    """Never root, and one account per team: a server cannot read another's environment (its database password
+    and S3 keys) through /proc, nor the stack's secrets."""
+    if os.geteuid() != 0:
+        pytest.skip("accounts are made only when cubelab runs as root")
+    uids = {}
+    for team in stack.config.teams:
+        record = stack.procs.running(team.service)
+        assert record is not None
+        uids[team.name] = psutil.Process(record.pid).uids().real
+    assert 0 not in uids.values() and len(set(uids.values())) == len(uids), uids
+    ocean, land = stack.config.teams[0], stack.config.teams[1]
+    land_pid = stack.procs.running(land.service).pid
+    secret = next(stack.paths.secrets.rglob("*-secret-key"))
+    for target in (secret, Path(f"/proc/{land_pid}/environ")):
+        done = subprocess.run(["runuser", "-u", stack.tracking.account(ocean), "--", "cat", str(target)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode != 0 and not done.stdout, target
+
+
 def test_team_database_is_reachable_only_by_its_own_role(stack: LocalBackend) -> None:
     ocean, land = stack.config.teams
     password = stack.tracking.db_password(ocean)
@@ -215,6 +235,27 @@ def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> N
     backend.up()
     assert all(row.healthy for row in backend.status())
     _check_something(as_member(backend, "ocean"), "persisted", run_id)
+
+
+def test_up_recovers_from_a_killed_hub_and_down_leaves_no_orphan(stack: LocalBackend) -> None:
+    """A hub killed with SIGKILL leaves its proxy holding the hub's ports and its idle-culler running: `up` clears
+    them and starts a new hub, and `down` stops the culler too (it carries the stack's marker)."""
+    import signal
+
+    backend = LocalBackend(load(stack.config.path))
+    root = backend.paths.root
+    record = backend.procs.running("hub")
+    assert record is not None
+    culler = [p for p in stack_processes(root) if "jupyterhub_idle_culler" in " ".join(p.cmdline())]
+    assert culler, "the idle-culler carries no stack marker: down cannot find it once the hub is gone"
+    os.kill(record.pid, signal.SIGKILL)
+    psutil.Process(record.pid).wait(timeout=10) if psutil.pid_exists(record.pid) else None
+    assert any("configurable-http-proxy" in " ".join(p.cmdline()) for p in stack_processes(root))  # the orphan
+    backend.up()
+    assert all(row.healthy for row in backend.status())
+    backend.down()
+    assert stack_processes(root) == []
+    backend.up()
 
 
 def test_stock_mlflow_server_with_cubelab_app_enforces_team_auth(stack: LocalBackend) -> None:

@@ -1,4 +1,6 @@
-"""Unit tests of the tracking server's team authentication (pure logic; the real thing is in platform_tests)."""
+"""Unit tests of the tracking server's team authentication: requests are classified by mlflow's own routing
+(its real route table, no server) and handed to a recorder instead of mlflow. The same attacks run against
+real servers in platform_tests/test_isolation.py."""
 
 from __future__ import annotations
 
@@ -6,108 +8,272 @@ import asyncio
 import json
 from typing import Any
 
-from cubelab.tracking.auth import (
-    AuthSettings,
-    Identity,
-    TeamAuthMiddleware,
-    bearer_token,
-    rewrite_run_create,
-    sets_author,
-)
+import httpx
+import pytest
+
+from cubelab.tracking import auth
+from cubelab.tracking.auth import AuthSettings, Identity, IdentityUnavailable, TeamAuthMiddleware, TokenChecker
+from cubelab.tracking.bodies import confined
 
 SETTINGS = AuthSettings(
     service="mlflow-ocean",
     team="ocean",
-    prefix="/services/mlflow-ocean",
+    prefix="",  # mlflow's routes are registered once per process; these tests use them without a prefix
     hub_api_url="http://hub/hub/api",
     hub_public_url="http://hub",
     client_id="service-mlflow-ocean",
     client_secret="s3cret",
+    bucket="team-ocean",
+    artifact_prefix="mlflow",
 )
+ALICE = {"Authorization": "Bearer alice-token", "Content-Type": "application/json"}
 
 
 class FixedChecker:
     """Stands in for the hub: token -> identity."""
 
-    def __init__(self, known: dict[str, Identity]) -> None:
+    def __init__(self, known: dict[str, Identity], down: bool = False) -> None:
         self.known = known
+        self.down = down
 
     async def identify(self, token: str) -> Identity | None:
+        if self.down:
+            raise IdentityUnavailable("the hub could not be reached: ConnectError")
         return self.known.get(token)
 
 
-def test_run_create_gets_the_token_owner_as_author() -> None:
-    body = {"experiment_id": "1", "user_id": "mallory", "tags": [{"key": "mlflow.user", "value": "mallory"},
-                                                                  {"key": "team", "value": "x"}]}  # fmt: skip
-    out = rewrite_run_create(body, "alice")
-    assert out["user_id"] == "alice"
-    assert out["tags"] == [{"key": "team", "value": "x"}, {"key": "mlflow.user", "value": "alice"}]
-    assert rewrite_run_create({"experiment_id": "1"}, "bob")["tags"] == [{"key": "mlflow.user", "value": "bob"}]
+@pytest.fixture(scope="module")
+def mlflow_app() -> Any:
+    from mlflow.server.fastapi_app import app
+
+    return app
 
 
-def test_other_ways_of_setting_the_author_are_recognised() -> None:
-    assert sets_author("/x/api/2.0/mlflow/runs/set-tag", {"key": "mlflow.user", "value": "m"})
-    assert not sets_author("/x/api/2.0/mlflow/runs/set-tag", {"key": "note", "value": "m"})
-    assert sets_author("/x/api/2.0/mlflow/runs/log-batch", {"tags": [{"key": "mlflow.user", "value": "m"}]})
-    assert not sets_author("/x/api/2.0/mlflow/runs/log-batch", {"metrics": []})
+@pytest.fixture
+def mw(mlflow_app: Any) -> TeamAuthMiddleware:
+    checker = FixedChecker({"alice-token": Identity("alice", True), "carol-token": Identity("carol", False)})
+    return TeamAuthMiddleware(None, SETTINGS, checker, routing_app=mlflow_app)  # type: ignore[arg-type]
 
 
-def test_bearer_token_from_header_or_cookie_only() -> None:
-    assert bearer_token({"authorization": "Bearer abc"}, "c") == "abc"
-    assert bearer_token({"authorization": "token abc"}, "c") == "abc"
-    assert bearer_token({"authorization": "Basic abc"}, "c") is None
-    assert bearer_token({"cookie": "c=tok; other=1"}, "c") == "tok"
-    assert bearer_token({"x-forwarded-user": "alice", "remote-user": "alice"}, "c") is None
-
-
-def call(middleware: TeamAuthMiddleware, path: str, headers: dict[str, str], body: bytes = b"", method: str = "GET"):
+def call(middleware: TeamAuthMiddleware, path: str, headers: dict[str, str], body: bytes = b"",
+         method: str = "GET", query: bytes = b"") -> tuple[int, Any, dict[bytes, bytes], bytes]:  # fmt: skip
     seen: dict[str, Any] = {}
     sent: list[dict[str, Any]] = []
+    reads = {"count": 0}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         seen["body"] = (await receive())["body"]
+        seen["method"] = scope["method"]
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
     async def receive() -> dict[str, Any]:
+        reads["count"] += 1
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
     middleware.app = app
-    scope = {"type": "http", "method": method, "path": path, "query_string": b"",
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "root_path": "",
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 5000),
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}  # fmt: skip
     asyncio.run(middleware(scope, receive, send))
-    return sent[0]["status"], seen.get("body"), dict(sent[0]["headers"])
+    forwarded = json.loads(seen["body"]) if seen.get("body") else seen.get("body")
+    return sent[0]["status"], forwarded, dict(sent[0]["headers"]), sent[1].get("body", b"") if len(sent) > 1 else b""
 
 
-def test_middleware_decisions() -> None:
-    mw = TeamAuthMiddleware(None, SETTINGS, FixedChecker({  # type: ignore[arg-type]
-        "alice-token": Identity("alice", True), "carol-token": Identity("carol", False)}))  # fmt: skip
-    api = "/services/mlflow-ocean/api/2.0/mlflow/experiments/search"
+def test_membership_decisions(mw: TeamAuthMiddleware) -> None:
+    api = "/api/2.0/mlflow/experiments/search"
     assert call(mw, api, {})[0] == 401
     assert call(mw, api, {"X-Forwarded-User": "alice"})[0] == 401
     assert call(mw, api, {"Authorization": "Bearer nope"})[0] == 401
     assert call(mw, api, {"Authorization": "Bearer carol-token"})[0] == 403
-    assert call(mw, api, {"Authorization": "Bearer alice-token"})[0] == 200
-    assert call(mw, "/services/mlflow-ocean/health", {})[0] == 200
-    status, _, headers = call(mw, "/services/mlflow-ocean/", {"Accept": "text/html"})
+    assert call(mw, api, ALICE, b"{}", "POST")[0] == 200
+    assert call(mw, "/health", {})[0] == 200
+    status, _, headers, _ = call(mw, "/", {"Accept": "text/html"})
     assert status == 302 and headers[b"location"].startswith(b"http://hub/hub/api/oauth2/authorize?")
 
-    create = "/services/mlflow-ocean/api/2.0/mlflow/runs/create"
-    raw = json.dumps({"experiment_id": "1", "user_id": "mallory"}).encode()
-    status, forwarded, _ = call(mw, create, {"Authorization": "Bearer alice-token"}, raw, "POST")
-    assert status == 200 and json.loads(forwarded)["user_id"] == "alice"
-    tag = json.dumps({"run_id": "r", "key": "mlflow.user", "value": "mallory"}).encode()
-    assert call(mw, "/services/mlflow-ocean/api/2.0/mlflow/runs/set-tag", {"Authorization": "Bearer alice-token"},
-                tag, "POST")[0] == 403  # fmt: skip
+
+CREATE = "/api/2.0/mlflow/runs/create"
+FORGED_RUN = {"experiment_id": "1", "user_id": "mallory", "tags": [{"key": "mlflow.user", "value": "mallory"},
+                                                                    {"key": "team", "value": "x"}]}  # fmt: skip
 
 
-def test_oauth_callback_refuses_a_state_it_did_not_issue() -> None:
-    mw = TeamAuthMiddleware(None, SETTINGS, FixedChecker({}))  # type: ignore[arg-type]
-    status, _, _ = call(mw, "/services/mlflow-ocean/oauth_callback", {"Cookie": "x=1"})
-    assert status == 403
+@pytest.mark.parametrize("method", ["POST", "post", "Post"])
+@pytest.mark.parametrize("encoding", ["plain", "double"])
+def test_run_create_gets_the_token_owner_as_author(mw: TeamAuthMiddleware, method: str, encoding: str) -> None:
+    raw = json.dumps(FORGED_RUN)
+    body = (json.dumps(raw) if encoding == "double" else raw).encode()
+    status, forwarded, _, _ = call(mw, CREATE, ALICE, body, method, query=b"user_id=mallory")
+    assert status == 200
+    assert forwarded["user_id"] == "alice"
+    assert {t["key"]: t["value"] for t in forwarded["tags"]} == {"mlflow.user": "alice", "team": "x"}
+
+
+def test_form_encoded_bodies_are_refused_as_mlflow_refuses_them(mw: TeamAuthMiddleware) -> None:
+    headers = {**ALICE, "Content-Type": "application/x-www-form-urlencoded"}
+    status, _, _, body = call(mw, CREATE, headers, b"experiment_id=1&user_id=mallory", "POST")
+    assert status == 400 and json.loads(body)["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.mark.parametrize(("path", "body", "method"), [
+    ("/api/2.0/mlflow/runs/set-tag", {"run_id": "r", "key": "mlflow.user", "value": "m"}, "POST"),
+    ("/api/2.0/mlflow/runs/delete-tag", {"run_id": "r", "key": "mlflow.user"}, "POST"),
+    ("/api/2.0/mlflow/runs/log-batch", {"run_id": "r", "tags": [{"key": "mlflow.user", "value": "m"}]}, "POST"),
+    ("/api/2.0/mlflow/logged-models/m-1/tags", {"tags": [{"key": "mlflow.user", "value": "m"}]}, "PATCH"),
+    ("/api/2.0/mlflow/logged-models/m-1/tags/mlflow.user", {}, "DELETE"),
+])  # fmt: skip
+@pytest.mark.parametrize("encoding", ["plain", "double"])
+def test_setting_or_removing_the_author_otherwise_is_refused(
+    mw: TeamAuthMiddleware, path: str, body: dict[str, Any], method: str, encoding: str
+) -> None:
+    raw = json.dumps(body)
+    status, _, _, answer = call(mw, path, ALICE, (json.dumps(raw) if encoding == "double" else raw).encode(),
+                                method.lower())  # fmt: skip
+    assert status == 403, answer
+    assert json.loads(answer)["error_code"] == "PERMISSION_DENIED"
+
+
+def test_ordinary_tags_and_logged_models_pass_with_the_server_naming_the_author(mw: TeamAuthMiddleware) -> None:
+    note = json.dumps({"run_id": "r", "key": "note", "value": ""}).encode()
+    status, forwarded, _, _ = call(mw, "/api/2.0/mlflow/runs/set-tag", ALICE, note, "POST")
+    assert status == 200 and forwarded == {"run_id": "r", "key": "note", "value": ""}
+    model = {"experiment_id": "1", "tags": [{"key": "mlflow.user", "value": "cl-alice"}]}
+    status, forwarded, _, _ = call(mw, "/api/2.0/mlflow/logged-models", ALICE, json.dumps(model).encode(), "POST")
+    assert status == 200 and forwarded["tags"] == [{"key": "mlflow.user", "value": "alice"}]
+
+
+@pytest.mark.parametrize("path", [
+    "/ajax-api/2.0/mlflow/runs/create-promptlab-run", "/api/2.0/mlflow/webhooks", "/ajax-api/3.0/jobs/",
+    "/gateway/mlflow/v1/chat/completions", "/ajax-api/3.0/mlflow/assistant/message",
+    "/api/2.0/mlflow/artifacts/presigned-upload-url",
+])  # fmt: skip
+def test_handlers_cubelab_does_not_offer_are_refused_to_members(mw: TeamAuthMiddleware, path: str) -> None:
+    body = json.dumps({"experiment_id": "1", "user_id": "mallory"}).encode()
+    assert call(mw, path, ALICE, body, "POST")[0] == 403
+
+
+@pytest.mark.parametrize(("location", "ok"), [
+    ("", True), ("mlflow-artifacts:/team/x", True), ("s3://team-ocean/mlflow/x", True),
+    ("file:///var/lib/cubelab/secrets", False), ("/tmp/x", False), ("s3://team-land/mlflow/x", False),
+    ("s3://team-ocean/cubes/x", False), ("s3://team-ocean/mlflow/../cubes", False),
+    ("mlflow-artifacts://evil.example.com/x", False), ("mlflow-artifacts:/a/%2e%2e/b", False),
+    ("http://169.254.169.254/latest", False), ("runs:/abc/model", False),
+])  # fmt: skip
+def test_experiment_locations_stay_in_the_team_store(mw: TeamAuthMiddleware, location: str, ok: bool) -> None:
+    body = json.dumps({"name": "e", "artifact_location": location}).encode()
+    status, _, _, answer = call(mw, "/api/2.0/mlflow/experiments/create", ALICE, body, "POST")
+    assert status == (200 if ok else 400), answer
+    if not ok:
+        assert "s3://team-ocean/mlflow/" in json.loads(answer)["message"]
+
+
+def test_model_version_sources_stay_in_the_team_store(mw: TeamAuthMiddleware) -> None:
+    path = "/api/2.0/mlflow/model-versions/create"
+    for source, expected in [("runs:/abc/model", 200), ("models:/m-123", 200), ("file:///etc", 400),
+                             ("s3://team-land/mlflow/1", 400), ("/root/model", 400)]:  # fmt: skip
+        assert call(mw, path, ALICE, json.dumps({"name": "m", "source": source}).encode(), "POST")[0] == expected
+
+
+def test_confinement_rules() -> None:
+    assert confined("s3://team-ocean/mlflow", "team-ocean", "mlflow")
+    assert not confined("s3://team-ocean/mlflowx/y", "team-ocean", "mlflow")
+    assert not confined("mlflow-artifacts:/a\\..\\b", "b", "p")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"run_id": "r", "key": "k\\u0000", "value": "v"}', b'[{"run_id": "r"}]', b'{"run_id": "r", "tags": [1]}',
+    b'{"run_id": "r", "tags": "foo"}', b"[" * 100_000 + b"]" * 100_000, b'"[1, 2]"', b"\xff\xfe",
+])  # fmt: skip
+def test_malformed_bodies_are_client_errors(mw: TeamAuthMiddleware, body: bytes) -> None:
+    path = "/api/2.0/mlflow/runs/log-batch" if b"tags" in body else "/api/2.0/mlflow/runs/set-tag"
+    status, _, _, answer = call(mw, path, ALICE, body, "POST")
+    assert 400 <= status < 500 and status != 401, (status, answer)
+    assert "error_code" in json.loads(answer)
+
+
+def test_nul_in_a_query_is_a_client_error(mw: TeamAuthMiddleware) -> None:
+    status, _, _, _ = call(mw, "/api/2.0/mlflow/experiments/get-by-name", ALICE, query=b"experiment_name=a%00b")
+    assert status == 400
+
+
+def test_a_legal_large_log_batch_passes_and_an_oversized_body_is_refused_unread(mw: TeamAuthMiddleware) -> None:
+    batch = {"run_id": "r", "params": [{"key": f"p{i}", "value": "v" * 6000} for i in range(100)],
+             "tags": [{"key": f"t{i}", "value": "v" * 8000} for i in range(100)],
+             "metrics": [{"key": "m", "value": 1.0, "timestamp": 1, "step": i} for i in range(800)]}  # fmt: skip
+    raw = json.dumps(batch).encode()
+    assert len(raw) > 1_400_000
+    status, forwarded, _, _ = call(mw, "/api/2.0/mlflow/runs/log-batch", ALICE, raw, "POST")
+    assert status == 200 and len(forwarded["params"]) == 100
+    huge = {**ALICE, "Content-Length": str(auth.MAX_JSON_BODY + 1)}
+    status, _, _, answer = call(mw, "/api/2.0/mlflow/runs/log-batch", huge, b"", "POST")
+    assert status == 413, answer
+
+
+def test_a_hub_that_cannot_answer_is_a_503_not_a_401(mlflow_app: Any) -> None:
+    mw = TeamAuthMiddleware(None, SETTINGS, FixedChecker({}, down=True), routing_app=mlflow_app)  # type: ignore[arg-type]
+    status, _, headers, body = call(mw, "/api/2.0/mlflow/experiments/search", ALICE, b"{}", "POST")
+    assert status == 503 and headers[b"retry-after"] == b"2"
+    assert json.loads(body)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+def test_token_checker_caches_answers_but_not_failures() -> None:
+    calls = {"n": 0, "status": 500}
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if request.url.path.endswith("/user"):
+            user = {"name": "alice", "kind": "user", "scopes": ["access:services!service=mlflow-ocean"]}
+            return httpx.Response(calls["status"], json=user)
+        return httpx.Response(200, json={"name": "alice", "groups": ["ocean"]})
+
+    checker = TokenChecker(SETTINGS, ttl=60)
+    checker._client = httpx.AsyncClient(transport=httpx.MockTransport(hub))
+
+    async def scenario() -> None:
+        with pytest.raises(IdentityUnavailable):
+            await checker.identify("t")
+        with pytest.raises(IdentityUnavailable):
+            await checker.identify("t")  # not cached: asked again
+        assert calls["n"] == 2
+        calls["status"] = 200
+        assert await checker.identify("t") == Identity("alice", True)
+        assert await checker.identify("t") == Identity("alice", True)
+        assert calls["n"] == 4  # /user and /users/alice once, then the cache
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_hub_is_unavailable_not_unknown() -> None:
+    settings = AuthSettings(**{**SETTINGS.__dict__, "hub_api_url": "http://127.0.0.1:9/hub/api"})
+    with pytest.raises(IdentityUnavailable):
+        asyncio.run(TokenChecker(settings).identify("t"))
+
+
+def test_oauth_redirects_stay_within_the_service() -> None:
+    unprefixed = AuthSettings(**{**SETTINGS.__dict__, "prefix": ""})
+    prefixed = AuthSettings(**{**SETTINGS.__dict__, "prefix": "/services/mlflow-ocean"})
+    assert prefixed.safe_next("/services/mlflow-ocean/#/experiments/1") == "/services/mlflow-ocean/#/experiments/1"
+    assert unprefixed.safe_next("/#/experiments/1") == "/#/experiments/1"
+    for evil in ("//evil.example.com/x", "https://evil.example.com/", "/\\evil.com", "http:evil.com", "",
+                 "///evil.example.com"):  # fmt: skip
+        assert unprefixed.safe_next(evil) == "/", evil
+        assert prefixed.safe_next(evil) == "/services/mlflow-ocean/", evil
+    for evil in ("/services/mlflow-land/", "/services/mlflow-ocean", "/services/mlflow-oceanx/",
+                 "/services/mlflow-ocean/\\evil"):  # fmt: skip
+        assert prefixed.safe_next(evil) == "/services/mlflow-ocean/", evil
+
+
+def test_cookies_are_secure_on_https_and_scoped_to_the_service() -> None:
+    settings = AuthSettings(**{**SETTINGS.__dict__, "prefix": "/services/mlflow-ocean"})
+    assert settings.cookie_attributes() == "Path=/services/mlflow-ocean; HttpOnly; SameSite=Lax"
+    https = AuthSettings(**{**settings.__dict__, "hub_public_url": "https://hub.example.org"})
+    assert https.cookie_attributes().endswith("SameSite=Lax; Secure")
+
+
+def test_oauth_callback_refuses_a_state_it_did_not_issue(mw: TeamAuthMiddleware) -> None:
+    assert call(mw, "/oauth_callback", {"Cookie": "x=1"})[0] == 403
 
 
 def test_allowed_hosts_extend_mlflows_defaults() -> None:
@@ -124,3 +290,15 @@ def test_allowed_hosts_extend_mlflows_defaults() -> None:
         assert is_allowed_host_header(hosts, host), host
     for host in ("tracking-land:5000", "evil.example.com", "hub.example.org.evil.com"):
         assert not is_allowed_host_header(hosts, host), host
+
+
+def test_settings_take_the_team_store_from_mlflows_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
+
+    env = {"CUBELAB_SERVICE_NAME": "mlflow-ocean", "CUBELAB_TEAM_NAME": "ocean", "CUBELAB_SERVICE_TOKEN": "t",
+           "CUBELAB_HUB_API_URL": "http://hub/hub/api", "CUBELAB_HUB_PUBLIC_URL": "http://hub",
+           ARTIFACTS_DESTINATION_ENV_VAR: "s3://cubelab-ocean/mlflow"}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = AuthSettings.from_env()
+    assert (settings.bucket, settings.artifact_prefix) == ("cubelab-ocean", "mlflow")

@@ -20,6 +20,7 @@ from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
 
 TRACKING_PORT = 5000
+OIDC_MOUNT = "/srv/cubelab/oidc"  # where the hub pod finds the OIDC client secret
 HEADER = """\
 # Helm values rendered by `cubelab render helm` from {config}: the teams and what the hub needs to know of
 # them. Install with: helm install cubelab helm/cubelab -f {name} [-f your-site-values.yaml]
@@ -55,9 +56,12 @@ def hub_settings(config: PlatformConfig, prefix: str, s3_endpoint: str) -> dict[
         "server_token_scopes": render.SERVER_TOKEN_SCOPES,
         "admin_users": list(config.admins),
     }  # fmt: skip
-    if config.hub.auth.type == "local":
-        settings["passwords_file"] = "/srv/jupyterhub/cubelab-passwords.json"
-        settings["allowed_users"] = [u.name for u in config.users]
+    settings |= render.auth_settings(
+        config,
+        passwords_file="/srv/jupyterhub/cubelab-passwords.json",
+        client_secret_file=f"{OIDC_MOUNT}/client-secret",
+        callback_url=f"{config.containers.public_url}/hub/oauth_callback",
+    )
     return settings
 
 
@@ -100,11 +104,17 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
     profile_list = profiles(config, gpu_image=f"{images.registry}/notebook:{images.tag}-cuda")
     hub: dict[str, Any] = {
         "image": {"name": f"{images.registry}/hub", "tag": images.tag},
+        # z2jh's own config applies this before cubelab's hook does: its default, `dummy`, never runs.
+        "config": {"JupyterHub": {"authenticator_class": settings["authenticator_class"]}},
         "loadRoles": {role.pop("name"): role for role in render.roles(config, culler=False)},
         "extraEnv": _hub_env(config, prefix) | {"CUBELAB_HUB_SETTINGS_JSON": json.dumps(settings)},
         "extraConfig": {"cubelab": "from cubelab.hub.kubernetes import configure\nconfigure(c)\n"},
         "networkPolicy": {"enabled": True},
     }
+    if config.hub.auth.type == "oidc":
+        # The provider's client secret, from a Secret the operator creates (see the chart's NOTES).
+        hub["extraVolumes"] = [{"name": "oidc", "secret": {"secretName": f"{prefix}-oidc"}}]
+        hub["extraVolumeMounts"] = [{"name": "oidc", "mountPath": OIDC_MOUNT, "readOnly": True}]
     singleuser: dict[str, Any] = {
         "image": {"name": f"{images.registry}/notebook", "tag": images.tag},
         "profileList": profile_list,

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from cubelab.hub.authconfig import configure_authenticator
 from cubelab.hub.teams import TeamChoice, TeamEnvironment, options_from_form
 
 # A file (embedded stack) or the JSON itself (the compose file passes it in the environment).
@@ -29,8 +30,6 @@ TRAITS = {
     "proxy_api_url": ("ConfigurableHTTPProxy", "api_url"),
     "proxy_command": ("ConfigurableHTTPProxy", "command"),
     "admin_users": ("Authenticator", "admin_users"),
-    "allowed_users": ("Authenticator", "allowed_users"),
-    "passwords_file": ("LocalPasswordAuthenticator", "passwords_file"),
     "spawner_cmd": ("Spawner", "cmd"),
     "server_token_scopes": ("Spawner", "server_token_scopes"),
     "run_as_system_users": ("CubelabSpawner", "run_as_system_users"),
@@ -61,7 +60,6 @@ if settings.get("docker_image"):
     # The hub reaches users' containers by their address on the users' network, not through host ports.
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.notebook_dir = "/home/jovyan/work"
-c.JupyterHub.authenticator_class = settings["authenticator_class"]
 # Users' servers outlive a hub restart (`cubelab apply` restarts the hub when teams change);
 # `cubelab down` stops them itself.
 c.JupyterHub.cleanup_servers = False
@@ -71,17 +69,4 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
 
-oidc = settings.get("oidc")
-if oidc:
-    c.GenericOAuthenticator.client_id = oidc["client_id"]
-    c.GenericOAuthenticator.client_secret = Path(oidc["client_secret_file"]).read_text().strip()
-    c.GenericOAuthenticator.authorize_url = oidc["authorize_url"]
-    c.GenericOAuthenticator.token_url = oidc["token_url"]
-    c.GenericOAuthenticator.userdata_url = oidc["userdata_url"]
-    c.GenericOAuthenticator.username_claim = oidc["username_claim"]
-    c.GenericOAuthenticator.scope = oidc["scope"]
-    c.GenericOAuthenticator.oauth_callback_url = oidc["callback_url"]
-    # Groups claim -> hub groups, synced at each login; teams are the groups named like a team.
-    c.GenericOAuthenticator.manage_groups = True
-    c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{oidc['groups_claim']}"
-    c.GenericOAuthenticator.allow_all = True  # users in no team may log in; they reach no team's data
+configure_authenticator(c, settings)

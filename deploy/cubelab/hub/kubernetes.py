@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from cubelab.hub.authconfig import configure_authenticator
 from cubelab.hub.teams import TeamChoice, TeamEnvironment, options_from_form
 
 _ENV_REF = re.compile(r"\$\(([A-Z0-9_]+)\)")
@@ -82,10 +83,8 @@ def configure(c: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
     else:
         c.Spawner.options_form = TeamChoice(settings["team_env"])
     c.Spawner.server_token_scopes = settings["server_token_scopes"]
+    configure_authenticator(c, settings)
     if passwords := settings.get("passwords_file"):
-        c.JupyterHub.authenticator_class = "cubelab.hub.auth.LocalPasswordAuthenticator"
-        c.LocalPasswordAuthenticator.passwords_file = passwords
-        c.Authenticator.allowed_users = set(settings["allowed_users"])
         write_first_passwords(Path(passwords), settings["allowed_users"], env)
     c.Authenticator.admin_users = set(settings["admin_users"])
     return settings

@@ -83,8 +83,14 @@ def template_vars(config: PlatformConfig) -> dict[str, Any]:
     return {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"}
 
 
-def culler_service(python: str, seconds: int) -> dict[str, Any]:
-    return {"name": "idle-culler", "command": [python, "-m", "jupyterhub_idle_culler", f"--timeout={seconds}"]}
+def culler_service(python: str, seconds: int, environment: dict[str, str] | None = None) -> dict[str, Any]:
+    service: dict[str, Any] = {
+        "name": "idle-culler",
+        "command": [python, "-m", "jupyterhub_idle_culler", f"--timeout={seconds}"],
+    }
+    if environment:
+        service["environment"] = environment  # JupyterHub starts services with only what it is given
+    return service
 
 
 def team_environment(

@@ -11,8 +11,12 @@ way a request arrives: through the hub's proxy at /services/mlflow-TEAM/ or stra
   admins hold unrestricted access:services, so the group check is what keeps them out of teams they are
   not in. Answers are cached for TOKEN_CACHE_SECONDS: a revoked token stops working within that time.
 - Identity headers sent by clients (X-Forwarded-User, Remote-User, ...) are never read.
-- Authorship: a run's user is the token's hub user. `runs/create` has user_id and the `mlflow.user` tag
-  rewritten; setting `mlflow.user` any other way is refused.
+- Every request is classified by the handler mlflow will route it to (cubelab.tracking.routes), and its body
+  is read as mlflow will read it, checked and handed on in canonical form (cubelab.tracking.bodies): the
+  server names the author of what is created, nobody sets or removes `mlflow.user` otherwise, artefact
+  locations stay in the team's store, and handlers cubelab does not offer are refused.
+- An identity the hub could not confirm (hub down, hub error) is a 503, which clients retry, and is not
+  cached; only the hub's own "no" is a 401 or 403.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from typing import Any
 
 import httpx
 
+from cubelab.tracking.bodies import Refusal, check
+from cubelab.tracking.routes import Rule, classify
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -38,9 +45,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TOKEN_CACHE_SECONDS = float(os.environ.get("CUBELAB_TOKEN_CACHE_SECONDS", "5"))
-PUBLIC_PATHS = ("/health", "/version")
-AUTHOR_TAG = "mlflow.user"
-_MAX_REWRITE_BODY = 1 << 20  # runs/create bodies are small; anything bigger is refused, not parsed
+# JSON bodies: mlflow's own limits allow a log-batch of ~1.4 MB; ten times that is refused unread.
+MAX_JSON_BODY = int(os.environ.get("CUBELAB_MAX_JSON_BODY", str(16 << 20)))
+# Artefact uploads: mlflow's WSGI bridge holds a whole upload in memory; bigger files need multipart uploads.
+MAX_UPLOAD_BODY = int(os.environ.get("CUBELAB_MAX_UPLOAD_BODY", str(2 << 30)))
+
+
+class IdentityUnavailable(Exception):
+    """The hub could not be asked, or answered with an error: the identity is unknown, not refused."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +70,15 @@ class AuthSettings:
     hub_public_url: str  # where browsers reach the hub, e.g. http://127.0.0.1:18000
     client_id: str  # OAuth client id of the service (service-mlflow-ocean)
     client_secret: str  # the service's API token, which is also its OAuth client secret
+    bucket: str = ""  # the team's bucket and artefact prefix: artefact locations must stay inside them
+    artifact_prefix: str = ""
 
     @classmethod
     def from_env(cls) -> AuthSettings:
         env = os.environ
+        # Where mlflow itself keeps the team's artefacts (its server's --artifacts-destination, which both
+        # cubelab's launcher and `mlflow server` put in this variable of mlflow.server.constants).
+        destination = urllib.parse.urlsplit(env.get("_MLFLOW_SERVER_ARTIFACT_DESTINATION", ""))
         return cls(
             service=env["CUBELAB_SERVICE_NAME"],
             team=env["CUBELAB_TEAM_NAME"],
@@ -70,11 +87,28 @@ class AuthSettings:
             hub_public_url=env["CUBELAB_HUB_PUBLIC_URL"].rstrip("/"),
             client_id=env.get("CUBELAB_OAUTH_CLIENT_ID", f"service-{env['CUBELAB_SERVICE_NAME']}"),
             client_secret=env["CUBELAB_SERVICE_TOKEN"],
+            bucket=destination.netloc,
+            artifact_prefix=destination.path.strip("/"),
         )
 
     @property
     def cookie(self) -> str:
         return f"cubelab-{self.service}-token"
+
+    def cookie_attributes(self) -> str:
+        """Cookies stay on this service's path, go over https only when the hub is served over https, and are
+        not sent on cross-site subrequests."""
+        secure = "; Secure" if self.hub_public_url.startswith("https://") else ""
+        return f"Path={self.prefix or '/'}; HttpOnly; SameSite=Lax{secure}"
+
+    def safe_next(self, target: str) -> str:
+        """target if it is a path of this service, else the service's root: never another host or service."""
+        root = f"{self.prefix}/"
+        parts = urllib.parse.urlsplit(target)
+        if (parts.scheme or parts.netloc or "\\" in target or target.startswith("//")
+                or not target.startswith(root)):  # fmt: skip
+            return root
+        return target
 
 
 class TokenChecker:
@@ -96,12 +130,14 @@ class TokenChecker:
         return "access:services" in scopes or f"access:services!service={self.settings.service}" in scopes
 
     async def identify(self, token: str) -> Identity | None:
+        """The token's user and whether they may use this service; None when the hub says the token is not
+        valid. Raises IdentityUnavailable when the hub cannot say: that answer is never cached."""
         key = hashlib.sha256(token.encode()).hexdigest()  # never keep raw tokens as keys
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit and hit[0] > now:
             return hit[1]
-        resp = await self._http().get(f"{self.settings.hub_api_url}/user", headers={"Authorization": f"token {token}"})
+        resp = await self._ask(f"{self.settings.hub_api_url}/user", token)
         identity: Identity | None = None
         if resp.status_code == 200:
             model = resp.json()
@@ -110,20 +146,26 @@ class TokenChecker:
                 allowed = self.allows(model.get("scopes", [])) and await self.in_team(name)
                 identity = Identity(name, allowed)
         elif resp.status_code not in (401, 403, 404):
-            resp.raise_for_status()
+            raise IdentityUnavailable(f"the hub answered {resp.status_code}")
         if len(self._cache) > 10000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._cache[key] = (now + self.ttl, identity)
         return identity
 
+    async def _ask(self, url: str, token: str) -> httpx.Response:
+        try:
+            return await self._http().get(url, headers={"Authorization": f"token {token}"})
+        except httpx.HTTPError as exc:
+            raise IdentityUnavailable(f"the hub could not be reached: {type(exc).__name__}") from None
+
     async def in_team(self, user: str) -> bool:
         """Whether user is in the team's hub group, asked with the service's own token."""
-        resp = await self._http().get(
-            f"{self.settings.hub_api_url}/users/{urllib.parse.quote(user)}",
-            headers={"Authorization": f"token {self.settings.client_secret}"},
-        )
+        resp = await self._ask(f"{self.settings.hub_api_url}/users/{urllib.parse.quote(user)}",
+                               self.settings.client_secret)  # fmt: skip
+        if resp.status_code == 404:
+            return False  # the user was deleted since the token was issued
         if resp.status_code != 200:
-            return False
+            raise IdentityUnavailable(f"the hub answered {resp.status_code} about {user}")
         return self.settings.team in resp.json().get("groups", [])
 
     async def exchange_code(self, code: str, redirect_uri: str) -> str:
@@ -171,30 +213,65 @@ def _error(code: str, message: str) -> bytes:
     return json.dumps({"error_code": code, "message": message}).encode()
 
 
-def is_run_create(path: str) -> bool:
-    return path.endswith(("/api/2.0/mlflow/runs/create", "/ajax-api/2.0/mlflow/runs/create"))
+def _check_declared_length(scope: Scope, limit: int) -> None:
+    declared = _headers(scope).get("content-length", "0").strip() or "0"
+    if not declared.isdigit():
+        raise Refusal(400, "INVALID_PARAMETER_VALUE", "Content-Length is not a number")
+    if int(declared) > limit:
+        raise Refusal(413, "REQUEST_LIMIT_EXCEEDED", f"request body over {limit} bytes")
 
 
-def sets_author(path: str, body: dict[str, Any]) -> bool:
-    """Whether a request other than runs/create tries to set the mlflow.user tag."""
-    if path.endswith("/runs/set-tag"):
-        return body.get("key") == AUTHOR_TAG
-    if path.endswith("/runs/log-batch"):
-        return any(t.get("key") == AUTHOR_TAG for t in body.get("tags", []) or [])
-    return False
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing one over limit before reading it (declared length) or while reading it."""
+    _check_declared_length(scope, limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refusal(400, "INVALID_PARAMETER_VALUE", "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Refusal(413, "REQUEST_LIMIT_EXCEEDED", f"request body over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
-def rewrite_run_create(body: dict[str, Any], user: str) -> dict[str, Any]:
-    """The same runs/create request with its author set to user, whatever the client sent."""
-    tags = [t for t in body.get("tags", []) or [] if t.get("key") != AUTHOR_TAG]
-    return {**body, "user_id": user, "tags": [*tags, {"key": AUTHOR_TAG, "value": user}]}
+def _with_body(scope: Scope, body: bytes, rewritten: bool) -> Scope:
+    """scope with headers for the body the app gets: its length, and JSON when it was re-serialised."""
+    dropped = (b"content-length", b"content-type") if rewritten else (b"content-length",)
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in dropped]
+    headers.append((b"content-length", str(len(body)).encode()))
+    if rewritten:
+        headers.append((b"content-type", b"application/json"))
+    return {**scope, "headers": headers}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class TeamAuthMiddleware:
-    def __init__(self, app: ASGIApp, settings: AuthSettings, checker: TokenChecker | None = None) -> None:
+    """Team authentication around mlflow's app. `routing_app` is the app whose routes classify requests (mlflow's
+    FastAPI app; the same as `app` except in unit tests, where `app` records what it is handed)."""
+
+    def __init__(
+        self, app: ASGIApp, settings: AuthSettings, checker: TokenChecker | None = None, routing_app: Any = None
+    ) -> None:
         self.app = app
         self.settings = settings
         self.checker = checker or TokenChecker(settings)
+        self.routing_app = routing_app if routing_app is not None else app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -203,17 +280,26 @@ class TeamAuthMiddleware:
         if scope["type"] != "http":
             await _respond(send, 403, _error("PERMISSION_DENIED", "websockets are not served here"))
             return
+        # What mlflow routes on is what is checked: werkzeug upper-cases the method, so it is upper-cased here
+        # first and the app gets that spelling.
+        scope = {**scope, "method": str(scope.get("method", "GET")).upper()}
         path = scope.get("path", "")
         local = path[len(self.settings.prefix) :] if path.startswith(self.settings.prefix) else path
-        if local in PUBLIC_PATHS:
-            await self.app(scope, receive, send)
-            return
         if local == "/oauth_callback":
             await self._oauth_callback(scope, send)
             return
+        route = classify(self.routing_app, scope)
+        if route.rule is Rule.PUBLIC:
+            await self.app(scope, receive, send)
+            return
         headers = _headers(scope)
         token = bearer_token(headers, self.settings.cookie)
-        identity = await self.checker.identify(token) if token else None
+        try:
+            identity = await self.checker.identify(token) if token else None
+        except IdentityUnavailable as exc:
+            body = _error("TEMPORARILY_UNAVAILABLE", f"team membership cannot be checked now ({exc}); retry")
+            await _respond(send, 503, body, [(b"retry-after", b"2")])
+            return
         if identity is None:
             await self._unauthenticated(scope, headers, send)
             return
@@ -222,47 +308,46 @@ class TeamAuthMiddleware:
                 send, 403, _error("PERMISSION_DENIED", f"{identity.name} is not a member of {self.settings.service}")
             )
             return
-        if scope["method"] == "POST" and (is_run_create(path) or path.endswith(("/set-tag", "/log-batch"))):
-            await self._guard_author(scope, receive, send, identity.name)
+        if route.rule is Rule.DENY:
+            message = f"{scope['method']} {local} ({route.handler}) is not offered by this cubelab tracking server"
+            await _respond(send, 403, _error("PERMISSION_DENIED", message))
             return
-        await self.app(scope, receive, send)
-
-    async def _guard_author(self, scope: Scope, receive: Receive, send: Send, user: str) -> None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > _MAX_REWRITE_BODY:
-                await _respond(send, 413, _error("INVALID_PARAMETER_VALUE", "request body too large"))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        raw = b"".join(chunks)
-        path = scope["path"]
+        if route.rule is Rule.STREAM:
+            await self._stream(scope, receive, send)
+            return
         try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            if is_run_create(path):
-                raw = json.dumps(rewrite_run_create(body, user)).encode()
-            elif sets_author(path, body):
-                await _respond(send, 403, _error("PERMISSION_DENIED", f"the {AUTHOR_TAG} tag is set by the server"))
-                return
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(raw)).encode()))
-        sent = False
+            raw = await _read_body(scope, receive, MAX_JSON_BODY)
+            body = raw
+            if route.flask_app is not None:
+                # Parsed with the length the app will be given (a chunked body has none until now).
+                mounted = _with_body(route.scope or scope, raw, rewritten=False)
+                body = await asyncio.to_thread(
+                    check, route, mounted, raw, identity.name,
+                    self.settings.bucket, self.settings.artifact_prefix,
+                )  # fmt: skip
+        except Refusal as refusal:
+            await _respond(send, refusal.status, refusal.body())
+            return
+        await self.app(_with_body(scope, body, body is not raw), _replay(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": raw, "more_body": False}
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an upload or download through unread, refusing one that is larger than MAX_UPLOAD_BODY."""
+        try:
+            _check_declared_length(scope, MAX_UPLOAD_BODY)
+        except Refusal as refusal:
+            await _respond(send, refusal.status, refusal.body())
+            return
+        seen = 0
 
-        await self.app({**scope, "headers": headers}, replay, send)
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_UPLOAD_BODY:
+                return {"type": "http.disconnect"}  # the app sees the client go away and writes nothing
+            return message
+
+        await self.app(scope, counted, send)
 
     def _callback_url(self, headers: dict[str, str]) -> str:
         return f"{self.settings.prefix}/oauth_callback"
@@ -285,8 +370,8 @@ class TeamAuthMiddleware:
         location = f"{self.settings.hub_public_url}/hub/api/oauth2/authorize?{query}"
         state_cookie = json.dumps({"state": state, "next": target})
         cookie = (
-            f"{self.settings.cookie}-state={urllib.parse.quote(state_cookie)}; Path={self.settings.prefix or '/'}; "
-            "HttpOnly; SameSite=Lax; Max-Age=600"
+            f"{self.settings.cookie}-state={urllib.parse.quote(state_cookie)}; "
+            f"{self.settings.cookie_attributes()}; Max-Age=600"
         )
         await send({
             "type": "http.response.start",
@@ -313,13 +398,10 @@ class TeamAuthMiddleware:
         except httpx.HTTPError:
             await _respond(send, 403, _error("PERMISSION_DENIED", "the hub refused the OAuth code"))
             return
-        path = self.settings.prefix or "/"
-        target = str(saved.get("next") or path)
-        if not target.startswith(self.settings.prefix + "/"):
-            target = path + "/"  # only ever redirect within this service
+        target = self.settings.safe_next(str(saved.get("next") or ""))
         cookies = [
-            f"{self.settings.cookie}={token}; Path={path}; HttpOnly; SameSite=Lax",
-            f"{self.settings.cookie}-state=; Path={path}; Max-Age=0",
+            f"{self.settings.cookie}={token}; {self.settings.cookie_attributes()}",
+            f"{self.settings.cookie}-state=; {self.settings.cookie_attributes()}; Max-Age=0",
         ]
         out = [(b"location", target.encode()), (b"content-length", b"0")]
         out += [(b"set-cookie", c.encode()) for c in cookies]

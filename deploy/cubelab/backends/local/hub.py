@@ -20,11 +20,12 @@ from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.passwords import PasswordFile, hash_password
-from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
+from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, port_owner
 from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import SecretStore, write_private
 
 NAME = "hub"
+HUB_FAMILY = "CUBELAB_HUB_FAMILY"  # in the environment of the hub and the processes it starts for itself
 HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
 
 SYSTEM_USER_PREFIX = "cl-"
@@ -137,7 +138,9 @@ class LocalHub:
         services.append({"name": render.ADMIN_SERVICE, "api_token": self.admin_token()})
         culler = config.hub.cull_idle_seconds > 0
         if culler:
-            services.append(render.culler_service(str(venv / "bin/python"), config.hub.cull_idle_seconds))
+            # The stack's marker, so that `down` finds the culler even if the hub that started it is gone.
+            marker = {"CUBELAB_STACK": str(self.paths.root), HUB_FAMILY: "1"}
+            services.append(render.culler_service(str(venv / "bin/python"), config.hub.cull_idle_seconds, marker))
         settings: dict[str, Any] = {
             "bind_url": f"http://127.0.0.1:{self.port}",
             "proxy_api_url": f"http://127.0.0.1:{self.port + 1}",
@@ -179,7 +182,7 @@ class LocalHub:
             )
 
     # -- running ---------------------------------------------------------------------------------
-    def start(self, venv: Path, proxy: Path) -> ProcessRecord | None:
+    def start(self, venv: Path, proxy: Path, progress: Callable[[str], None] = print) -> ProcessRecord | None:
         """Start the hub, or restart it when its settings changed. Returns the new record, if any."""
         settings_file = self.paths.hub / "settings.json"
         text = json.dumps(self.settings(venv, proxy), indent=1, sort_keys=True)
@@ -193,6 +196,10 @@ class LocalHub:
             if record.fingerprint == fingerprint:
                 return None
             self.procs.stop(NAME)
+        elif orphans := kill_marked(str(self.paths.root), spare="JUPYTERHUB_USER", only=HUB_FAMILY):
+            # A hub that died left its proxy (holding the hub's ports) and its services running: they carry the
+            # hub's environment. Users' servers are spared: the new hub finds them again.
+            progress(f"stopped {len(orphans)} process(es) left by a hub that is no longer running")
         write_private(settings_file, text)
         for port in (self.port, self.port + 1, self.port + 2):
             if owner := port_owner(port):
@@ -203,6 +210,7 @@ class LocalHub:
             "LANG": "C.UTF-8",
             "CUBELAB_HUB_SETTINGS": str(settings_file),
             "CUBELAB_STACK": str(self.paths.root),
+            HUB_FAMILY: "1",  # inherited by the proxy; the culler gets it in its own environment
         }
         argv = [str(venv / "bin/jupyterhub"), "-f", str(HUB_DIR / "jupyterhub_config.py")]
         return self.procs.start(

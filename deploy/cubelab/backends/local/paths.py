@@ -10,6 +10,10 @@ from pathlib import Path
 EXTERNAL_ROOT = Path("/var/lib/cubelab")
 
 
+class StateDirError(Exception):
+    """The state directory cannot be used."""
+
+
 def reachable_by_others(path: Path) -> bool:
     """Whether every existing folder above path lets other users through."""
     return all(not folder.exists() or folder.stat().st_mode & 0o001 for folder in path.parents)
@@ -82,10 +86,28 @@ class StatePaths:
     def description(self) -> Path:
         return self.root / "deployment.json"
 
+    @property
+    def marker(self) -> Path:
+        """Says whether cubelab created the state directory ("created") or was given an empty one ("adopted")."""
+        return self.root / ".cubelab-state"
+
     def create(self) -> None:
-        # 0711: the postgres system user must traverse to its own data folder, but not list ours.
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o711)  # noqa: S103 - traverse only, no listing
+        """Make the state directory, or use one cubelab made. An existing folder that is not cubelab's is refused
+        if it holds anything, and used as it is if empty; only a folder cubelab created has its mode changed."""
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            self.marker.write_text("created\n")
+        elif not self.marker.exists():
+            if (self.root / "secrets").is_dir() and (self.root / "run").is_dir():
+                self.marker.write_text("created\n")  # made by a cubelab from before the marker
+            elif any(self.root.iterdir()):
+                raise StateDirError(f"{self.root} exists, is not empty and was not made by cubelab; "
+                                    "set state_dir to a new folder")  # fmt: skip
+            else:
+                self.marker.write_text("adopted\n")
+        if self.marker.read_text().strip() == "created":
+            # 0711: the postgres system user must traverse to its own data folder, but not list ours.
+            os.chmod(self.root, 0o711)  # noqa: S103 - traverse only, no listing
         for folder in (self.run, self.logs, self.s3, self.home, self.hub):
             folder.mkdir(exist_ok=True, mode=0o700)
         self.secrets.mkdir(exist_ok=True, mode=0o700)

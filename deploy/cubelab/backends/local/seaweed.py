@@ -11,8 +11,9 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
 from cubelab.backends.local.paths import StatePaths
-from cubelab.config import PlatformConfig, Team
+from cubelab.config import PlatformConfig, Ports, Team
 from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
 from cubelab.provision import Credentials, ensure_bucket, identity_document
 from cubelab.secrets import SecretStore, new_access_key, new_password, write_private
@@ -31,6 +32,7 @@ class LocalS3:
         self.port = config.ports.s3
         self.log = paths.logs / "s3.log"
         self.identities = paths.s3 / "identities.json"
+        self.guard = LoopbackGuard(paths.root)
 
     @property
     def url(self) -> str:
@@ -83,7 +85,21 @@ class LocalS3:
     def ports(self) -> list[int]:
         return [self.port + i for i in range(len(_INTERNAL) + 1)]
 
+    def internal_ports(self) -> list[int]:
+        """Every port weed listens on except the S3 API: its internal servers and all gRPC twins."""
+        return [p for p in self.ports() if p != self.port] + [p + Ports.GRPC_OFFSET for p in self.ports()]
+
+    def guard_internals(self) -> None:
+        """As root, only root (the platform's own processes) may connect to the internal ports."""
+        if not LoopbackGuard.needed():
+            return
+        try:
+            self.guard.apply(self.internal_ports(), allowed_uids=[0])
+        except FirewallError as exc:
+            raise StartError(NAME, str(exc)) from None
+
     def start(self, weed: str) -> None:
+        self.guard_internals()  # before weed listens: no moment when its internals are open
         changed = self.write_identities()
         record = self.procs.get(NAME)
         if record and record.process():
@@ -93,7 +109,7 @@ class LocalS3:
                 self._wait_identities_loaded()
             return
         for port in self.ports():
-            for taken in (port, port + 10000):
+            for taken in (port, port + Ports.GRPC_OFFSET):
                 if owner := port_owner(taken):
                     raise StartError(NAME, f"port {taken} (ports.s3 and the ports after it) is in use by {owner}")
         (self.paths.s3 / "data").mkdir(parents=True, exist_ok=True)

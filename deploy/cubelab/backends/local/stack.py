@@ -55,7 +55,7 @@ class LocalBackend(Backend):
 
         # Start the hub and every tracking server first, then wait for all: their start-ups overlap.
         fresh = [(team.service, record) for team in self.config.teams if (record := self.tracking.start(team, venv))]
-        if hub_record := self.hub.start(hub_venv, proxy):
+        if hub_record := self.hub.start(hub_venv, proxy, self.progress):
             fresh.append((hub.NAME, hub_record))
         self._wait(fresh)
         self.hub.sync(self.progress)
@@ -108,6 +108,8 @@ class LocalBackend(Backend):
                 if leftovers := kill_marked(str(self.paths.root)):
                     self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
         kill_marked(str(self.paths.root))
+        if self.s3.guard.needed():
+            self.s3.guard.remove()
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -168,6 +170,8 @@ class LocalBackend(Backend):
         return {
             "backend": "local",
             "s3_endpoint": self.s3.url,
+            # SeaweedFS's internal servers: users must not reach them (checked from a kernel by platform_tests).
+            "s3_internal_ports": self.s3.internal_ports(),
             "hub_url": self.hub.url,
             "hub_api_url": self.hub.api_url,
             # The control plane's hub token (admin:users, tokens): tests use it to issue users' tokens.

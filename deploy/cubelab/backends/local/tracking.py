@@ -9,6 +9,7 @@ import secrets
 import urllib.request
 from pathlib import Path
 
+from cubelab.backends.local.accounts import ensure_service_account, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
@@ -78,6 +79,14 @@ class LocalTracking:
     def db_password(self, team: Team) -> str:
         return self.secrets.get(f"teams/{team.name}/db-password")
 
+    def account(self, team: Team) -> str | None:
+        """The system account the team's server runs as (when cubelab runs as root): one per team, so no
+        server can read another's environment (its database password and S3 keys) through /proc."""
+        return service_account(team.service) if os.geteuid() == 0 else None
+
+    def home(self, team: Team) -> Path:
+        return self.paths.reachable_or_external(self.paths.root / "service-homes") / team.service
+
     def _launch(self, team: Team, venv: Path) -> tuple[list[str], dict[str, str]]:
         bucket = self.config.bucket(team)
         argv = [
@@ -89,7 +98,7 @@ class LocalTracking:
         creds = self.s3.team_credentials(team)
         env = {
             "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(self.paths.home),
+            "HOME": str(self.home(team)),
             "LANG": "C.UTF-8",
             "CUBELAB_BACKEND_STORE_URI": self.postgres.store_uri(team, self.db_password(team)),
             # The server writes artefacts with the team's own S3 identity: it can reach no other bucket.
@@ -114,7 +123,7 @@ class LocalTracking:
 
     def fingerprint(self, team: Team, venv: Path) -> str:
         argv, env = self._launch(team, venv)
-        h = hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode())
+        h = hashlib.sha256(json.dumps([argv, sorted(env.items()), self.account(team)]).encode())
         for source in sorted(TRACKING_CODE.glob("*.py")):  # new launcher code restarts the servers
             h.update(source.read_bytes())
         return h.hexdigest()[:16]
@@ -131,12 +140,21 @@ class LocalTracking:
         if owner := port_owner(port):
             raise StartError(team.service, f"port {port} (tracking server of team {team.name!r}) is in use by {owner}")
         argv, env = self._launch(team, venv)
+        home = self.home(team)
+        if account := self.account(team):
+            # Never root: the server reads only the shared install, its HOME and what its environment holds.
+            home.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(home.parent, 0o711)  # noqa: S103 - each account traverses to its own home only
+            ensure_service_account(account, home, f"cubelab tracking server of team {team.name}")
+        else:
+            home.mkdir(parents=True, exist_ok=True)
         return self.procs.start(
             team.service,
             argv,
             env=env,
             log=self.paths.logs / f"{team.service}.log",
-            cwd=self.paths.root,
+            user=account,
+            cwd=home,
             fingerprint=fingerprint,
         )
 
