@@ -168,3 +168,15 @@ def test_a_legal_large_batch_is_accepted(member: dict[str, Any]) -> None:
     assert len(json.dumps(batch)) > 1_400_000
     resp = session.post(f"{base}/api/2.0/mlflow/runs/log-batch", json=batch, timeout=60)
     assert resp.status_code == 200, resp.text[:300]
+
+
+def test_a_missing_artefact_is_a_404_not_a_500(member: dict[str, Any]) -> None:
+    base, session = str(member["team"]["tracking_uri"]), member["session"]
+    run = session.post(f"{base}/api/2.0/mlflow/runs/create", json={"experiment_id": member["experiment_id"]},
+                       timeout=10).json()["run"]  # fmt: skip
+    root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:/").strip("/")
+    for url in (f"{base}/api/2.0/mlflow-artifacts/artifacts/{root}/no-such-file.txt",
+                f"{base}/get-artifact?path=no-such-file.txt&run_uuid={run['info']['run_id']}",
+                f"{base}/api/2.0/mlflow/artifacts/list?run_id={run['info']['run_id']}&path=no-such-dir"):  # fmt: skip
+        resp = session.get(url, timeout=15)
+        assert resp.status_code < 500, (url, resp.status_code, resp.text[:300])

@@ -248,11 +248,19 @@ def test_up_recovers_from_a_killed_hub_and_down_leaves_no_orphan(stack: LocalBac
     assert record is not None
     culler = [p for p in stack_processes(root) if "jupyterhub_idle_culler" in " ".join(p.cmdline())]
     assert culler, "the idle-culler carries no stack marker: down cannot find it once the hub is gone"
+    unused = backend.hub.issue_token("alice")  # not yet seen by the tracking server, so not cached
     os.kill(record.pid, signal.SIGKILL)
     psutil.Process(record.pid).wait(timeout=10) if psutil.pid_exists(record.pid) else None
     assert any("configurable-http-proxy" in " ".join(p.cmdline()) for p in stack_processes(root))  # the orphan
+    # With the hub gone, membership cannot be checked: a 503 that clients retry, never a 401 they give up on.
+    ocean = backend.config.team("ocean")
+    url = f"{backend.tracking.url(ocean)}/api/2.0/mlflow/experiments/search?max_results=1"
+    for _ in range(2):  # and the failure is not cached
+        resp = requests.get(url, headers={"Authorization": f"Bearer {unused}"}, timeout=10)
+        assert resp.status_code == 503 and resp.json()["error_code"] == "TEMPORARILY_UNAVAILABLE", resp.text
     backend.up()
     assert all(row.healthy for row in backend.status())
+    assert requests.get(url, headers={"Authorization": f"Bearer {unused}"}, timeout=10).status_code == 200
     backend.down()
     assert stack_processes(root) == []
     backend.up()

@@ -302,3 +302,27 @@ def test_settings_take_the_team_store_from_mlflows_own_setting(monkeypatch: pyte
         monkeypatch.setenv(key, value)
     settings = AuthSettings.from_env()
     assert (settings.bucket, settings.artifact_prefix) == ("cubelab-ocean", "mlflow")
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (500, b"An error occurred (404) when calling the HeadObject operation: Not Found", 404),
+    (500, b"An error occurred (NoSuchKey) when calling the GetObject operation: gone", 404),
+    (500, b"database is down", 500),
+    (200, b"An error occurred (404) when calling the HeadObject operation", 200),
+])  # fmt: skip
+def test_a_storage_not_found_is_a_404(status: int, body: bytes, expected: int) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def respond() -> None:
+        wrapped = auth.storage_not_found_as_404(send)
+        await wrapped({"type": "http.response.start", "status": status, "headers": []})
+        await wrapped({"type": "http.response.body", "body": body[:20], "more_body": True})
+        await wrapped({"type": "http.response.body", "body": body[20:]})
+
+    asyncio.run(respond())
+    assert sent[0]["status"] == expected
+    answer = b"".join(m.get("body", b"") for m in sent[1:])
+    assert (json.loads(answer)["error_code"] == "RESOURCE_DOES_NOT_EXIST") if expected == 404 else answer == body
