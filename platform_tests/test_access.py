@@ -123,6 +123,33 @@ def test_hub_admin_outside_the_team_is_refused(deployment: dict[str, Any], world
     assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 403
 
 
+def test_an_operator_runs_the_platform_without_reaching_team_data(
+    deployment: dict[str, Any], world: dict[str, Any]
+) -> None:
+    """The operator role (users[].operator): the hub's admin views and stopping servers, but no token for another
+    user and no change of groups, so no way into a team's data (unlike a hub admin)."""
+    operators = [u["name"] for u in deployment["users"] if u.get("operator")]
+    if not operators:
+        pytest.skip("no operator in this deployment")
+    operator, team = operators[0], world["team"]
+    headers = {"Authorization": f"token {issue_token(deployment, operator)}"}
+    api = deployment["hub_api_url"]
+    users = requests.get(f"{api}/users", headers=headers, timeout=10)
+    assert users.status_code == 200 and team["members"][0] in {u["name"] for u in users.json()}
+    assert requests.get(f"{api}/groups", headers=headers, timeout=10).status_code == 200
+    member = team["members"][0]
+    minted = requests.post(f"{api}/users/{member}/tokens", headers=headers, json={"note": "x"}, timeout=10)
+    assert minted.status_code == 403, minted.text[:200]
+    joined = requests.post(f"{api}/groups/{team['name']}/users", headers=headers, json={"users": [operator]},
+                           timeout=10)  # fmt: skip
+    assert joined.status_code == 403, joined.text[:200]
+    created = requests.post(f"{api}/users/intruder", headers=headers, timeout=10)
+    assert created.status_code == 403
+    url, _ = requests_for(world, team["tracking_uri"])["api"]
+    bearer = {"Authorization": headers["Authorization"].replace("token ", "Bearer ")}
+    assert requests.get(url, headers=bearer, timeout=10).status_code == 403
+
+
 @pytest.mark.parametrize(
     "path",
     [

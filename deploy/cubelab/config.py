@@ -39,6 +39,7 @@ SYSTEM_FOLDERS = frozenset(
 class User:
     name: str
     admin: bool = False
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,10 @@ class PlatformConfig:
     @property
     def admins(self) -> tuple[str, ...]:
         return tuple(u.name for u in self.users if u.admin)
+
+    @property
+    def operators(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.users if u.operator and not u.admin)
 
     def teams_of(self, user: str) -> tuple[Team, ...]:
         return tuple(t for t in self.teams if user in t.members)
@@ -334,7 +339,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                        f"users {other!r} and {raw['name']!r} become the same name in environment variables, "
                        "database roles and Kubernetes names; rename one")  # fmt: skip
         idents[identifier(raw["name"])] = raw["name"]
-        users.append(User(name=raw["name"], admin=raw.get("admin", False)))
+        users.append(User(name=raw["name"], admin=raw.get("admin", False), operator=raw.get("operator", False)))
     user_names = {u.name for u in users}
 
     storage = Storage(**data.get("storage", {}))

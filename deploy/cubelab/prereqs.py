@@ -95,6 +95,9 @@ def missing_packages(for_tests: bool = False) -> list[str]:
     missing = [r.package for r in missing_requirements()] if for_tests else []
     if postgres_bindir() is None:
         missing.append("postgresql")
+    if os.geteuid() == 0 and shutil.which("iptables") is None and "iptables" not in missing:
+        # As root the stack keeps users' accounts off SeaweedFS's internal ports with iptables (firewall.py).
+        missing.append("iptables")
     if shutil.which("node") is None:
         missing += ["nodejs", "npm"]
     elif shutil.which("npm") is None:

@@ -24,7 +24,7 @@ from cubelab.procs import port_owner
 
 REPO = Path(__file__).resolve().parents[2]
 SCRATCH = REPO / ".cubelab" / "scratch"
-DEFAULT_USERS = ["alice", "bob", "carol", "dave"]
+DEFAULT_USERS = ["alice", "bob", "carol", "dave", "erin"]
 DEFAULT_TEAMS: list[dict[str, Any]] = [
     {"name": "ocean", "members": ["alice", "bob"], "admins": ["alice"]},
     {"name": "land", "members": ["bob", "carol"]},
@@ -67,8 +67,8 @@ class ScratchStacks:
         self.dirs.append(folder)
         doc = {
             "state_dir": "state",
-            # dave, in no team, is a platform admin: the tests check admins get no team's data.
-            "users": [{"name": u, "admin": u == "dave"} for u in (users or DEFAULT_USERS)],
+            # dave, in no team, is a hub admin: the tests check admins get no team's data; erin is an operator.
+            "users": [{"name": u, "admin": u == "dave", "operator": u == "erin"} for u in (users or DEFAULT_USERS)],
             "teams": teams if teams is not None else DEFAULT_TEAMS,
             "ports": free_port_block(),
         }

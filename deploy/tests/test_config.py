@@ -212,3 +212,15 @@ def test_seaweedfs_grpc_twins_are_reserved() -> None:
     assert "gRPC" in error_of(VALID + "ports: {s3: 18333, hub: 28334}\n")
     config = parse(VALID, Path("/c.yaml"))
     assert config.ports.reserved()[28333].startswith("ports.s3")
+
+
+def test_operators_are_a_role_apart_from_hub_admins() -> None:
+    from cubelab.hub.render import OPERATOR_SCOPES, roles
+
+    text = VALID.replace("  - name: alice\n", "  - name: alice\n  - name: olga\n    operator: true\n")
+    config = parse(text, Path("/c.yaml"))
+    assert config.operators == ("olga",) and "olga" not in config.admins
+    role = next(r for r in roles(config, culler=False) if r["name"] == "cubelab-operator")
+    assert role["users"] == ["olga"]
+    assert not {"tokens", "admin:users", "groups", "admin:groups", "access:services"} & set(OPERATOR_SCOPES)
+    assert not any(r["name"] == "cubelab-operator" for r in roles(parse(VALID, Path("/c.yaml")), culler=False))

@@ -135,6 +135,23 @@ def test_tracking_servers_run_as_their_own_unprivileged_accounts(stack: LocalBac
         assert done.returncode != 0 and not done.stdout, target
 
 
+def test_every_storage_port_but_the_s3_api_is_closed_to_users(stack: LocalBackend) -> None:
+    """Whatever SeaweedFS listens on (read from the process, so a new internal port in a later release shows up
+    here), only the S3 API is open to users' accounts; the rest has a reject rule in the stack's chain."""
+    if os.geteuid() != 0:
+        pytest.skip("the guard is put in place only when cubelab runs as root")
+    record = stack.procs.running("s3")
+    assert record is not None
+    proc = psutil.Process(record.pid)
+    connections = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections("tcp")
+    listening = {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+    assert stack.s3.port in listening and len(listening) > 5, listening
+    rules = stack.s3.guard.rules()
+    for port in sorted(listening - {stack.s3.port}):
+        assert f"--dport {port} -j REJECT" in rules, (port, rules)
+    assert f"--dport {stack.s3.port} " not in rules
+
+
 def test_team_database_is_reachable_only_by_its_own_role(stack: LocalBackend) -> None:
     ocean, land = stack.config.teams
     password = stack.tracking.db_password(ocean)

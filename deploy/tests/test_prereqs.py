@@ -50,3 +50,12 @@ def test_missing_packages_for_tests_lists_test_packages(monkeypatch: pytest.Monk
     monkeypatch.setattr(prereqs, "missing_requirements", lambda: [prereqs.TEST_REQUIREMENTS[0]])
     assert prereqs.TEST_REQUIREMENTS[0].package in prereqs.missing_packages(for_tests=True)
     assert prereqs.TEST_REQUIREMENTS[0].package not in prereqs.missing_packages(for_tests=False)
+
+
+def test_make_up_as_root_needs_iptables(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(prereqs.shutil, "which", lambda name: None if name == "iptables" else real_which(name))
+    monkeypatch.setattr(prereqs.os, "geteuid", lambda: 0)
+    assert "iptables" in prereqs.missing_packages()
+    monkeypatch.setattr(prereqs.os, "geteuid", lambda: 1000)
+    assert "iptables" not in prereqs.missing_packages()

@@ -7,6 +7,10 @@ from typing import Any
 from cubelab.config import PlatformConfig, Team
 
 ADMIN_SERVICE = "cubelab"
+# What an operator may do: JupyterHub's admin page, reading users, servers and groups, stopping servers. Not
+# `tokens` (a token of a member opens the team's data), not `admin:users` or `groups` (membership is access).
+OPERATOR_SCOPES = ["admin-ui", "list:users", "read:users", "read:servers", "delete:servers", "list:groups",
+                   "read:groups", "read:roles"]  # fmt: skip
 
 
 def service_prefix(team: Team) -> str:
@@ -45,6 +49,13 @@ def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
         "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "list:users", "read:users"],
         "services": [ADMIN_SERVICE],
     })  # fmt: skip
+    if config.operators:
+        out.append({
+            "name": "cubelab-operator",
+            "description": "run the platform without reaching team data: see users, servers and groups, stop servers",
+            "scopes": OPERATOR_SCOPES,
+            "users": list(config.operators),
+        })  # fmt: skip
     if culler:
         out.append({
             "name": "idle-culler",

@@ -185,7 +185,8 @@ class LocalBackend(Backend):
 
     def _user_entry(self, name: str) -> dict[str, Any]:
         admin = name in self.config.admins
-        entry: dict[str, Any] = {"name": name, "admin": admin, "home": self.hub.home_of(name)}
+        entry: dict[str, Any] = {"name": name, "admin": admin, "operator": name in self.config.operators,
+                                 "home": self.hub.home_of(name)}  # fmt: skip
         secret = self.paths.secrets / "users" / name
         if secret.exists():  # the first password; a user who changed it has another one now
             entry["initial_password"] = secret.read_text().strip()
