@@ -35,8 +35,9 @@ from platform_tests.hubclient import login
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "standins"
 PODMAN_COMPOSE = Path(sys.prefix) / "bin" / "podman-compose"
-SUITE = ["platform_tests/test_tracking.py", "platform_tests/test_storage.py", "platform_tests/test_access.py",
-         "platform_tests/test_artifacts.py", "platform_tests/test_hub.py", "platform_tests/test_isolation.py"]  # fmt: skip
+SUITE = [
+    f"platform_tests/test_{name}.py" for name in ("tracking", "storage", "access", "artifacts", "hub", "isolation")
+]
 
 
 def podman_compose(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
