@@ -402,3 +402,54 @@ def test_idle_user_servers_are_culled(stacks: ScratchStacks) -> None:
         time.sleep(2)
     assert backend.hub.api("GET", "/users/alice")["servers"] == {}, "the idle server was not culled"
     assert "Culling server" in (backend.paths.logs / "hub.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def fault_stack(stacks: ScratchStacks) -> LocalBackend:
+    backend = stacks.backend(stacks.config(teams=[{"name": "ocean", "members": ["alice"]}], users=["alice"]))
+    backend.up()
+    return backend
+
+
+@pytest.mark.parametrize("service", ["mlflow-ocean", "hub", "postgres", "s3"])
+def test_a_killed_service_costs_retries_not_data(fault_stack: LocalBackend, service: str) -> None:
+    """A member logs metrics and small artefacts while one service is killed with SIGKILL and `up` brings it
+    back: the member's client sees retries (503s or refused connections), never a 401, and everything the
+    server acknowledged is stored."""
+    import signal
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    backend = LocalBackend(load(fault_stack.config.path))
+    client = MlflowClient(as_member(backend, "ocean"))
+    run_id = client.create_run(client.create_experiment(f"fault-{service}-{time.time_ns()}")).info.run_id
+    acknowledged: list[int] = []
+    errors: list[str] = []
+
+    def log() -> None:
+        for step in range(30):
+            try:
+                client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step)
+                client.log_text(run_id, str(step), f"steps/{step}.txt")
+                acknowledged.append(step)
+            except Exception as exc:  # noqa: BLE001 - every failure is collected and checked below
+                errors.append(repr(exc)[:300])
+            time.sleep(0.1)
+
+    worker = threading.Thread(target=log)
+    worker.start()
+    time.sleep(1.0)
+    record = backend.procs.running(service)
+    assert record is not None
+    os.kill(record.pid, signal.SIGKILL)
+    time.sleep(2.0)
+    backend.up()
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    assert not [e for e in errors if "401" in e or "UNAUTHENTICATED" in e], errors
+    steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+    assert set(acknowledged) <= steps, (sorted(set(acknowledged) - steps), errors)
+    files = {f.path for f in client.list_artifacts(run_id, "steps")}
+    assert {f"steps/{s}.txt" for s in acknowledged} <= files
+    assert len(acknowledged) >= 25, errors  # the client's retries carried nearly everything through

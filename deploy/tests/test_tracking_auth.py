@@ -326,3 +326,21 @@ def test_a_storage_not_found_is_a_404(status: int, body: bytes, expected: int) -
     assert sent[0]["status"] == expected
     answer = b"".join(m.get("body", b"") for m in sent[1:])
     assert (json.loads(answer)["error_code"] == "RESOURCE_DOES_NOT_EXIST") if expected == 404 else answer == body
+
+
+@pytest.mark.parametrize(("service_status", "outcome"), [(200, "refused"), (403, "unavailable")])
+def test_a_hub_refusal_counts_only_if_the_hub_accepts_the_services_own_token(service_status: int, outcome: str) -> None:
+    """JupyterHub answers 403 to every token while its database is down: then the member gets a 503, not a 401."""
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] == f"token {SETTINGS.client_secret}":
+            return httpx.Response(service_status, json={"name": "service-mlflow-ocean", "kind": "service"})
+        return httpx.Response(403, json={"message": "Missing or invalid credentials."})
+
+    checker = TokenChecker(SETTINGS, ttl=60)
+    checker._client = httpx.AsyncClient(transport=httpx.MockTransport(hub))
+    if outcome == "refused":
+        assert asyncio.run(checker.identify("member-token")) is None
+    else:
+        with pytest.raises(IdentityUnavailable, match="refuses even this service's token"):
+            asyncio.run(checker.identify("member-token"))

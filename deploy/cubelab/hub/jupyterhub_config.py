@@ -45,6 +45,10 @@ for key, (section, trait) in TRAITS.items():
         value = settings[key]
         setattr(c[section], trait, set(value) if trait in ("admin_users", "allowed_users") else value)
 
+if "db_url" in settings:
+    # The hub's database is the stack's Postgres: connections left broken by a Postgres restart are tested and
+    # replaced before use, so the hub keeps working without a restart of its own.
+    c.JupyterHub.db_kwargs = {"pool_pre_ping": True}
 c.JupyterHub.cookie_secret = bytes.fromhex(settings["cookie_secret"])
 c.ConfigurableHTTPProxy.auth_token = settings["proxy_token"]
 c.JupyterHub.load_groups = {name: {"users": members} for name, members in settings["groups"].items()}

@@ -120,6 +120,7 @@ class TokenChecker:
         self.settings = settings
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Identity | None]] = {}
+        self._hub_ok_until = 0.0
         self._client: httpx.AsyncClient | None = None
         self._lock = asyncio.Lock()
 
@@ -149,10 +150,23 @@ class TokenChecker:
                 identity = Identity(name, allowed)
         elif resp.status_code not in (401, 403, 404):
             raise IdentityUnavailable(f"the hub answered {resp.status_code}")
+        else:
+            await self._hub_checks_tokens()  # a refusal counts only if the hub can check tokens at all
         if len(self._cache) > 10000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._cache[key] = (now + self.ttl, identity)
         return identity
+
+    async def _hub_checks_tokens(self) -> None:
+        """JupyterHub answers 403 to every token while its database is down, so a refusal is believed only when
+        the hub still accepts this service's own token (asked at most once a second)."""
+        now = time.monotonic()
+        if now < self._hub_ok_until:
+            return
+        resp = await self._ask(f"{self.settings.hub_api_url}/user", self.settings.client_secret)
+        if resp.status_code != 200:
+            raise IdentityUnavailable(f"the hub refuses even this service's token ({resp.status_code})")
+        self._hub_ok_until = now + 1.0
 
     async def _ask(self, url: str, token: str) -> httpx.Response:
         try:

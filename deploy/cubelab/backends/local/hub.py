@@ -8,6 +8,8 @@ import os
 import pwd
 import secrets
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -238,8 +240,24 @@ class LocalHub:
         """A new hub API token of user (for tests and scripts); it carries the user's own permissions."""
         return str(self.api("POST", f"/users/{user}/tokens", {"note": note, "expires_in": expires_in})["token"])
 
+    def wait_token_checks(self, timeout: float = 30.0) -> None:
+        """Wait until the hub can check tokens again. JupyterHub answers 403 to every token while its database is
+        unreachable (after a Postgres restart its pool reconnects within seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.api("GET", "/user")
+                return
+            except (urllib.error.HTTPError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise StartError(
+                        NAME, f"the hub does not accept its own token ({exc})", self.paths.logs / "hub.log"
+                    ) from None
+                time.sleep(0.5)
+
     def sync(self, progress: Callable[[str], None]) -> None:
         """Make hub users and groups match the config (load_groups only ever adds)."""
+        self.wait_token_checks()
         want_groups = render.groups(self.config)
         have_groups = {g["name"]: g for g in self.api("GET", "/groups")}
         for name, group in have_groups.items():
