@@ -17,7 +17,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Headless Debian Chromium as root, with no background traffic (this machine has no network).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-SCREENSHOTS = Path(os.environ.get("CUBELAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / ".cubelab"))
+# Beside the test stacks (.cubelab/scratch), not loose in the state directory `make up` uses.
+SCREENSHOTS = Path(
+    os.environ.get("CUBELAB_SCREENSHOTS", Path(__file__).resolve().parent.parent / ".cubelab" / "scratch")
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,7 @@ def test_login_team_links_and_teammates_run_in_the_mlflow_ui(deployment: dict[st
             print("failed responses:", *failed, sep="\n  ")
             raise
         finally:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "browser-mlflow-ui.png"))
     finally:
         page.close()

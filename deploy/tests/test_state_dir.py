@@ -40,3 +40,12 @@ def test_a_non_empty_folder_that_is_not_cubelabs_is_refused(tmp_path: Path) -> N
     with pytest.raises(StateDirError, match="not made by cubelab"):
         StatePaths(tmp_path).create()
     assert mode(tmp_path) == 0o755 and sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses.txt"]
+
+
+def test_a_state_dir_holding_only_cubelabs_own_folders_is_adopted(tmp_path: Path) -> None:
+    """`make test` before `make up` leaves .cubelab/install and .cubelab/scratch (no marker): still cubelab's."""
+    root = tmp_path / ".cubelab"
+    (root / "install").mkdir(parents=True)
+    (root / "scratch").mkdir()
+    StatePaths(root).create()
+    assert StatePaths(root).marker.read_text().strip() == "created" and mode(root) == 0o711

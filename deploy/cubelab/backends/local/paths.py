@@ -10,6 +10,11 @@ from pathlib import Path
 EXTERNAL_ROOT = Path("/var/lib/cubelab")
 
 
+# What cubelab itself puts into a state directory (the test suite's shared installs and scratch stacks too).
+OWN_ENTRIES = frozenset({"secrets", "run", "logs", "postgres", "s3", "home", "hub", "homes", "service-homes",
+                         "install", "scratch", "ports.json", "deployment.json"})  # fmt: skip
+
+
 class StateDirError(Exception):
     """The state directory cannot be used."""
 
@@ -98,9 +103,11 @@ class StatePaths:
             self.root.mkdir(parents=True)
             self.marker.write_text("created\n")
         elif not self.marker.exists():
-            if (self.root / "secrets").is_dir() and (self.root / "run").is_dir():
-                self.marker.write_text("created\n")  # made by a cubelab from before the marker
-            elif any(self.root.iterdir()):
+            entries = {entry.name for entry in self.root.iterdir()}
+            if entries and entries <= OWN_ENTRIES:
+                # made by a cubelab from before the marker, or by the test suite (its install/ and scratch/)
+                self.marker.write_text("created\n")
+            elif entries:
                 raise StateDirError(f"{self.root} exists, is not empty and was not made by cubelab; "
                                     "set state_dir to a new folder")  # fmt: skip
             else:
