@@ -43,7 +43,7 @@ TRAITS = {
 for key, (section, trait) in TRAITS.items():
     if key in settings:
         value = settings[key]
-        setattr(c[section], trait, set(value) if trait in ("admin_users", "allowed_users") else value)
+        setattr(c[section], trait, set(value) if trait == "admin_users" else value)
 
 if "db_url" in settings:
     # The hub's database is the stack's Postgres: connections left broken by a Postgres restart are tested and

@@ -49,7 +49,7 @@ def request_classes() -> dict[str, Any]:
 
 
 def _fields(message: Any) -> Iterator[tuple[Any, Any]]:
-    """(message, field descriptor, value) for every field set in message and its sub-messages."""
+    """(field descriptor, value) for every field set in message and its sub-messages."""
     for field, value in message.ListFields():
         yield field, value
         if field.message_type is None:
@@ -81,10 +81,15 @@ def _strings(message: Any) -> Iterator[str]:
             yield from (v for v in value if isinstance(v, str))
 
 
+def _keyed_author(message: Any) -> bool:
+    """Whether message is a tag (or SetTag, DeleteTag) whose `key` is mlflow.user."""
+    return any(f.name == "key" and v == AUTHOR_TAG for f, v in message.ListFields())
+
+
 def _author_keys(message: Any) -> Iterator[tuple[Any, Any]]:
     """Places in message that name the author tag: map entries keyed mlflow.user, and tag messages (a `key`
     field) or requests (SetTag, DeleteTag) whose key is mlflow.user. Yields (container, key-or-None)."""
-    if any(f.name == "key" and v == AUTHOR_TAG for f, v in message.ListFields()):
+    if _keyed_author(message):
         yield message, None
     for field, value in _fields(message):
         if field.message_type is None:
@@ -94,7 +99,7 @@ def _author_keys(message: Any) -> Iterator[tuple[Any, Any]]:
                 yield value, AUTHOR_TAG
             continue
         for item in value if _repeated(field) else [value]:
-            if any(f.name == "key" and v == AUTHOR_TAG for f, v in item.ListFields()):
+            if _keyed_author(item):
                 yield item, None
 
 
@@ -186,7 +191,7 @@ def check(route: Route, scope: MutableMapping[str, Any], body: bytes, user: str,
         return body  # a handler of mlflow's own (UI files, bulk metric reads) that parses nothing of ours
     environ = build_environ(scope, body)
     message, from_body = parse(route, environ)
-    view_args = _view_args(route, environ)
+    view_args = route.view_args
     if any("\x00" in s for s in [*_strings(message), *view_args]):
         raise Refusal(400, "INVALID_PARAMETER_VALUE", "NUL characters are not allowed in names, keys or values")
     if route.rule is Rule.READ:
@@ -202,11 +207,3 @@ def check(route: Route, scope: MutableMapping[str, Any], body: bytes, user: str,
         return message_to_json(message).encode()
     except Exception as exc:  # noqa: BLE001 - e.g. invalid UTF-8 that protobuf accepted
         raise Refusal(400, "INVALID_PARAMETER_VALUE", f"malformed request body: {type(exc).__name__}") from None
-
-
-def _view_args(route: Route, environ: dict[str, Any]) -> list[str]:
-    try:
-        _, args = route.flask_app.url_map.bind_to_environ(environ).match()
-    except Exception:  # noqa: BLE001 - routing failed: the handler will not run
-        return []
-    return [str(v) for v in args.values()]

@@ -134,13 +134,14 @@ def native_rule(name: str) -> Rule:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a request goes: the rule, the handler's name, and for Flask handlers the Flask app and the
-    scope the mount hands it (to build the same WSGI environ)."""
+    """Where a request goes: the rule, the handler's name, and for Flask handlers the Flask app, the scope the
+    mount hands it (to build the same WSGI environ) and the arguments Flask takes from the path."""
 
     rule: Rule
     handler: str
     flask_app: Any = None
     scope: MutableMapping[str, Any] | None = None
+    view_args: tuple[str, ...] = ()  # the values Flask takes from the path (a tag key, a model id)
 
 
 def _module(route: Any) -> str:
@@ -155,43 +156,47 @@ def is_flask_mount(route: Any) -> bool:
     return isinstance(route, Mount) and route.path in ("", "/")
 
 
+def _handlers(route: Any) -> Iterable[tuple[Any, str]]:
+    """(inner route, "module:handler") for each route of an included native router."""
+    module = _module(route)
+    for inner in getattr(getattr(route, "original_router", None), "routes", None) or []:
+        yield inner, f"{module}:{getattr(getattr(inner, 'endpoint', None), '__name__', '?')}"
+
+
 def native_routes(app: Any) -> Iterable[tuple[Any, str]]:
     """(top-level route, "module:handler") for every handler of mlflow's native FastAPI routers."""
     for route in app.routes:
-        if is_flask_mount(route):
-            continue
-        module = _module(route)
-        for inner in getattr(getattr(route, "original_router", None), "routes", None) or []:
-            yield route, f"{module}:{getattr(getattr(inner, 'endpoint', None), '__name__', '?')}"
+        if not is_flask_mount(route):
+            yield from ((route, name) for _, name in _handlers(route))
 
 
 def _native_handler(route: Any, scope: MutableMapping[str, Any]) -> str:
     """The handler an included router sends scope to: its routes are relative to the prefix it was included with."""
-    module = _module(route)
+    unknown = f"{_module(route)}:?"
     prefix = getattr(getattr(route, "include_context", None), "prefix", "") or ""
     path = str(scope.get("path", ""))
     if not path.startswith(prefix):
-        return f"{module}:?"
+        return unknown
     inner_scope = {**scope, "path": path[len(prefix) :] or "/", "root_path": ""}
     partial = None
-    for inner in getattr(getattr(route, "original_router", None), "routes", None) or []:
+    for inner, name in _handlers(route):
         match, _ = inner.matches(dict(inner_scope))
-        name = f"{module}:{getattr(getattr(inner, 'endpoint', None), '__name__', '?')}"
         if match == Match.FULL:
             return name
         if match == Match.PARTIAL and partial is None:
             partial = name
-    return partial or f"{module}:?"
+    return partial or unknown
 
 
-def flask_endpoint(flask_app: Any, environ: dict[str, Any]) -> str | None:
-    """The endpoint Flask routes environ to (None: Flask answers it itself: 404, 405 or a redirect)."""
+def flask_endpoint(flask_app: Any, environ: dict[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+    """The endpoint Flask routes environ to and the values it takes from the path (None: Flask answers the
+    request itself: 404, 405 or a redirect)."""
     adapter = flask_app.url_map.bind_to_environ(environ)
     try:
-        endpoint, _ = adapter.match()
+        endpoint, args = adapter.match()
     except Exception:  # noqa: BLE001 - werkzeug's NotFound, MethodNotAllowed, RequestRedirect: no handler runs
         return None
-    return str(endpoint)
+    return str(endpoint), tuple(str(v) for v in args.values())
 
 
 def classify(app: Any, scope: MutableMapping[str, Any]) -> Route:
@@ -208,8 +213,9 @@ def classify(app: Any, scope: MutableMapping[str, Any]) -> Route:
 
         mounted = {**probe, **child}
         flask_app = route.app.app  # mlflow's WSGI bridge around its Flask app
-        endpoint = flask_endpoint(flask_app, build_environ(mounted, b""))
-        if endpoint is None:
+        matched = flask_endpoint(flask_app, build_environ(mounted, b""))
+        if matched is None:
             return Route(Rule.READ, "<flask routing>", flask_app, mounted)  # Flask answers 404/405/redirect
-        return Route(FLASK_RULES.get(endpoint, Rule.DENY), endpoint, flask_app, mounted)
+        endpoint, view_args = matched
+        return Route(FLASK_RULES.get(endpoint, Rule.DENY), endpoint, flask_app, mounted, view_args)
     return Route(Rule.READ, "<no route>")  # the app answers 404

@@ -8,8 +8,6 @@ import os
 import pwd
 import secrets
 import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.passwords import PasswordFile, hash_password
-from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, port_owner
+from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, port_owner, wait_healthy
 from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import SecretStore, write_private
 
@@ -243,17 +241,10 @@ class LocalHub:
     def wait_token_checks(self, timeout: float = 30.0) -> None:
         """Wait until the hub can check tokens again. JupyterHub answers 403 to every token while its database is
         unreachable (after a Postgres restart its pool reconnects within seconds)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.api("GET", "/user")
-                return
-            except (urllib.error.HTTPError, OSError) as exc:
-                if time.monotonic() > deadline:
-                    raise StartError(
-                        NAME, f"the hub does not accept its own token ({exc})", self.paths.logs / "hub.log"
-                    ) from None
-                time.sleep(0.5)
+        record = self.procs.get(NAME)
+        if record is None:
+            raise StartError(NAME, "the hub is not running")
+        wait_healthy(record, lambda: self.api("GET", "/user") is not None, timeout=timeout, interval=0.5)
 
     def sync(self, progress: Callable[[str], None]) -> None:
         """Make hub users and groups match the config (load_groups only ever adds)."""

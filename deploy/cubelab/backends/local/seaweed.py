@@ -98,6 +98,10 @@ class LocalS3:
         except FirewallError as exc:
             raise StartError(NAME, str(exc)) from None
 
+    def unguard_internals(self) -> None:
+        if LoopbackGuard.needed():
+            self.guard.remove()
+
     def start(self, weed: str) -> None:
         self.guard_internals()  # before weed listens: no moment when its internals are open
         changed = self.write_identities()

@@ -108,8 +108,7 @@ class LocalBackend(Backend):
                 if leftovers := kill_marked(str(self.paths.root)):
                     self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
         kill_marked(str(self.paths.root))
-        if self.s3.guard.needed():
-            self.s3.guard.remove()
+        self.s3.unguard_internals()
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
