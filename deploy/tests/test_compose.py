@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from cubelab import storage
 from cubelab.backends import compose
 from cubelab.cli import main as cli_main
 from cubelab.config import load
@@ -89,6 +90,23 @@ def test_healthchecks_and_start_order(tmp_path: Path) -> None:
     # Users' containers join `cubelab-users`, where Postgres is not.
     assert "users" not in services["postgres"]["networks"]
     assert doc["networks"]["users"]["name"] == "cubelab-users"
+
+
+def test_storage_is_reached_only_through_the_one_port_relay(tmp_path: Path) -> None:
+    """SeaweedFS is alone on an internal network with the relay; what users' containers reach is the relay,
+    which forwards the S3 API port and nothing else (the run test probes every port from a user's container)."""
+    doc, _, _ = rendered(tmp_path)
+    services = doc["services"]
+    on_storage = sorted(name for name, s in services.items() if "storage" in s.get("networks", []))
+    assert on_storage == ["s3", "s3-store"]
+    assert services["s3-store"]["networks"] == ["storage"]
+    assert doc["networks"]["storage"] == {"internal": True}
+    assert services["s3-store"]["command"] == storage.container_args()
+    assert services["s3"]["command"] == ["python3", "-m", "cubelab.relay", "8333", "s3-store:8333"]
+    assert services["s3"]["depends_on"] == {"s3-store": {"condition": "service_healthy"}}
+    listed = services["platform-tests"]["environment"]["CUBELAB_STORAGE_INTERNAL"].split()
+    assert listed == [f"s3-store:{p}" for p in [8333, *storage.internal_ports(storage.CONTAINER_PORTS)]]
+    assert {"s3-store:9333", "s3-store:8888", "s3-store:18333", "s3-store:18888"} <= set(listed)
 
 
 def test_no_secret_in_the_file_and_env_holds_every_reference(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ kernels and notebooks tests, which need the three conda kernels, do not.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (seaweed_context / "weed").chmod(0o755)
     stand_ins = {
         "postgres": containers.build_folder(STANDINS / "postgres", "localhost/cubelab-standin/postgres:15"),
-        "s3": containers.build_folder(seaweed_context, "localhost/cubelab-standin/seaweedfs:test"),
+        "s3-store": containers.build_folder(seaweed_context, "localhost/cubelab-standin/seaweedfs:test"),
     }
     for name in ("tracking", "hub", "platform-tests"):
         containers.build(name)
@@ -106,9 +107,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (project / "podman.yml").write_text(yaml.safe_dump(runnable_file, sort_keys=False))
         name = project.name
         try:
-            # The order the depends_on conditions give: s3-identities completed -> s3 healthy; postgres
-            # healthy; init completed -> tracking servers and hub.
-            for group in (["postgres", "s3-identities"], ["s3"], ["init"], ["tracking-ocean", "tracking-land", "hub"]):
+            # The order the depends_on conditions give: s3-identities completed -> s3-store healthy -> s3 (the
+            # relay) healthy; postgres healthy; init completed -> tracking servers and hub.
+            order = (["postgres", "s3-identities"], ["s3-store"], ["s3"], ["init"],
+                     ["tracking-ocean", "tracking-land", "hub"])  # fmt: skip
+            for group in order:
                 started = podman_compose(project, "up", "-d", *group)
                 assert started.returncode == 0, started.stdout + started.stderr
                 for service in group:
@@ -151,3 +154,56 @@ def test_hub_of_the_compose_deployment_serves_the_teams(deployment: Path) -> Non
     search = requests.post(f"{hub}/services/mlflow-ocean/api/2.0/mlflow/experiments/search", timeout=10,
                            headers=bearer, json={"max_results": 1})  # fmt: skip
     assert search.status_code == 200, search.text[:300]
+
+
+PROBE = """
+import json, socket, sys
+results = {}
+for host, port in json.loads(sys.argv[1]):
+    try:
+        with socket.create_connection((host, port), timeout=3) as conn:
+            conn.sendall(b"GET /buckets/?pretty=y HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+            conn.settimeout(3)
+            results[f"{host}:{port}"] = "answered" if conn.recv(64) else "open"
+    except OSError as exc:
+        results[f"{host}:{port}"] = type(exc).__name__
+print(json.dumps(results))
+"""
+
+
+def _listening(container: str) -> set[int]:
+    """TCP ports the container listens on, read from its own /proc (so a server a later release adds shows)."""
+    out = containers.podman("exec", container, "cat", "/proc/net/tcp", "/proc/net/tcp6").stdout
+    return {int(f[1].rsplit(":", 1)[1], 16) for line in out.splitlines()[1:] if len(f := line.split()) > 3
+            and f[3] == "0A"}  # fmt: skip
+
+
+def _addresses(container: str) -> dict[str, str]:
+    """network name -> the container's address on it."""
+    out = containers.podman("inspect", container, "--format", "{{json .NetworkSettings.Networks}}").stdout
+    return {name: net["IPAddress"] for name, net in json.loads(out).items()}
+
+
+def _probe(network: str, targets: list[tuple[str, int]]) -> dict[str, str]:
+    done = containers.podman("run", "--rm", "--network", network, "localhost/cubelab/notebook:test",
+                             "python3", "-c", PROBE, json.dumps(targets), timeout=300)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_users_containers_reach_the_s3_api_and_no_other_storage_port(deployment: Path) -> None:
+    """From the users' network, by address (not only by name): every port SeaweedFS listens on is out of reach,
+    and the relay listens on the S3 API port only. The same probe from the storage network reaches the filer,
+    so the probe can tell an open port from a closed one."""
+    store, relay = f"{deployment.name}_s3-store_1", f"{deployment.name}_s3_1"
+    store_ports, relay_ports = _listening(store), _listening(relay)
+    assert relay_ports == {8333}, relay_ports
+    assert {8333, 9333, 8888, 18888} <= store_ports, store_ports
+    store_ip = next(iter(_addresses(store).values()))
+    relay_ip = _addresses(relay)["cubelab-users"]
+    targets = [(store_ip, p) for p in sorted(store_ports)] + [(relay_ip, 8333), ("s3", 8333)]
+    from_users = _probe("cubelab-users", targets)
+    assert from_users.pop(f"{relay_ip}:8333") == "answered" and from_users.pop("s3:8333") == "answered"
+    assert all(v not in ("open", "answered") for v in from_users.values()), from_users
+    storage_network = next(iter(_addresses(store)))
+    from_inside = _probe(storage_network, [(store_ip, 8888)])
+    assert from_inside == {f"{store_ip}:8888": "answered"}

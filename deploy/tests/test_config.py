@@ -117,11 +117,27 @@ def test_team_port_collision() -> None:
 
 def test_shared_ports_that_overlap() -> None:
     assert "collides with ports.postgres" in error_of(VALID + "ports: {postgres: 18003, s3: 18000}\n")
-    assert "ports.hub collides with ports.s3" in error_of(VALID + "ports: {s3: 18000, hub: 18005}\n")
+    assert "ports.hub collides with ports.s3" in error_of(VALID + "ports: {s3: 18000, hub: 18004}\n")
+
+
+OIDC = """
+hub:
+  auth: {type: oidc, client_id: cubelab, client_secret_file: s, authorize_url: "https://idp/a",
+         token_url: "https://idp/t", userdata_url: "https://idp/u"}
+"""
+
+
+def test_with_oidc_membership_comes_from_the_provider_only() -> None:
+    message = error_of(VALID + OIDC)
+    assert "teams[0].members" in message and "groups claim" in message
+    without = VALID.replace("    members: [alice, bob]\n    admins: [alice]\n", "").replace("    members: [bob]\n", "")
+    config = parse(textwrap.dedent(without + OIDC), Path("/cfg/cubelab.yaml"))
+    assert [t.members for t in config.teams] == [(), ()]
 
 
 def test_oidc_auth_needs_its_endpoints() -> None:
-    message = error_of(VALID + "hub:\n  auth:\n    type: oidc\n    client_id: cubelab\n")
+    without = VALID.replace("    members: [alice, bob]\n    admins: [alice]\n", "").replace("    members: [bob]\n", "")
+    message = error_of(without + "hub:\n  auth:\n    type: oidc\n    client_id: cubelab\n")
     assert "hub.auth" in message and "needs client_secret_file" in message
     assert "hub.auth.type" in error_of(VALID + "hub:\n  auth:\n    type: ldap\n")
 

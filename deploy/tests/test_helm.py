@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cubelab import storage
 from cubelab.backends import kubernetes
 from cubelab.config import load
 from cubelab.hub.kubernetes import TeamProfiles, expand, write_first_passwords
@@ -89,6 +90,20 @@ def test_lint_and_every_manifest_valid(chart: Path, tmp_path: Path, site: dict[s
     kinds = sorted({d["kind"] for d in docs})
     expected = ["Deployment", "Job", "NetworkPolicy", "Pod", "Secret", "Service"]
     assert kinds == sorted(expected + (["StatefulSet"] if site is BUNDLED else []))
+
+
+def test_bundled_s3_admits_only_its_s3_api(chart: Path, tmp_path: Path) -> None:
+    """SeaweedFS runs with the arguments every target shares (cubelab.storage), and its NetworkPolicy admits the
+    S3 port and nothing else: its internal servers and gRPC ports ignore the teams' identities."""
+    docs = template(chart, team_values(tmp_path), BUNDLED, tmp_path)
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    pod = named["StatefulSet", "cubelab-s3"]["spec"]["template"]
+    weed = next(c for c in pod["spec"]["containers"] if c["name"] == "seaweedfs")
+    assert weed["args"] == storage.container_args()
+    policy = named["NetworkPolicy", "cubelab-s3"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": storage.CONTAINER_PORTS["s3"], "protocol": "TCP"}]}]
 
 
 def test_strict_validation_can_fail() -> None:
@@ -248,6 +263,9 @@ def test_zero_to_jupyterhubs_hub_runs_the_authenticator_the_config_names(
     config = yaml.safe_load(EXAMPLE.read_text())
     if auth:
         config["hub"] = {"auth": auth}
+        for team in config["teams"]:  # with OIDC the provider's groups claim decides membership
+            team.pop("members", None)
+            team.pop("admins", None)
     (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
     values = kubernetes.write(load(tmp_path / "cubelab.yaml"), tmp_path / "values.yaml")
     docs = template(release_chart, values, BUNDLED, tmp_path)

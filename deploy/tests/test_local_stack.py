@@ -125,6 +125,8 @@ def test_tracking_servers_run_as_their_own_unprivileged_accounts(stack: LocalBac
         record = stack.procs.running(team.service)
         assert record is not None
         uids[team.name] = psutil.Process(record.pid).uids().real
+        gids = psutil.Process(record.pid).gids()
+        assert 0 not in (gids.real, gids.effective), f"{team.service} runs in root's group"
     assert 0 not in uids.values() and len(set(uids.values())) == len(uids), uids
     ocean, land = stack.config.teams[0], stack.config.teams[1]
     land_pid = stack.procs.running(land.service).pid
@@ -133,6 +135,35 @@ def test_tracking_servers_run_as_their_own_unprivileged_accounts(stack: LocalBac
         done = subprocess.run(["runuser", "-u", stack.tracking.account(ocean), "--", "cat", str(target)],
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert done.returncode != 0 and not done.stdout, target
+
+
+def test_storage_and_proxy_run_as_their_own_accounts(stack: LocalBackend) -> None:
+    """SeaweedFS and the proxy run as their own accounts (the hub stays root: it starts each user's server as that
+    user). SeaweedFS's unix sockets in /tmp admit its account only, and its data is its own."""
+    if os.geteuid() != 0:
+        pytest.skip("accounts are made only when cubelab runs as root")
+    weed = psutil.Process(stack.procs.running("s3").pid)
+    hub = psutil.Process(stack.procs.running("hub").pid)
+    proxies = [p for p in hub.children() if "configurable-http-proxy" in " ".join(p.cmdline())]
+    assert len(proxies) == 1, [p.cmdline() for p in hub.children()]
+    accounts = {"s3": weed.username(), "proxy": proxies[0].username()}
+    assert accounts == {"s3": "clt-s3", "proxy": "clt-proxy"}, accounts
+    for proc in (weed, proxies[0]):
+        assert 0 not in (proc.gids().real, proc.gids().effective), f"{proc.name()} runs in root's group"
+    assert hub.username() == "root"
+    connections = weed.net_connections if hasattr(weed, "net_connections") else weed.connections
+    sockets = sorted({Path(c.laddr) for c in connections("unix") if c.laddr})
+    assert sockets, "weed made no unix socket: the check below would pass for nothing"
+    data = stack.s3.home / "data"
+    assert data.stat().st_uid == weed.uids().real and stat.S_IMODE(stack.s3.home.stat().st_mode) == 0o700
+    member = f"cl-{stack.config.teams[0].members[0]}"
+    probes = [f"import os; os.listdir({str(data)!r})"] + [
+        f"import socket; socket.socket(socket.AF_UNIX).connect({str(sock)!r})" for sock in sockets
+    ]
+    for probe in probes:
+        done = subprocess.run(["runuser", "-u", member, "--", "/usr/bin/python3", "-c", probe],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode != 0 and "PermissionError" in done.stderr, (probe, done.stderr[-300:])
 
 
 def test_every_storage_port_but_the_s3_api_is_closed_to_users(stack: LocalBackend) -> None:

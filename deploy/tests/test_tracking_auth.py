@@ -272,6 +272,47 @@ def test_cookies_are_secure_on_https_and_scoped_to_the_service() -> None:
     assert https.cookie_attributes().endswith("SameSite=Lax; Secure")
 
 
+def test_a_change_with_the_cookie_needs_an_origin_on_the_requests_own_host() -> None:
+    host = {"host": "mlflow-ocean--service.hub.example.org"}
+    own = {**host, "origin": "https://mlflow-ocean--service.hub.example.org"}
+    assert not auth.cross_site("POST", own)
+    assert not auth.cross_site("DELETE", {**host, "referer": "https://mlflow-ocean--service.hub.example.org/x"})
+    assert not auth.cross_site("GET", {**host, "origin": "https://evil.example"})  # reads change nothing
+    for headers in ({**host, "origin": "https://alice.hub.example.org"}, host, {**host, "origin": "null"},
+                    {**host, "origin": "https://mlflow-ocean--service.hub.example.org.evil.example"},
+                    {**host, "referer": "https://alice.hub.example.org/user/alice/files/x.html"}):  # fmt: skip
+        for method in ("POST", "PATCH", "DELETE", "PUT"):
+            assert auth.cross_site(method, headers), (method, headers)
+
+
+def test_a_cross_site_change_with_the_cookie_is_refused_and_a_bearer_token_is_not(mw: TeamAuthMiddleware) -> None:
+    api, body = "/api/2.0/mlflow/experiments/search", b"{}"  # a POST: the rule looks at the method only
+    cookie = {
+        "Cookie": f"{SETTINGS.cookie}=alice-token",
+        "Host": "localhost:5000",
+        "Content-Type": "application/json",
+        "Origin": "https://evil.example",
+    }
+    status, _, _, answer = call(mw, api, cookie, body, "POST")
+    assert status == 403 and b"another site" in answer
+    status, _, _, answer = call(mw, api, {**cookie, "Origin": "http://localhost:5000"}, body, "POST")
+    assert status == 200, answer
+    bearer = {**cookie, "Authorization": "Bearer alice-token"}
+    del bearer["Cookie"]
+    assert call(mw, api, bearer, body, "POST")[0] == 200
+
+
+def test_ui_urls_with_and_without_subdomains() -> None:
+    from cubelab import urls
+
+    shared = urls.service_url("https://hub.example.org/", "mlflow-ocean", "/services/mlflow-ocean", False)
+    assert shared == "https://hub.example.org/services/mlflow-ocean"
+    assert urls.oauth_redirect_uri(shared, "https://hub.example.org") == "/services/mlflow-ocean/oauth_callback"
+    own = urls.service_url("https://hub.example.org", "mlflow-ocean", "/services/mlflow-ocean", True)
+    assert own == "https://mlflow-ocean--service.hub.example.org/services/mlflow-ocean"
+    assert urls.oauth_redirect_uri(own, "https://hub.example.org") == f"{own}/oauth_callback"
+
+
 def test_oauth_callback_refuses_a_state_it_did_not_issue(mw: TeamAuthMiddleware) -> None:
     assert call(mw, "/oauth_callback", {"Cookie": "x=1"})[0] == 403
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cubelab import storage
 from cubelab.config import PlatformConfig, Team
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
@@ -26,7 +27,8 @@ HEADER = """\
 """
 POSTGRES_IMAGE = "postgres:15.14-bookworm"
 SEAWEEDFS_IMAGE = "chrislusf/seaweedfs:4.48"
-TRACKING_PORT, S3_PORT, HUB_PORT = 5000, 8333, 8000
+TRACKING_PORT, HUB_PORT = 5000, 8000
+S3_PORT = storage.CONTAINER_PORTS["s3"]
 PLATFORM_VARS = ("POSTGRES_PASSWORD", "S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY", "HUB_DB_PASSWORD",
                  "HUB_COOKIE_SECRET", "HUB_PROXY_TOKEN", "CUBELAB_ADMIN_TOKEN")  # fmt: skip
 
@@ -87,7 +89,7 @@ def hub_settings(config: PlatformConfig) -> dict[str, Any]:
     """The settings jupyterhub_config.py maps to traits, for the hub container with DockerSpawner."""
     urls = {t.name: f"http://tracking-{t.name}:{TRACKING_PORT}" for t in config.teams}
     tokens = {t.name: _ref(TeamSecrets(t.name).hub_token) for t in config.teams}
-    services = render.team_services(config, urls, tokens)
+    services = render.team_services(config, urls, tokens, config.containers.public_url)
     services.append({"name": render.ADMIN_SERVICE, "api_token": _ref("CUBELAB_ADMIN_TOKEN")})
     culler = config.hub.cull_idle_seconds > 0
     if culler:
@@ -100,11 +102,12 @@ def hub_settings(config: PlatformConfig) -> dict[str, Any]:
         "cookie_secret": _ref("HUB_COOKIE_SECRET"),
         "proxy_token": _ref("HUB_PROXY_TOKEN"),
         "admin_users": list(config.admins),
-        "groups": render.groups(config),
+        "groups": render.load_groups(config),
         "load_roles": render.roles(config, culler),
         "services": services,
         "template_paths": ["/opt/cubelab/templates"],
-        "template_vars": render.template_vars(config),
+        "template_vars": render.template_vars(config, config.containers.public_url),
+        "subdomain_host": render.subdomain_host(config, config.containers.public_url),
         "server_token_scopes": render.SERVER_TOKEN_SCOPES,
         "team_env": {t.name: _team_env(config, t) for t in config.teams},
         "spawner_class": "dockerspawner.DockerSpawner",
@@ -176,6 +179,7 @@ def _tracking(config: PlatformConfig, team: Team) -> dict[str, Any]:
             "CUBELAB_SERVICE_TOKEN": _ref(t.hub_token),
             "CUBELAB_HUB_API_URL": "http://hub:8081/hub/api",
             "CUBELAB_HUB_PUBLIC_URL": config.containers.public_url,
+            "CUBELAB_SERVICE_URL": render.service_url(config, team, config.containers.public_url),
             # The names other containers reach it by, directly and through the hub's proxy (mlflow refuses
             # unknown Host headers; the public host is added from CUBELAB_HUB_PUBLIC_URL).
             "CUBELAB_ALLOWED_HOSTS": f"tracking-{team.name}:{TRACKING_PORT},hub:{HUB_PORT}",
@@ -215,27 +219,29 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
             "networks": ["backend"],
             "restart": "no",
         },
-        "s3": {
+        # SeaweedFS on a network of its own (internal: no route out, no one else on it): its master, volume,
+        # filer and admin servers and every gRPC port ignore the teams' S3 identities.
+        "s3-store": {
             "image": SEAWEEDFS_IMAGE,
             "restart": "unless-stopped",
             # The binary itself, not the image's entrypoint script (which knows the classic subcommands only).
             "entrypoint": ["/usr/bin/weed"],
-            "command": [
-                "mini",
-                "-dir=/data",
-                "-ip.bind=0.0.0.0",
-                f"-s3.port={S3_PORT}",
-                "-s3.config=/etc/seaweedfs/identities.json",
-                "-webdav=false",
-                "-admin.ui=false",
-                "-master.telemetry=false",
-            ],
+            "command": storage.container_args(),
             "volumes": ["s3-data:/data", "s3-config:/etc/seaweedfs:ro"],
             "depends_on": {"s3-identities": {"condition": "service_completed_successfully"}},
-            "networks": ["backend", "users"],
+            "networks": ["storage"],
             "healthcheck": _healthcheck(
                 ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{S3_PORT}/healthz"]
             ),
+        },
+        # The S3 API, and nothing else of SeaweedFS, for the other services and users' containers.
+        "s3": {
+            "image": tracking_image,
+            "restart": "unless-stopped",
+            "command": ["python3", "-m", "cubelab.relay", str(S3_PORT), f"s3-store:{S3_PORT}"],
+            "depends_on": {"s3-store": {"condition": "service_healthy"}},
+            "networks": ["storage", "backend", "users"],
+            "healthcheck": _healthcheck(_python_health(f"http://127.0.0.1:{S3_PORT}/healthz")),
         },
         # One-shot: databases and roles (per team and the hub's), buckets, first passwords.
         "init": {
@@ -294,7 +300,7 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
     }
     return {
         "services": services,
-        "networks": {"backend": {}, "users": {"name": "cubelab-users"}},
+        "networks": {"backend": {}, "users": {"name": "cubelab-users"}, "storage": {"internal": True}},
         "volumes": {"postgres-data": {}, "s3-data": {}, "s3-config": {}, "hub-data": {}},
     }
 
@@ -310,6 +316,10 @@ def _describe_env(config: PlatformConfig) -> dict[str, str]:
         "CUBELAB_ADMINS": " ".join(config.admins),
         "CUBELAB_ARTIFACT_PREFIX": config.storage.artifact_prefix,
         "CUBELAB_TRACKING_URL_PATTERN": f"http://tracking-{{team}}:{TRACKING_PORT}/services/mlflow-{{team}}",
+        # What a user's container must not reach: SeaweedFS itself, every port (its S3 API only via the relay).
+        "CUBELAB_STORAGE_INTERNAL": " ".join(
+            f"s3-store:{port}" for port in [S3_PORT, *storage.internal_ports(storage.CONTAINER_PORTS)]
+        ),
     }
     for team in config.teams:
         env[TeamSecrets(team.name).members] = " ".join(team.members)

@@ -47,11 +47,12 @@ def hub_settings(config: PlatformConfig, prefix: str, s3_endpoint: str) -> dict[
     urls = {t.name: _tracking_url(prefix, t) for t in config.teams}
     tokens = {t.name: f"$({TeamSecrets(t.name).hub_token})" for t in config.teams}
     settings: dict[str, Any] = {
-        "services": [*render.team_services(config, urls, tokens),
+        "services": [*render.team_services(config, urls, tokens, config.containers.public_url),
                      {"name": render.ADMIN_SERVICE, "api_token": "$(CUBELAB_ADMIN_TOKEN)"}],
-        "groups": render.groups(config),
+        "groups": render.load_groups(config),
         "template_paths": ["/opt/cubelab/templates"],
-        "template_vars": render.template_vars(config),
+        "template_vars": render.template_vars(config, config.containers.public_url),
+        "subdomain_host": render.subdomain_host(config, config.containers.public_url),
         "team_env": {t.name: team_env(config, t, prefix, s3_endpoint) for t in config.teams},
         "server_token_scopes": render.SERVER_TOKEN_SCOPES,
         "admin_users": list(config.admins),
@@ -133,7 +134,8 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
     return {
         # The chart refuses to install under another release name: the names above depend on it.
         "renderedForRelease": release,
-        "teams": [{"name": t.name, "members": list(t.members), "gpu": t.gpu} for t in config.teams],
+        "teams": [{"name": t.name, "members": list(t.members), "gpu": t.gpu,
+                   "serviceUrl": render.service_url(config, t, images.public_url)} for t in config.teams],
         "users": [u.name for u in config.users] if config.hub.auth.type == "local" else [],
         "storage": {"bucketPrefix": config.storage.bucket_prefix, "artifactPrefix": config.storage.artifact_prefix},
         "images": {

@@ -36,6 +36,7 @@ TRAITS = {
     "homes_dir": ("CubelabSpawner", "homes_dir"),
     "stack_marker": ("CubelabSpawner", "stack_marker"),
     "template_vars": ("JupyterHub", "template_vars"),
+    "subdomain_host": ("JupyterHub", "subdomain_host"),
     "docker_image": ("DockerSpawner", "image"),
     "docker_network": ("DockerSpawner", "network_name"),
     "docker_volumes": ("DockerSpawner", "volumes"),

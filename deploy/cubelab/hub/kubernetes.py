@@ -74,6 +74,8 @@ def configure(c: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
     c.JupyterHub.template_paths = [*settings["template_paths"], *list(c.JupyterHub.template_paths or [])]
     c.JupyterHub.template_vars = {**dict(c.JupyterHub.template_vars or {}), **settings["template_vars"]}
     c.JupyterHub.default_url = "/hub/home"
+    if settings.get("subdomain_host"):
+        c.JupyterHub.subdomain_host = settings["subdomain_host"]
     c.Spawner.options_from_form = options_from_form
     c.Spawner.pre_spawn_hook = TeamEnvironment(settings["team_env"])
     profiles = list(c.KubeSpawner.profile_list or [])

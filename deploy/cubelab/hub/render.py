@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cubelab import urls
 from cubelab.config import PlatformConfig, Team
 
 ADMIN_SERVICE = "cubelab"
@@ -21,6 +22,12 @@ def service_prefix(team: Team) -> str:
 def groups(config: PlatformConfig) -> dict[str, list[str]]:
     """Teams are hub groups: team name -> member names."""
     return {team.name: sorted(team.members) for team in config.teams}
+
+
+def load_groups(config: PlatformConfig) -> dict[str, list[str]]:
+    """The hub's load_groups. None with OIDC: the authenticator manages groups from the provider's claim
+    (JupyterHub refuses to start with both), and each team's group is made from its role."""
+    return {} if config.hub.auth.type == "oidc" else groups(config)
 
 
 def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
@@ -66,17 +73,29 @@ def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
     return out
 
 
-def team_services(config: PlatformConfig, urls: dict[str, str], tokens: dict[str, str]) -> list[dict[str, Any]]:
+def service_url(config: PlatformConfig, team: Team, public_url: str) -> str:
+    """Where browsers reach the team's tracking UI (its own host in subdomain mode)."""
+    return urls.service_url(public_url, team.service, service_prefix(team), config.hub.subdomains)
+
+
+def subdomain_host(config: PlatformConfig, public_url: str) -> str:
+    """JupyterHub.subdomain_host: the hub's public URL in subdomain mode, else empty (off)."""
+    return public_url.rstrip("/") if config.hub.subdomains else ""
+
+
+def team_services(
+    config: PlatformConfig, server_urls: dict[str, str], tokens: dict[str, str], public_url: str
+) -> list[dict[str, Any]]:
     """One hub service per team, proxied at /services/mlflow-TEAM/ with the hub's OAuth for browsers."""
     return [
         {
             "name": team.service,
             # Listed on cubelab's home page for members only, not in every admin's service menu.
             "display": False,
-            "url": urls[team.name],
+            "url": server_urls[team.name],
             "api_token": tokens[team.name],
             "oauth_client_id": f"service-{team.service}",
-            "oauth_redirect_uri": f"{service_prefix(team)}/oauth_callback",
+            "oauth_redirect_uri": urls.oauth_redirect_uri(service_url(config, team, public_url), public_url),
             "oauth_no_confirm": True,
             "info": {"team": team.name, "kind": "mlflow"},
         }
@@ -90,8 +109,13 @@ SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server", "access:s
                        "read:users:name!user", "read:users:groups!user"]  # fmt: skip
 
 
-def template_vars(config: PlatformConfig) -> dict[str, Any]:
-    return {"cubelab_teams": [t.name for t in config.teams], "cubelab_root": "/"}
+def template_vars(config: PlatformConfig, public_url: str) -> dict[str, Any]:
+    return {
+        "cubelab_teams": [t.name for t in config.teams],
+        "cubelab_team_urls": {
+            t.name: urls.link(service_url(config, t, public_url) + "/", public_url) for t in config.teams
+        },
+    }
 
 
 def culler_service(python: str, seconds: int, environment: dict[str, str] | None = None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from cubelab import urls
 from cubelab.tracking.bodies import Refusal, check
 from cubelab.tracking.routes import Rule, classify
 
@@ -74,6 +75,7 @@ class AuthSettings:
     client_secret: str  # the service's API token, which is also its OAuth client secret
     bucket: str = ""  # the team's bucket and artefact prefix: artefact locations must stay inside them
     artifact_prefix: str = ""
+    service_url: str = ""  # where browsers reach this UI (cubelab.urls.service_url); hub_public_url + prefix if ""
 
     @classmethod
     def from_env(cls) -> AuthSettings:
@@ -91,16 +93,21 @@ class AuthSettings:
             client_secret=env["CUBELAB_SERVICE_TOKEN"],
             bucket=destination.netloc,
             artifact_prefix=destination.path.strip("/"),
+            service_url=env.get("CUBELAB_SERVICE_URL", "").rstrip("/"),
         )
+
+    @property
+    def ui_url(self) -> str:
+        return self.service_url or f"{self.hub_public_url}{self.prefix}"
 
     @property
     def cookie(self) -> str:
         return f"cubelab-{self.service}-token"
 
     def cookie_attributes(self) -> str:
-        """Cookies stay on this service's path, go over https only when the hub is served over https, and are
-        not sent on cross-site subrequests."""
-        secure = "; Secure" if self.hub_public_url.startswith("https://") else ""
+        """Cookies stay on this service's host and path, go over https only when the UI is served over https, and
+        are not sent on cross-site subrequests."""
+        secure = "; Secure" if self.ui_url.startswith("https://") else ""
         return f"Path={self.prefix or '/'}; HttpOnly; SameSite=Lax{secure}"
 
     def safe_next(self, target: str) -> str:
@@ -204,19 +211,39 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def bearer_token(headers: dict[str, str], cookie_name: str) -> str | None:
+    return credentials(headers, cookie_name)[0]
+
+
+def credentials(headers: dict[str, str], cookie_name: str) -> tuple[str | None, bool]:
+    """The request's token, and whether it came from the cookie (which a browser adds on its own)."""
     auth = headers.get("authorization", "")
     kind, _, value = auth.partition(" ")
     if kind.lower() in ("bearer", "token") and value.strip():
-        return value.strip()
+        return value.strip(), False
     if "cookie" in headers:
         jar = SimpleCookie()
         try:
             jar.load(headers["cookie"])
         except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookie
-            return None
+            return None, False
         if cookie_name in jar:
-            return jar[cookie_name].value
-    return None
+            return jar[cookie_name].value, True
+    return None, False
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_site(method: str, headers: dict[str, str]) -> bool:
+    """Whether a request that carries the cookie could have been sent by another site's page: a method that
+    changes something, without an Origin (or Referer) on the host the request was sent to. Browsers set both
+    and pages cannot forge them; the cookie's own SameSite=Lax still sends it from sibling subdomains."""
+    if method in SAFE_METHODS:
+        return False
+    source = headers.get("origin") or headers.get("referer") or ""
+    if not source or source == "null":
+        return True
+    return urllib.parse.urlsplit(source).netloc.lower() != headers.get("host", "").lower()
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -344,7 +371,11 @@ class TeamAuthMiddleware:
             await self.app(scope, receive, send)
             return
         headers = _headers(scope)
-        token = bearer_token(headers, self.settings.cookie)
+        token, from_cookie = credentials(headers, self.settings.cookie)
+        if token and from_cookie and cross_site(scope["method"], headers):
+            message = "a change sent with the browser's cookie from another site is refused (send a bearer token)"
+            await _respond(send, 403, _error("PERMISSION_DENIED", message))
+            return
         try:
             identity = await self.checker.identify(token) if token else None
         except IdentityUnavailable as exc:
@@ -401,7 +432,7 @@ class TeamAuthMiddleware:
         await self.app(scope, counted, send)
 
     def _callback_url(self, headers: dict[str, str]) -> str:
-        return f"{self.settings.prefix}/oauth_callback"
+        return urls.oauth_redirect_uri(self.settings.ui_url, self.settings.hub_public_url)
 
     async def _unauthenticated(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
         wants_html = "text/html" in headers.get("accept", "") and scope["method"] == "GET"

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from cubelab import urls
+
 # mlflow 3.17.2's own defaults (mlflow.server.security_utils.get_default_allowed_hosts): loopback names and
 # private addresses. Spelled out because importing mlflow.server before the settings are in place is not
 # possible (see main); a test compares this list with mlflow's.
@@ -26,14 +28,25 @@ MLFLOW_DEFAULT_HOSTS = (
 
 
 def allowed_hosts(env: Mapping[str, str]) -> list[str]:
-    """Host headers the server accepts (mlflow's DNS-rebinding guard): mlflow's defaults, the hub's public host
-    (requests through the hub's proxy keep it), and $CUBELAB_ALLOWED_HOSTS, the names other containers use
-    (tracking-TEAM:5000 under compose, the Service's names on Kubernetes)."""
+    """Host headers the server accepts (mlflow's DNS-rebinding guard): mlflow's defaults, the hub's and the UI's
+    public hosts (requests through the hub's proxy keep them), and $CUBELAB_ALLOWED_HOSTS, the names other
+    containers use (tracking-TEAM:5000 under compose, the Service's names on Kubernetes)."""
     hosts = list(MLFLOW_DEFAULT_HOSTS)
-    if public := urlsplit(env.get("CUBELAB_HUB_PUBLIC_URL", "")).netloc:
-        hosts.append(public)
+    for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL"):  # the UI's own host in subdomain mode
+        if (public := urlsplit(env.get(variable, "")).netloc) and public not in hosts:
+            hosts.append(public)
     hosts += [h.strip() for h in env.get("CUBELAB_ALLOWED_HOSTS", "").split(",") if h.strip()]
     return hosts
+
+
+def allowed_origins(env: Mapping[str, str]) -> list[str]:
+    """Origins whose pages may change things (mlflow's CORS guard): where browsers reach the UI, which is the
+    hub's origin, or the UI's own host in subdomain mode. Never a wildcard."""
+    found: list[str] = []
+    for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL"):
+        if (url := env.get(variable, "")) and (origin := urls.origin(url)) not in found:
+            found.append(origin)
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.static_prefix:
         settings["_MLFLOW_STATIC_PREFIX"] = args.static_prefix
     settings["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join(allowed_hosts(os.environ))
+    # mlflow refuses changes from pages of origins it does not know (only localhost by default), which would
+    # leave the UI read-only at any real host name: its own origins are the hub's and the UI's.
+    settings["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(allowed_origins(os.environ))
     os.environ.update(settings)
     del os.environ["CUBELAB_BACKEND_STORE_URI"]
 

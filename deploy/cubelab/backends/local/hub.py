@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cubelab.backends.local.accounts import ensure_service_account, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
@@ -59,7 +60,7 @@ class LocalHub:
     # -- addresses -------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return self.config.hub.public_url.rstrip("/") or f"http://127.0.0.1:{self.port}"
+        return self.config.embedded_public_url
 
     @property
     def api_url(self) -> str:
@@ -134,7 +135,8 @@ class LocalHub:
             )  # fmt: skip
         urls = {t.name: f"http://127.0.0.1:{self.tracking.port(t)}" for t in config.teams}
         tokens = {t.name: self.tracking.service_token(t) for t in config.teams}
-        services = render.team_services(config, urls, tokens)
+        public_url = config.embedded_public_url
+        services = render.team_services(config, urls, tokens, public_url)
         services.append({"name": render.ADMIN_SERVICE, "api_token": self.admin_token()})
         culler = config.hub.cull_idle_seconds > 0
         if culler:
@@ -145,16 +147,17 @@ class LocalHub:
             "bind_url": f"http://127.0.0.1:{self.port}",
             "proxy_api_url": f"http://127.0.0.1:{self.port + 1}",
             "hub_bind_url": f"http://127.0.0.1:{self.port + 2}",
-            "proxy_command": [str(proxy)],
+            "proxy_command": self.proxy_command(proxy),
             "db_url": self.postgres.database_uri(HUB_ROLE, HUB_DATABASE, self.secrets.get("hub-db-password")),
             "cookie_secret": self.secrets.get("hub-cookie-secret", _token),
             "proxy_token": self.secrets.get("hub-proxy-token", _token),
             "admin_users": list(config.admins),
-            "groups": render.groups(config),
+            "groups": render.load_groups(config),
             "load_roles": render.roles(config, culler),
             "services": services,
             "template_paths": [str(HUB_DIR / "templates")],
-            "template_vars": render.template_vars(config),
+            "template_vars": render.template_vars(config, public_url),
+            "subdomain_host": render.subdomain_host(config, public_url),
             "spawner_cmd": [str(venv / "bin/jupyterhub-singleuser")],
             "server_token_scopes": render.SERVER_TOKEN_SCOPES,
             "team_env": team_env,
@@ -170,11 +173,29 @@ class LocalHub:
         )
         return settings
 
+    def proxy_account(self) -> str | None:
+        """The proxy's own system account when cubelab runs as root: the hub stays root (it starts each user's
+        server as that user's account), the proxy, which faces the network, does not."""
+        return service_account("proxy") if self.system_users else None
+
+    def proxy_command(self, proxy: Path) -> list[str]:
+        if (account := self.proxy_account()) is None:
+            return [str(proxy)]
+        # setpriv execs in place: the hub's pid record and signals reach the proxy itself. The account (and its
+        # group, made with it) exists by the time the hub starts: `provision` makes it.
+        return ["setpriv", f"--reuid={account}", f"--regid={account}", "--clear-groups", "--no-new-privs", "--",
+                str(proxy)]  # fmt: skip
+
     def provision(self, progress: Callable[[str], None]) -> None:
         self.postgres.provision_database(HUB_ROLE, HUB_DATABASE, self.secrets.get("hub-db-password"))
         if self.config.hub.auth.type == "local":
             self.ensure_passwords(progress)
         self.ensure_system_users(progress)
+        if account := self.proxy_account():
+            home = self.paths.reachable_or_external(self.paths.root / "service-homes") / "proxy"
+            home.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(home.parent, 0o711)  # noqa: S103 - each account traverses to its own home only
+            ensure_service_account(account, home, "cubelab proxy (configurable-http-proxy)")
         if not self.system_users:
             progress(
                 "WARNING: cubelab is not running as root, so every user's server runs as this account: "
@@ -247,7 +268,8 @@ class LocalHub:
         wait_healthy(record, lambda: self.api("GET", "/user") is not None, timeout=timeout, interval=0.5)
 
     def sync(self, progress: Callable[[str], None]) -> None:
-        """Make hub users and groups match the config (load_groups only ever adds)."""
+        """Make hub users and groups match the config (load_groups only ever adds). With OIDC only the groups:
+        their members come from the provider at each login."""
         self.wait_token_checks()
         want_groups = render.groups(self.config)
         have_groups = {g["name"]: g for g in self.api("GET", "/groups")}
@@ -256,6 +278,8 @@ class LocalHub:
                 self.api("DELETE", f"/groups/{name}")
                 progress(f"hub group {name} removed (team no longer in the config)")
                 continue
+            if self.config.hub.auth.type == "oidc":
+                continue  # the provider's groups claim sets members at each login (manage_groups)
             extra = sorted(set(group["users"]) - set(want_groups[name]))
             if extra:
                 self.api("DELETE", f"/groups/{name}/users", {"users": extra})

@@ -99,7 +99,8 @@ class LocalPostgres:
             f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8",
         ]  # fmt: skip
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, user=self.run_as, cwd=self.home, check=False)
+            done = subprocess.run(argv, capture_output=True, text=True, user=self.run_as, group=self.run_as,
+                                  extra_groups=[] if self.run_as else None, cwd=self.home, check=False)  # fmt: skip
         finally:
             pwfile.unlink(missing_ok=True)
         if done.returncode != 0:

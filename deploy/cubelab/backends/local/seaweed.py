@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
+from cubelab import storage
+from cubelab.backends.local.accounts import ensure_service_account, service_account
 from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
-from cubelab.backends.local.paths import StatePaths
-from cubelab.config import PlatformConfig, Ports, Team
+from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths, reachable_by_others
+from cubelab.config import PlatformConfig, Team
 from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
 from cubelab.provision import Credentials, ensure_bucket, identity_document
 from cubelab.secrets import SecretStore, new_access_key, new_password, write_private
 
 NAME = "s3"
-# weed mini's internal servers, placed on the ports right after the S3 port (each also uses +10000 for gRPC).
-_INTERNAL = ("master", "volume", "filer", "admin", "s3.port.iceberg", "s3.port.lance")
 
 
 class LocalS3:
@@ -31,8 +36,20 @@ class LocalS3:
         self.secrets = SecretStore(paths.secrets)
         self.port = config.ports.s3
         self.log = paths.logs / "s3.log"
-        self.identities = paths.s3 / "identities.json"
+        self.home = self._home()
+        self.identities = self.home / "identities.json"
         self.guard = LoopbackGuard(paths.root)
+
+    def _home(self) -> Path:
+        """SeaweedFS's folder (data and identities): <state>/s3, unless its account could not reach that (a
+        state dir under a private folder such as /root); then /var/lib/cubelab/<id>/s3. Recorded, never moved."""
+        record = self.paths.root / "s3-location"
+        if record.exists():
+            return Path(record.read_text().strip())
+        fresh = not (self.paths.s3 / "data").exists()
+        if os.geteuid() == 0 and fresh and not reachable_by_others(self.paths.s3):
+            return self.paths.external("s3")
+        return self.paths.s3
 
     @property
     def url(self) -> str:
@@ -73,28 +90,34 @@ class LocalS3:
         return True
 
     def argv(self, weed: str) -> list[str]:
-        p = self.port
-        argv = [
-            weed, "mini", f"-dir={self.paths.s3 / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={p}", f"-s3.config={self.identities}",
-            "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-        ]  # fmt: skip
-        argv += [f"-{name}{'' if '.' in name else '.port'}={p + i + 1}" for i, name in enumerate(_INTERNAL)]
-        return argv
+        ports = storage.consecutive_ports(self.port)
+        return [
+            weed,
+            *storage.mini_args(self.home / "data", self.identities, ports, bind="127.0.0.1", advertise="127.0.0.1"),
+        ]
 
     def ports(self) -> list[int]:
-        return [self.port + i for i in range(len(_INTERNAL) + 1)]
+        return sorted(storage.consecutive_ports(self.port).values())
 
     def internal_ports(self) -> list[int]:
         """Every port weed listens on except the S3 API: its internal servers and all gRPC twins."""
-        return [p for p in self.ports() if p != self.port] + [p + Ports.GRPC_OFFSET for p in self.ports()]
+        return storage.internal_ports(storage.consecutive_ports(self.port))
+
+    def account(self) -> str | None:
+        """The system account SeaweedFS runs as when cubelab runs as root. None when not root, and for data an
+        earlier version left in a folder that account cannot reach (`start` says so)."""
+        if os.geteuid() != 0 or not reachable_by_others(self.home):
+            return None
+        return service_account("s3")
 
     def guard_internals(self) -> None:
-        """As root, only root (the platform's own processes) may connect to the internal ports."""
+        """As root, only root and SeaweedFS's own account may connect to the internal ports."""
         if not LoopbackGuard.needed():
             return
+        account = self.account()
+        uids = [0] + ([pwd.getpwnam(account).pw_uid] if account else [])
         try:
-            self.guard.apply(self.internal_ports(), allowed_uids=[0])
+            self.guard.apply(self.internal_ports(), allowed_uids=uids)
         except FirewallError as exc:
             raise StartError(NAME, str(exc)) from None
 
@@ -102,27 +125,61 @@ class LocalS3:
         if LoopbackGuard.needed():
             self.guard.remove()
 
-    def start(self, weed: str) -> None:
+    def _prepare_home(self, progress: Callable[[str], None]) -> str | None:
+        """Make SeaweedFS's folder and account, and hand the folder to the account (files made by root before
+        included). Returns the account, or None when SeaweedFS runs as the caller."""
+        if self.home != self.paths.s3:
+            EXTERNAL_ROOT.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = self.paths.root / "s3-location"
+        if not record.exists():
+            record.write_text(f"{self.home}\n")
+        account = self.account()
+        if account is None:
+            if os.geteuid() == 0:
+                progress(
+                    f"WARNING: S3 runs as root: its data in {self.home} is in a folder other accounts cannot "
+                    "pass through; move the state dir somewhere they can (see README, Threat model)"
+                )
+            (self.home / "data").mkdir(exist_ok=True)
+            return None
+        entry = ensure_service_account(account, self.home, "cubelab S3 storage (SeaweedFS)")
+        (self.home / "data").mkdir(exist_ok=True)
+        for folder, _, files in os.walk(self.home):
+            for path in [folder, *(os.path.join(folder, f) for f in files)]:
+                if os.lstat(path).st_uid != entry.pw_uid:
+                    os.lchown(path, entry.pw_uid, entry.pw_gid)
+        return account
+
+    def start(self, weed: str, progress: Callable[[str], None] = print) -> None:
+        account = self._prepare_home(progress)
         self.guard_internals()  # before weed listens: no moment when its internals are open
         changed = self.write_identities()
+        if account:
+            shutil.chown(self.identities, account, account)
+        fingerprint = hashlib.sha256(json.dumps([self.argv(weed), account]).encode()).hexdigest()[:16]
         record = self.procs.get(NAME)
-        if record and record.process():
+        if record and record.process() and record.fingerprint != fingerprint:
+            progress("s3: restarting SeaweedFS with new settings")  # e.g. an older stack's, run as root
+            self.procs.stop(NAME)
+        elif record and record.process():
             if changed:
                 # SeaweedFS reloads its identity file on SIGHUP: new teams get access, nobody restarts.
                 os.kill(record.pid, signal.SIGHUP)
                 self._wait_identities_loaded()
             return
         for port in self.ports():
-            for taken in (port, port + Ports.GRPC_OFFSET):
+            for taken in (port, port + storage.GRPC_OFFSET):
                 if owner := port_owner(taken):
                     raise StartError(NAME, f"port {taken} (ports.s3 and the ports after it) is in use by {owner}")
-        (self.paths.s3 / "data").mkdir(parents=True, exist_ok=True)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.paths.s3),
+            "HOME": str(self.home),
             "CUBELAB_STACK": str(self.paths.root),
         }
-        record = self.procs.start(NAME, self.argv(weed), env=env, log=self.log, cwd=self.paths.s3)
+        # umask 077: the unix sockets weed makes in /tmp (one per internal server) admit its own account only.
+        record = self.procs.start(NAME, self.argv(weed), env=env, log=self.log, cwd=self.home, user=account,
+                                  umask=0o077, fingerprint=fingerprint)  # fmt: skip
         wait_healthy(record, self.healthy, timeout=30)
 
     def healthy(self) -> bool:

@@ -46,7 +46,7 @@ class LocalBackend(Backend):
         weed = str(venv / "bin/weed")
 
         self._step("postgres", lambda: (self.postgres.initialize(self.progress), self.postgres.start()))
-        self._step("s3", lambda: self.s3.start(weed))
+        self._step("s3", lambda: self.s3.start(weed, self.progress))
         for team in self.config.teams:
             self.postgres.provision_team(team, self.tracking.db_password(team))
             self.s3.ensure_bucket(team)
@@ -170,7 +170,7 @@ class LocalBackend(Backend):
             "backend": "local",
             "s3_endpoint": self.s3.url,
             # SeaweedFS's internal servers: users must not reach them (checked from a kernel by platform_tests).
-            "s3_internal_ports": self.s3.internal_ports(),
+            "storage_internal": [f"127.0.0.1:{port}" for port in self.s3.internal_ports()],
             "hub_url": self.hub.url,
             "hub_api_url": self.hub.api_url,
             # The control plane's hub token (admin:users, tokens): tests use it to issue users' tokens.

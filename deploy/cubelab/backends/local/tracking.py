@@ -14,6 +14,7 @@ from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.config import PlatformConfig, Team
+from cubelab.hub import render
 from cubelab.hub.render import service_prefix
 from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
 from cubelab.secrets import SecretStore
@@ -113,7 +114,8 @@ class LocalTracking:
             "CUBELAB_STACK": str(self.paths.root),
             # Team authentication (cubelab.tracking.auth): the hub decides who is a member.
             "CUBELAB_HUB_API_URL": f"http://127.0.0.1:{self.config.ports.hub + 2}/hub/api",
-            "CUBELAB_HUB_PUBLIC_URL": self.config.hub.public_url or f"http://127.0.0.1:{self.config.ports.hub}",
+            "CUBELAB_HUB_PUBLIC_URL": self.config.embedded_public_url,
+            "CUBELAB_SERVICE_URL": render.service_url(self.config, team, self.config.embedded_public_url),
             "CUBELAB_SERVICE_NAME": team.service,
             "CUBELAB_TEAM_NAME": team.name,
             "CUBELAB_SERVICE_PREFIX": service_prefix(team),
