@@ -45,6 +45,7 @@ def deployment() -> Iterator[dict[str, Any]]:
     try:
         backend = factory.backend(factory.config())
         backend.up()
-        yield backend.description()
+        # A stack of its own: the fault tests may kill its services (platform_tests/faults.py).
+        yield backend.description() | {"faults": {"kind": "local", "config": str(backend.config.path)}}
     finally:
         factory.close()

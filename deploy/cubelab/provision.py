@@ -252,6 +252,11 @@ def describe(path: Path) -> None:
         "users_isolated": True,
         "teams": teams,
     }
+    docker = Path(os.environ.get("CUBELAB_DOCKER_SOCKET", "/var/run/docker.sock"))
+    usable = docker.is_socket() and os.access(docker, os.R_OK | os.W_OK)
+    if usable and (services := os.environ.get("CUBELAB_FAULT_SERVICES")):
+        # The operator mounted the Docker socket into this container: the fault tests may kill services.
+        description["faults"] = {"kind": "docker", "socket": str(docker), "services": json.loads(services)}
     write_private(path, json.dumps(description, indent=2))
     print(f"cubelab provision: deployment description of {len(teams)} team(s) written to {path}", flush=True)
 

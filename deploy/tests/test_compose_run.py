@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STANDINS = Path(__file__).resolve().parent / "standins"
 PODMAN_COMPOSE = Path(sys.prefix) / "bin" / "podman-compose"
 SUITE = [
-    f"platform_tests/test_{name}.py" for name in ("tracking", "storage", "access", "artifacts", "hub", "isolation")
+    f"platform_tests/test_{name}.py"
+    for name in ("tracking", "storage", "access", "artifacts", "hub", "isolation", "faults")
 ]
 
 
@@ -74,6 +75,10 @@ def runnable(compose_file: dict[str, Any], stand_ins: dict[str, str], docker_soc
             service["image"] = stand_ins[name]
     hub = compose_file["services"]["hub"]
     hub["volumes"] = [v if "docker.sock" not in v else f"{docker_socket}:/var/run/docker.sock" for v in hub["volumes"]]
+    # What an operator does to let the fault tests kill services (README): the API socket into the test
+    # container, run as root to use it.
+    compose_file["services"]["platform-tests"] |= {"volumes": [f"{docker_socket}:/var/run/docker.sock"],
+                                                   "user": "root"}  # fmt: skip
     return compose_file
 
 

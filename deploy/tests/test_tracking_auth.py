@@ -385,3 +385,22 @@ def test_a_hub_refusal_counts_only_if_the_hub_accepts_the_services_own_token(ser
     else:
         with pytest.raises(IdentityUnavailable, match="refuses even this service's token"):
             asyncio.run(checker.identify("member-token"))
+
+
+def test_a_refusal_from_a_hub_whose_database_is_coming_back_is_asked_again() -> None:
+    """Seen under compose when Postgres restarts: the member's token is refused from a broken connection and
+    the service's own token accepted a moment later. The member's token is asked again before a 401."""
+    answers = iter([403, 200])
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"] == f"token {SETTINGS.client_secret}":
+            if request.url.path.endswith("/user"):
+                return httpx.Response(200, json={"name": "service-mlflow-ocean", "kind": "service"})
+            return httpx.Response(200, json={"name": "alice", "groups": ["ocean"]})  # the membership lookup
+        status = next(answers)
+        body = {"name": "alice", "kind": "user", "scopes": ["access:services"]} if status == 200 else {}
+        return httpx.Response(status, json=body)
+
+    checker = TokenChecker(SETTINGS, ttl=60)
+    checker._client = httpx.AsyncClient(transport=httpx.MockTransport(hub))
+    assert asyncio.run(checker.identify("member-token")) == Identity("alice", True)

@@ -316,6 +316,10 @@ def _describe_env(config: PlatformConfig) -> dict[str, str]:
         "CUBELAB_ADMINS": " ".join(config.admins),
         "CUBELAB_ARTIFACT_PREFIX": config.storage.artifact_prefix,
         "CUBELAB_TRACKING_URL_PATTERN": f"http://tracking-{{team}}:{TRACKING_PORT}/services/mlflow-{{team}}",
+        # The services platform_tests' fault tests kill, when the Docker socket is mounted into their container.
+        "CUBELAB_FAULT_SERVICES": json.dumps(
+            {"postgres": "postgres", "hub": "hub", "s3": "s3-store", "tracking": "tracking-{team}"}
+        ),
         # What a user's container must not reach: SeaweedFS itself, every port (its S3 API only via the relay).
         "CUBELAB_STORAGE_INTERNAL": " ".join(
             f"s3-store:{port}" for port in [S3_PORT, *storage.internal_ports(storage.CONTAINER_PORTS)]

@@ -148,6 +148,12 @@ class TokenChecker:
         if hit and hit[0] > now:
             return hit[1]
         resp = await self._ask(f"{self.settings.hub_api_url}/user", token)
+        if resp.status_code in (401, 403, 404):
+            # A refusal counts only if the hub can check tokens at all, and only if it is given again once the
+            # hub has shown it can: a database coming back serves one query from a broken connection and the
+            # next from a good one, and a refusal from that moment would cost the member a 401.
+            await self._hub_checks_tokens()
+            resp = await self._ask(f"{self.settings.hub_api_url}/user", token)
         identity: Identity | None = None
         if resp.status_code == 200:
             model = resp.json()
@@ -157,8 +163,6 @@ class TokenChecker:
                 identity = Identity(name, allowed)
         elif resp.status_code not in (401, 403, 404):
             raise IdentityUnavailable(f"the hub answered {resp.status_code}")
-        else:
-            await self._hub_checks_tokens()  # a refusal counts only if the hub can check tokens at all
         if len(self._cache) > 10000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._cache[key] = (now + self.ttl, identity)

@@ -1,0 +1,110 @@
+"""Killing a deployment's services for test_faults.py, the way the deployment's description says it can be done.
+
+- `{"kind": "local", "config": PATH}`: the embedded stack of that platform config. SIGKILL to the service's
+  recorded process; `cubelab up` brings it back. Only written by the test suite for a stack it started itself.
+- `{"kind": "docker", "socket": PATH, "services": {ROLE: COMPOSE SERVICE}}`: a compose deployment whose Docker
+  (or podman) API socket the operator mounted into the platform-tests container (`docker compose run -v
+  /var/run/docker.sock:/var/run/docker.sock --rm platform-tests`). SIGKILL to the service's container, then a
+  start; the container is found by its compose labels, in the test container's own compose project.
+
+Roles: `postgres`, `hub`, `s3`, and `tracking` (the first team's tracking server).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import time
+import urllib.parse
+from typing import Any, Protocol
+
+
+class Injector(Protocol):
+    def kill(self, role: str) -> None: ...
+
+    def restore(self) -> None: ...
+
+
+class LocalInjector:
+    def __init__(self, spec: dict[str, Any], team: str) -> None:
+        from cubelab.backends.local import LocalBackend
+        from cubelab.config import load
+
+        self.backend = LocalBackend(load(spec["config"]), progress=lambda _: None)
+        self.names = {"postgres": "postgres", "hub": "hub", "s3": "s3", "tracking": f"mlflow-{team}"}
+
+    def kill(self, role: str) -> None:
+        record = self.backend.procs.running(self.names[role])
+        assert record is not None, f"{self.names[role]} is not running"
+        os.kill(record.pid, signal.SIGKILL)
+
+    def restore(self) -> None:
+        self.backend.up()
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=60)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+class DockerInjector:
+    def __init__(self, spec: dict[str, Any], team: str) -> None:
+        self.socket = spec["socket"]
+        self.services = {role: name.format(team=team) for role, name in spec["services"].items()}
+        own = self._api("GET", f"/containers/{socket.gethostname()}/json")
+        self.project = own["Config"]["Labels"]["com.docker.compose.project"]
+        self.killed: list[str] = []
+
+    def _api(self, method: str, path: str) -> Any:
+        conn = _UnixConnection(self.socket)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise AssertionError(f"{method} {path}: {resp.status} {body[:300]!r}")
+        return json.loads(body) if body else None
+
+    def _container(self, role: str) -> str:
+        labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={self.services[role]}"]
+        query = urllib.parse.quote(json.dumps({"label": labels}))
+        found = self._api("GET", f"/containers/json?filters={query}")
+        assert len(found) == 1, f"{len(found)} containers of service {self.services[role]}"
+        return str(found[0]["Id"])
+
+    def kill(self, role: str) -> None:
+        container = self._container(role)
+        self._api("POST", f"/containers/{container}/kill?signal=KILL")
+        self.killed.append(container)
+
+    def restore(self) -> None:
+        for container in self.killed:
+            deadline = time.monotonic() + 60
+            while not self._api("GET", f"/containers/{container}/json")["State"]["Running"]:
+                try:  # a restart policy may be starting it already
+                    self._api("POST", f"/containers/{container}/start")
+                except AssertionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"container {container[:12]} did not start again")
+                time.sleep(1)
+        self.killed.clear()
+
+
+def injector(deployment: dict[str, Any]) -> Injector | None:
+    spec = deployment.get("faults")
+    if not spec:
+        return None
+    team = deployment["teams"][0]["name"]
+    kinds = {"local": LocalInjector, "docker": DockerInjector}
+    return kinds[spec["kind"]](spec, team)
