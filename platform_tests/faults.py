@@ -7,7 +7,13 @@
   /var/run/docker.sock:/var/run/docker.sock --rm platform-tests`). SIGKILL to the service's container, then a
   start; the container is found by its compose labels, in the test container's own compose project.
 
-Roles: `postgres`, `hub`, `s3`, and `tracking` (the first team's tracking server).
+- `{"kind": "kubernetes", "selectors": {ROLE: LABEL SELECTOR}}`: a Helm release installed with
+  `tests.faults: true`, whose test pod may delete the release's pods. The pod is deleted at once (grace 0, as
+  a SIGKILL) and its controller makes a new one; restoring waits until that one is Ready. Written for the
+  chart and rendered by its tests, never run here: these machines have no Kubernetes cluster.
+
+Roles: `postgres`, `hub`, `s3`, and `tracking` (the first team's tracking server). An injector lists the roles
+it can kill (`roles`): external Postgres and S3 are not the deployment's to kill.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from typing import Any, Protocol
 
 
 class Injector(Protocol):
+    roles: set[str]
+
     def kill(self, role: str) -> None: ...
 
     def restore(self) -> None: ...
@@ -35,6 +43,7 @@ class LocalInjector:
 
         self.backend = LocalBackend(load(spec["config"]), progress=lambda _: None)
         self.names = {"postgres": "postgres", "hub": "hub", "s3": "s3", "tracking": f"mlflow-{team}"}
+        self.roles = set(self.names)
 
     def kill(self, role: str) -> None:
         record = self.backend.procs.running(self.names[role])
@@ -59,6 +68,7 @@ class DockerInjector:
     def __init__(self, spec: dict[str, Any], team: str) -> None:
         self.socket = spec["socket"]
         self.services = {role: name.format(team=team) for role, name in spec["services"].items()}
+        self.roles = set(self.services)
         own = self._api("GET", f"/containers/{socket.gethostname()}/json")
         self.project = own["Config"]["Labels"]["com.docker.compose.project"]
         self.killed: list[str] = []
@@ -101,10 +111,60 @@ class DockerInjector:
         self.killed.clear()
 
 
+class KubernetesInjector:
+    ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+    def __init__(self, spec: dict[str, Any], team: str) -> None:
+        import ssl
+
+        self.selectors = {role: selector.format(team=team) for role, selector in spec["selectors"].items()}
+        self.roles = set(self.selectors)
+        with open(f"{self.ACCOUNT}/namespace") as fh:
+            self.namespace = fh.read().strip()
+        with open(f"{self.ACCOUNT}/token") as fh:
+            self.token = fh.read().strip()
+        self.tls = ssl.create_default_context(cafile=f"{self.ACCOUNT}/ca.crt")
+        self.killed: list[tuple[str, str]] = []  # (selector, uid of the deleted pod)
+
+    def _api(self, method: str, path: str) -> Any:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"https://kubernetes.default.svc/api/v1/namespaces/{self.namespace}/{path}",
+            method=method, headers={"Authorization": f"Bearer {self.token}"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, context=self.tls, timeout=30) as resp:  # noqa: S310
+            return json.loads(resp.read())
+
+    def _pods(self, selector: str) -> list[dict[str, Any]]:
+        return list(self._api("GET", f"pods?labelSelector={urllib.parse.quote(selector)}")["items"])
+
+    def kill(self, role: str) -> None:
+        selector = self.selectors[role]
+        running = [p for p in self._pods(selector) if p["status"].get("phase") == "Running"]
+        assert len(running) == 1, f"{len(running)} running pods match {selector}"
+        meta = running[0]["metadata"]
+        self._api("DELETE", f"pods/{meta['name']}?gracePeriodSeconds=0")
+        self.killed.append((selector, meta["uid"]))  # a StatefulSet's new pod has the old one's name
+
+    def restore(self) -> None:
+        for selector, gone in self.killed:
+            deadline = time.monotonic() + 300
+            while not any(p["metadata"]["uid"] != gone and _ready(p) for p in self._pods(selector)):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no ready pod matches {selector} again")
+                time.sleep(2)
+        self.killed.clear()
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
 def injector(deployment: dict[str, Any]) -> Injector | None:
     spec = deployment.get("faults")
     if not spec:
         return None
     team = deployment["teams"][0]["name"]
-    kinds = {"local": LocalInjector, "docker": DockerInjector}
+    kinds = {"local": LocalInjector, "docker": DockerInjector, "kubernetes": KubernetesInjector}
     return kinds[spec["kind"]](spec, team)

@@ -257,6 +257,10 @@ def describe(path: Path) -> None:
     if usable and (services := os.environ.get("CUBELAB_FAULT_SERVICES")):
         # The operator mounted the Docker socket into this container: the fault tests may kill services.
         description["faults"] = {"kind": "docker", "socket": str(docker), "services": json.loads(services)}
+    account = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    if account.exists() and (selectors := os.environ.get("CUBELAB_FAULT_SELECTORS")):
+        # The chart's tests.faults: this pod may delete the release's pods.
+        description["faults"] = {"kind": "kubernetes", "selectors": json.loads(selectors)}
     write_private(path, json.dumps(description, indent=2))
     print(f"cubelab provision: deployment description of {len(teams)} team(s) written to {path}", flush=True)
 

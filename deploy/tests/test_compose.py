@@ -20,7 +20,7 @@ import yaml
 from cubelab import storage
 from cubelab.backends import compose
 from cubelab.cli import main as cli_main
-from cubelab.config import load
+from cubelab.config import ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "cubelab.example.yaml"
@@ -179,3 +179,36 @@ def test_cli_render_compose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         cli_main(["-c", str(tmp_path / "bad.yaml"), "render", "compose", "-o", str(tmp_path / "bad")])
     assert done.value.code == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_subdomain_mode_reaches_the_hub_and_the_tracking_servers(tmp_path: Path) -> None:
+    """hub.subdomains: the hub's subdomain_host, each team's service registered with an absolute callback on its
+    own host, and the tracking server told that host (cookies, Host and Origin checks); the same URLs as the
+    embedded stack's (cubelab.urls)."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["hub"] = {"subdomains": True}
+    config["containers"] = {"public_url": "https://hub.example.org"}
+    doc, _, _ = rendered(tmp_path, yaml.safe_dump(config))
+    settings = json.loads(doc["services"]["hub"]["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
+    assert settings["subdomain_host"] == "https://hub.example.org"
+    ui = "https://mlflow-ocean--service.hub.example.org/services/mlflow-ocean"
+    service = next(s for s in settings["services"] if s["name"] == "mlflow-ocean")
+    assert service["oauth_redirect_uri"] == f"{ui}/oauth_callback"
+    assert settings["template_vars"]["cubelab_team_urls"]["ocean"] == f"{ui}/"
+    assert doc["services"]["tracking-ocean"]["environment"]["CUBELAB_SERVICE_URL"] == ui
+    # Off (the default): everything on the hub's origin, links and callbacks as paths.
+    (tmp_path / "off").mkdir()
+    doc, _, _ = rendered(tmp_path / "off")
+    settings = json.loads(doc["services"]["hub"]["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
+    assert settings["subdomain_host"] == ""
+    service = next(s for s in settings["services"] if s["name"] == "mlflow-ocean")
+    assert service["oauth_redirect_uri"] == "/services/mlflow-ocean/oauth_callback"
+
+
+def test_subdomain_mode_needs_a_host_name(tmp_path: Path) -> None:
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["hub"] = {"subdomains": True}
+    config["containers"] = {"public_url": "http://10.0.0.5:8000"}
+    (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"containers\.public_url.*host name"):
+        load(tmp_path / "cubelab.yaml")

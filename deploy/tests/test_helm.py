@@ -296,3 +296,50 @@ def test_zero_to_jupyterhubs_hub_runs_the_authenticator_the_config_names(
     assert c.JupyterHub.authenticator_class == expected
     if auth:
         assert c.GenericOAuthenticator.client_secret == "s3cret" and c.GenericOAuthenticator.manage_groups
+
+
+def test_subdomain_mode_in_the_chart(chart: Path, tmp_path: Path) -> None:
+    """hub.subdomains: the hub's settings carry subdomain_host, and each tracking pod is told its own host."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["hub"] = {"subdomains": True}
+    config["containers"] = {"public_url": "https://hub.example.org"}
+    (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
+    values = kubernetes.write(load(tmp_path / "cubelab.yaml"), tmp_path / "values.yaml")
+    settings = json.loads(
+        yaml.safe_load(values.read_text())["jupyterhub"]["hub"]["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"]
+    )
+    assert settings["subdomain_host"] == "https://hub.example.org"
+    docs = template(chart, values, BUNDLED, tmp_path)
+    pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "cubelab-tracking-land")
+    env = {e["name"]: e.get("value") for e in pod["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CUBELAB_SERVICE_URL"] == "https://mlflow-land--service.hub.example.org/services/mlflow-land"
+
+
+@pytest.mark.parametrize("site", [BUNDLED, EXTERNAL], ids=["bundled", "external"])
+def test_fault_tests_get_pod_deletion_rights_only_when_asked(chart: Path, tmp_path: Path, site: dict[str, Any]) -> None:
+    """tests.faults: a ServiceAccount for the test pod, a Role for pods get/list/delete and nothing else, and the
+    selectors of the release's own pods (Postgres and S3 only when bundled); off by default: no token at all."""
+    values = team_values(tmp_path)
+    test_pod = lambda docs: next(d for d in docs if d["kind"] == "Pod")  # noqa: E731
+    off = template(chart, values, site, tmp_path)
+    assert test_pod(off)["spec"]["automountServiceAccountToken"] is False
+    assert not {"ServiceAccount", "Role", "RoleBinding"} & {d["kind"] for d in off}
+    docs = template(chart, values, site | {"tests": {"faults": True}}, tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]}]
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    pod = test_pod(docs)
+    assert pod["spec"]["serviceAccountName"] == binding["subjects"][0]["name"] == "cubelab-platform-tests"
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    selectors = json.loads(env["CUBELAB_FAULT_SELECTORS"])
+    expected = {"hub", "tracking"} | ({"postgres", "s3"} if site is BUNDLED else set())
+    assert set(selectors) == expected
+    assert selectors["tracking"].endswith("cubelab.io/team={team}")
+    # Each selector matches the pods it names: the rendered Deployment/StatefulSet templates carry its labels.
+    for role_name in expected - {"hub"}:
+        wanted = dict(pair.split("=") for pair in selectors[role_name].replace("{team}", "ocean").split(","))
+        templates = [d["spec"]["template"]["metadata"]["labels"] for d in docs
+                     if d["kind"] in ("Deployment", "StatefulSet")]  # fmt: skip
+        assert any(wanted.items() <= labels.items() for labels in templates), (role_name, wanted)

@@ -91,3 +91,12 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities: {drop: [ALL]}
 {{- end -}}
+
+{{/* role -> label selector of the pods platform_tests' fault tests delete (JSON); {team} is filled in by them. */}}
+{{- define "cubelab.faultSelectors" -}}
+{{- $r := .Release.Name -}}
+{{- $s := dict "hub" (printf "component=hub,release=%s" $r) "tracking" (printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=tracking,cubelab.io/team={team}" $r) -}}
+{{- if .Values.postgres.bundled }}{{ $_ := set $s "postgres" (printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=postgres" $r) }}{{ end -}}
+{{- if .Values.s3.bundled }}{{ $_ := set $s "s3" (printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=s3" $r) }}{{ end -}}
+{{- toJson $s -}}
+{{- end -}}
