@@ -71,7 +71,7 @@ class DockerInjector:
         self.roles = set(self.services)
         own = self._api("GET", f"/containers/{socket.gethostname()}/json")
         self.project = own["Config"]["Labels"]["com.docker.compose.project"]
-        self.killed: list[str] = []
+        self.killed: list[tuple[str, str]] = []  # (container, when the killed process had started)
 
     def _api(self, method: str, path: str) -> Any:
         conn = _UnixConnection(self.socket)
@@ -92,19 +92,31 @@ class DockerInjector:
         assert len(found) == 1, f"{len(found)} containers of service {self.services[role]}"
         return str(found[0]["Id"])
 
+    def _state(self, container: str) -> dict[str, Any]:
+        return dict(self._api("GET", f"/containers/{container}/json")["State"])
+
     def kill(self, role: str) -> None:
         container = self._container(role)
+        started = self._state(container)["StartedAt"]
         self._api("POST", f"/containers/{container}/kill?signal=KILL")
-        self.killed.append(container)
+        # The kill lands asynchronously: wait until the container is down (or already started again by a
+        # restart policy), so that restore() cannot mistake the old, dying process for a running one.
+        deadline = time.monotonic() + 30
+        while (state := self._state(container))["Running"] and state["StartedAt"] == started:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"container {container[:12]} still runs after SIGKILL")
+            time.sleep(0.2)
+        self.killed.append((container, started))
 
     def restore(self) -> None:
-        for container in self.killed:
+        for container, started in self.killed:
             deadline = time.monotonic() + 60
-            while not self._api("GET", f"/containers/{container}/json")["State"]["Running"]:
-                try:  # a restart policy may be starting it already
-                    self._api("POST", f"/containers/{container}/start")
-                except AssertionError:
-                    pass
+            while not ((state := self._state(container))["Running"] and state["StartedAt"] != started):
+                if not state["Running"]:
+                    try:  # a restart policy may be starting it already
+                        self._api("POST", f"/containers/{container}/start")
+                    except AssertionError:
+                        pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"container {container[:12]} did not start again")
                 time.sleep(1)

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from platform_tests import faults
@@ -26,6 +27,21 @@ def injector(deployment: dict[str, Any]) -> faults.Injector:
     if found is None:
         pytest.skip("the description says no way to kill services (`faults`; see platform_tests/faults.py)")
     return found
+
+
+def wait_serving(deployment: dict[str, Any], team: dict[str, Any], timeout: float = 180) -> None:
+    """Until the hub's API and the team's tracking server answer again (a restarted container takes a while)."""
+    deadline = time.monotonic() + timeout
+    for url in (f"{deployment['hub_api_url']}/", f"{team['tracking_uri']}/health"):
+        while True:
+            try:
+                if requests.get(url, timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} does not answer after the fault")
+            time.sleep(1)
 
 
 @pytest.mark.parametrize("role", ["tracking", "hub", "postgres", "s3"])
@@ -61,6 +77,7 @@ def test_a_killed_service_costs_retries_not_data(
         time.sleep(2.0)
     finally:
         injector.restore()
+        wait_serving(deployment, team)  # the next test finds the platform as it was
     worker.join(timeout=300)
     assert not worker.is_alive()
     assert not [e for e in errors if "401" in e or "UNAUTHENTICATED" in e], errors
