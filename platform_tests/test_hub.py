@@ -11,6 +11,7 @@ import mlflow
 import pytest
 import requests
 
+from platform_tests import probes
 from platform_tests.conftest import issue_token
 from platform_tests.hubclient import UserServer, login, xsrf_of
 
@@ -183,35 +184,13 @@ def test_kernel_reaches_the_s3_api_but_no_internal_storage_server(
     endpoints = deployment.get("storage_internal")
     if not endpoints:
         pytest.skip("the deployment description lists no internal storage endpoints")
-    probe = f"""
-import glob, json, socket
-results = {{}}
-s3_host, s3_port = {deployment["s3_endpoint"]!r}.split("://", 1)[1].split("/")[0].rsplit(":", 1)
-for endpoint in [s3_host + ":" + s3_port] + {endpoints!r}:
-    host, port = endpoint.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=3) as conn:
-            # The filer lists every bucket to anyone who asks; any HTTP answer at all counts as reached.
-            conn.sendall(b"GET /buckets/?pretty=y HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-            conn.settimeout(3)
-            results[endpoint] = "answered" if conn.recv(64) else "open"
-    except OSError as exc:
-        results[endpoint] = type(exc).__name__
-for path in glob.glob("/tmp/seaweedfs-*.sock"):
-    try:
-        with socket.socket(socket.AF_UNIX) as conn:
-            conn.connect(path)
-            results[path] = "open"
-    except OSError as exc:
-        results[path] = type(exc).__name__
-print(json.dumps(results))
-"""
+    s3 = deployment["s3_endpoint"].split("://", 1)[1].split("/")[0]
+    probe = probes.reach([s3, *endpoints], sockets="/tmp/seaweedfs-*.sock")
     results = json.loads(alice_server.run(probe).strip().splitlines()[-1])
-    s3 = results.pop(next(iter(results)))
-    assert s3 == "answered", s3  # the S3 API itself, where the identities decide
+    assert results.pop(s3) == "answered", results  # the S3 API itself, where the identities decide
     if not deployment.get("users_isolated"):
         pytest.skip("users are not separate Unix accounts on this deployment (cubelab not run as root)")
-    assert results and all(v not in ("open", "answered") for v in results.values()), results
+    assert results and all(v not in probes.REACHED for v in results.values()), results
 
 
 WRITE_TENSORBOARD_RUN = """

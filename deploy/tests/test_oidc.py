@@ -78,17 +78,23 @@ def oidc_stack(stacks: ScratchStacks, tmp_path_factory: pytest.TempPathFactory) 
         log.close()
 
 
+def open_provider_login(page: Any, hub: str, issuer: str, user: str) -> None:
+    """From the hub's login to the provider's form, filled in and sent (its development form takes any
+    password)."""
+    page.goto(f"{hub}/hub/oauth_login")
+    page.wait_for_url(f"{issuer}/interaction/**", timeout=30000)
+    page.fill("input[name=login]", user)
+    page.fill("input[name=password]", "not-checked-by-the-dev-form")
+    page.click("button[type=submit]")
+
+
 def log_in(browser: Any, hub: str, issuer: str, user: str) -> None:
     """A fresh browser (no session at the provider): the hub sends it to the provider's login form, the
     provider back to the hub's callback."""
     context = browser.new_context()
     page = context.new_page()
     try:
-        page.goto(f"{hub}/hub/oauth_login")
-        page.wait_for_url(f"{issuer}/interaction/**", timeout=30000)
-        page.fill("input[name=login]", user)
-        page.fill("input[name=password]", "not-checked-by-the-dev-form")
-        page.click("button[type=submit]")
+        open_provider_login(page, hub, issuer, user)
         page.wait_for_url(f"{hub}/hub/**", timeout=30000)
         assert "/hub/oauth_callback" not in page.url, page.content()[:2000]
     finally:
@@ -135,11 +141,7 @@ def test_an_account_the_provider_does_not_know_gets_no_hub_user(oidc_stack: dict
     context = browser.new_context()
     page = context.new_page()
     try:
-        page.goto(f"{backend.hub.url}/hub/oauth_login")
-        page.wait_for_url(f"{issuer}/interaction/**", timeout=30000)
-        page.fill("input[name=login]", "mallory")
-        page.fill("input[name=password]", "x")
-        page.click("button[type=submit]")
+        open_provider_login(page, backend.hub.url, issuer, "mallory")
         page.wait_for_load_state()
     finally:
         context.close()

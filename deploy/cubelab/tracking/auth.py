@@ -214,10 +214,6 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def bearer_token(headers: dict[str, str], cookie_name: str) -> str | None:
-    return credentials(headers, cookie_name)[0]
-
-
 def credentials(headers: dict[str, str], cookie_name: str) -> tuple[str | None, bool]:
     """The request's token, and whether it came from the cookie (which a browser adds on its own)."""
     auth = headers.get("authorization", "")

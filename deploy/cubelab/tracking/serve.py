@@ -32,9 +32,9 @@ def allowed_hosts(env: Mapping[str, str]) -> list[str]:
     public hosts (requests through the hub's proxy keep them), and $CUBELAB_ALLOWED_HOSTS, the names other
     containers use (tracking-TEAM:5000 under compose, the Service's names on Kubernetes)."""
     hosts = list(MLFLOW_DEFAULT_HOSTS)
-    for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL"):  # the UI's own host in subdomain mode
-        if (public := urlsplit(env.get(variable, "")).netloc) and public not in hosts:
-            hosts.append(public)
+    for host in (urlsplit(url).netloc for url in _public_urls(env)):
+        if host and host not in hosts:
+            hosts.append(host)
     hosts += [h.strip() for h in env.get("CUBELAB_ALLOWED_HOSTS", "").split(",") if h.strip()]
     return hosts
 
@@ -42,11 +42,12 @@ def allowed_hosts(env: Mapping[str, str]) -> list[str]:
 def allowed_origins(env: Mapping[str, str]) -> list[str]:
     """Origins whose pages may change things (mlflow's CORS guard): where browsers reach the UI, which is the
     hub's origin, or the UI's own host in subdomain mode. Never a wildcard."""
-    found: list[str] = []
-    for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL"):
-        if (url := env.get(variable, "")) and (origin := urls.origin(url)) not in found:
-            found.append(origin)
-    return found
+    return list(dict.fromkeys(urls.origin(url) for url in _public_urls(env)))
+
+
+def _public_urls(env: Mapping[str, str]) -> list[str]:
+    """Where browsers reach the hub and this server's UI (its own host in subdomain mode)."""
+    return [url for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL") if (url := env.get(variable, ""))]
 
 
 def main(argv: list[str] | None = None) -> None:

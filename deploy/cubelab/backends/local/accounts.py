@@ -23,6 +23,14 @@ def service_account(name: str) -> str:
     return f"{SERVICE_PREFIX}{name[: MAX_NAME - len(SERVICE_PREFIX) - 9]}-{digest}"
 
 
+def ensure_service_home(account: str, home: Path, comment: str) -> pwd.struct_passwd:
+    """ensure_service_account with home in a folder of such homes that every account may pass through to its own
+    home (0711) but not list."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(home.parent, 0o711)  # noqa: S103 - each account traverses to its own home only
+    return ensure_service_account(account, home, comment)
+
+
 def ensure_service_account(account: str, home: Path, comment: str) -> pwd.struct_passwd:
     """A system account with no login and no password, and home as its private HOME (made, owned, 0700)."""
     try:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cubelab.backends.local.accounts import ensure_service_account, service_account
+from cubelab.backends.local.accounts import ensure_service_home, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
@@ -192,10 +192,7 @@ class LocalHub:
             self.ensure_passwords(progress)
         self.ensure_system_users(progress)
         if account := self.proxy_account():
-            home = self.paths.reachable_or_external(self.paths.root / "service-homes") / "proxy"
-            home.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(home.parent, 0o711)  # noqa: S103 - each account traverses to its own home only
-            ensure_service_account(account, home, "cubelab proxy (configurable-http-proxy)")
+            ensure_service_home(account, self.paths.service_home("proxy"), "cubelab proxy (configurable-http-proxy)")
         if not self.system_users:
             progress(
                 "WARNING: cubelab is not running as root, so every user's server runs as this account: "

@@ -74,6 +74,25 @@ class StatePaths:
             return self.external(path.name)
         return path
 
+    def placed(self, name: str, movable: bool) -> Path:
+        """Where the service data folder NAME lives: <state>/NAME, or, if movable and the service's account could
+        not pass through to that (a state dir under a private folder such as /root), /var/lib/cubelab/<id>/NAME.
+        Once recorded in <state>/NAME-location (remember_place), the choice never changes."""
+        record = self.root / f"{name}-location"
+        if record.exists():
+            return Path(record.read_text().strip())
+        inside = self.root / name
+        return self.external(name) if movable and not reachable_by_others(inside) else inside
+
+    def remember_place(self, name: str, folder: Path) -> None:
+        record = self.root / f"{name}-location"
+        if not record.exists():
+            record.write_text(f"{folder}\n")
+
+    def service_home(self, name: str) -> Path:
+        """HOME of the service called name (a tracking server, the proxy) when it runs as its own account."""
+        return self.reachable_or_external(self.root / "service-homes") / name
+
     @property
     def hub(self) -> Path:
         return self.root / "hub"

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import psycopg2
 
-from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths, reachable_by_others
+from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths
 from cubelab.config import PlatformConfig, Team
 from cubelab.prereqs import postgres_bindir, postgres_bindirs
 from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
@@ -44,7 +44,9 @@ class LocalPostgres:
         self.port = config.ports.postgres
         # initdb and postgres refuse to run as root; the Debian package's user owns the cluster then.
         self.run_as = "postgres" if os.geteuid() == 0 else None
-        self.home = self._cluster_home()
+        # Run as root from a checkout under a private folder (/root is 0700), the postgres user cannot traverse to
+        # <state>/postgres: the cluster then lives in /var/lib/cubelab/<id>/postgres.
+        self.home = paths.placed("postgres", movable=bool(self.run_as))
         self.data_dir = self.home / "data"
         self.log = paths.logs / "postgres.log"
 
@@ -59,25 +61,6 @@ class LocalPostgres:
         if self.run_as:
             shutil.chown(path, self.run_as, self.run_as)
 
-    def _cluster_home(self) -> Path:
-        """The folder holding the cluster: <state>/postgres, unless the postgres system user cannot reach it.
-
-        Run as root from a checkout under a private folder (/root is 0700), the postgres user cannot
-        traverse to <state>/postgres. The cluster then lives in /var/lib/cubelab/<id>/postgres instead; the
-        choice is recorded in <state>/postgres-location so it never moves afterwards.
-        """
-        record = self.paths.root / "postgres-location"
-        if record.exists():
-            return Path(record.read_text().strip())
-        if self.run_as and not reachable_by_others(self.paths.postgres):
-            return self.paths.external("postgres")
-        return self.paths.postgres
-
-    def _remember_home(self) -> None:
-        record = self.paths.root / "postgres-location"
-        if not record.exists():
-            record.write_text(f"{self.home}\n")
-
     def initialize(self, progress: Callable[[str], None]) -> None:
         if (self.data_dir / "PG_VERSION").exists():
             return
@@ -87,7 +70,7 @@ class LocalPostgres:
             EXTERNAL_ROOT.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._own(self.home)
-        self._remember_home()
+        self.paths.remember_place("postgres", self.home)
         if self.data_dir.exists():  # a half-made cluster from an interrupted first start
             shutil.rmtree(self.data_dir)
         pwfile = self.home / ".initdb-pw"

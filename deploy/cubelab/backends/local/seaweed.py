@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import boto3
 import botocore.config
@@ -36,20 +35,12 @@ class LocalS3:
         self.secrets = SecretStore(paths.secrets)
         self.port = config.ports.s3
         self.log = paths.logs / "s3.log"
-        self.home = self._home()
+        # SeaweedFS's folder (data and identities). Data an earlier version left where SeaweedFS's account cannot
+        # reach stays there (account() then says None).
+        fresh = not (paths.s3 / "data").exists()
+        self.home = paths.placed("s3", movable=os.geteuid() == 0 and fresh)
         self.identities = self.home / "identities.json"
         self.guard = LoopbackGuard(paths.root)
-
-    def _home(self) -> Path:
-        """SeaweedFS's folder (data and identities): <state>/s3, unless its account could not reach that (a
-        state dir under a private folder such as /root); then /var/lib/cubelab/<id>/s3. Recorded, never moved."""
-        record = self.paths.root / "s3-location"
-        if record.exists():
-            return Path(record.read_text().strip())
-        fresh = not (self.paths.s3 / "data").exists()
-        if os.geteuid() == 0 and fresh and not reachable_by_others(self.paths.s3):
-            return self.paths.external("s3")
-        return self.paths.s3
 
     @property
     def url(self) -> str:
@@ -131,9 +122,7 @@ class LocalS3:
         if self.home != self.paths.s3:
             EXTERNAL_ROOT.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        record = self.paths.root / "s3-location"
-        if not record.exists():
-            record.write_text(f"{self.home}\n")
+        self.paths.remember_place("s3", self.home)
         account = self.account()
         if account is None:
             if os.geteuid() == 0:
@@ -157,7 +146,8 @@ class LocalS3:
         changed = self.write_identities()
         if account:
             shutil.chown(self.identities, account, account)
-        fingerprint = hashlib.sha256(json.dumps([self.argv(weed), account]).encode()).hexdigest()[:16]
+        argv = self.argv(weed)
+        fingerprint = hashlib.sha256(json.dumps([argv, account]).encode()).hexdigest()[:16]
         record = self.procs.get(NAME)
         if record and record.process() and record.fingerprint != fingerprint:
             progress("s3: restarting SeaweedFS with new settings")  # e.g. an older stack's, run as root
@@ -178,7 +168,7 @@ class LocalS3:
             "CUBELAB_STACK": str(self.paths.root),
         }
         # umask 077: the unix sockets weed makes in /tmp (one per internal server) admit its own account only.
-        record = self.procs.start(NAME, self.argv(weed), env=env, log=self.log, cwd=self.home, user=account,
+        record = self.procs.start(NAME, argv, env=env, log=self.log, cwd=self.home, user=account,
                                   umask=0o077, fingerprint=fingerprint)  # fmt: skip
         wait_healthy(record, self.healthy, timeout=30)
 

@@ -9,7 +9,7 @@ import secrets
 import urllib.request
 from pathlib import Path
 
-from cubelab.backends.local.accounts import ensure_service_account, service_account
+from cubelab.backends.local.accounts import ensure_service_home, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
@@ -86,7 +86,7 @@ class LocalTracking:
         return service_account(team.service) if os.geteuid() == 0 else None
 
     def home(self, team: Team) -> Path:
-        return self.paths.reachable_or_external(self.paths.root / "service-homes") / team.service
+        return self.paths.service_home(team.service)
 
     def _launch(self, team: Team, venv: Path) -> tuple[list[str], dict[str, str]]:
         bucket = self.config.bucket(team)
@@ -145,9 +145,7 @@ class LocalTracking:
         home = self.home(team)
         if account := self.account(team):
             # Never root: the server reads only the shared install, its HOME and what its environment holds.
-            home.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(home.parent, 0o711)  # noqa: S103 - each account traverses to its own home only
-            ensure_service_account(account, home, f"cubelab tracking server of team {team.name}")
+            ensure_service_home(account, home, f"cubelab tracking server of team {team.name}")
         else:
             home.mkdir(parents=True, exist_ok=True)
         return self.procs.start(
