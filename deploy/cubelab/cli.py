@@ -143,9 +143,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="install what is missing, start every service, provision every team").set_defaults(
         func=cmd_up
     )
-    sub.add_parser("apply", help="provision teams added to the config; running servers stay untouched").set_defaults(
-        func=cmd_apply
+    apply = (
+        "make the running stack match the config: new teams get their database, bucket and server, membership "
+        "changes go through the hub's API (no restart); the hub restarts only when teams, login or hub settings "
+        "change (users' servers keep running), a tracking server only when its own settings change"
     )
+    sub.add_parser("apply", help=apply, description=apply).set_defaults(func=cmd_apply)
     sub.add_parser("down", help="stop every service (data is kept)").set_defaults(func=cmd_down)
     st = sub.add_parser("status", help="each service with URL, pid, health and memory (exit 3 if any is unhealthy)")
     st.add_argument("--json", action="store_true", help="machine-readable output")

@@ -5,6 +5,7 @@ Loading never touches the disk beyond reading the file, so a bad config changes 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -83,6 +84,16 @@ class Ports:
     # SeaweedFS serves gRPC on each of its HTTP ports + 10000.
     GRPC_OFFSET: ClassVar[int] = storage.GRPC_OFFSET
 
+    @property
+    def hub_proxy_api(self) -> int:
+        """The proxy's REST API (the hub configures routes there): the port after ports.hub."""
+        return self.hub + 1
+
+    @property
+    def hub_api(self) -> int:
+        """The hub itself (its REST API, straight, for services): two after ports.hub."""
+        return self.hub + 2
+
     def reserved(self) -> dict[int, str]:
         """Ports the shared services take, with the config key that gives each (SeaweedFS's gRPC twins too)."""
         taken = {
@@ -114,15 +125,41 @@ class Hub:
     cull_idle_seconds: int = 3600
     public_url: str = ""
     subdomains: bool = False
+    spawn_timeout_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class ExternalPostgres:
+    host: str
+    port: int = 5432
+    user: str = "postgres"
+
+
+@dataclass(frozen=True)
+class ExternalS3:
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Resources of a user's pod on Kubernetes."""
+
+    cpu_limit: float
+    mem_limit: str
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
 class Containers:
-    """Images of the container deployments (compose, Helm)."""
+    """Images of the container deployments (compose, Helm), and the external services they may use."""
 
     registry: str = "cubelab"
     tag: str = "latest"
     public_url: str = "http://localhost:8000"
+    postgres: ExternalPostgres | None = None  # None: the bundled Postgres
+    s3: ExternalS3 | None = None  # None: the bundled SeaweedFS
+    cpu_profile: Profile = Profile(cpu_limit=4, mem_limit="16G")
+    gpu_profile: Profile = Profile(cpu_limit=8, mem_limit="64G", gpus=1)
 
     def image(self, name: str) -> str:
         return f"{self.registry}/{name}:{self.tag}"
@@ -433,8 +470,18 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         storage=storage,
         ports=ports,
         hub=hub,
-        containers=Containers(**data.get("containers", {})),
+        containers=_build_containers(data.get("containers", {})),
     )
+
+
+def _build_containers(raw: dict[str, Any]) -> Containers:
+    raw = dict(raw)
+    postgres = ExternalPostgres(**raw.pop("postgres")) if "postgres" in raw else None
+    s3 = ExternalS3(endpoint=raw.pop("s3")["endpoint"].rstrip("/")) if "s3" in raw else None
+    profiles, defaults = raw.pop("profiles", {}), Containers()
+    cpu = dataclasses.replace(defaults.cpu_profile, **profiles.get("cpu", {}))
+    gpu = dataclasses.replace(defaults.gpu_profile, **profiles.get("gpu", {}))
+    return Containers(**raw, postgres=postgres, s3=s3, cpu_profile=cpu, gpu_profile=gpu)
 
 
 def _subdomain_problem(url: str) -> str:
@@ -461,9 +508,10 @@ def _build_hub(raw: dict[str, Any], fail: Any) -> Hub:
         auth_raw["scope"] = tuple(auth_raw["scope"])
     return Hub(
         auth=HubAuth(**auth_raw),
-        cull_idle_seconds=raw.get("cull_idle_seconds", 3600),
+        cull_idle_seconds=raw.get("cull_idle_seconds", Hub.cull_idle_seconds),
         public_url=raw.get("public_url", ""),
         subdomains=raw.get("subdomains", False),
+        spawn_timeout_seconds=raw.get("spawn_timeout_seconds", Hub.spawn_timeout_seconds),
     )
 
 

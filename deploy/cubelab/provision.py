@@ -59,6 +59,11 @@ class TeamSecrets:
     def members(self) -> str:
         return f"TEAM_{env_name(self.team)}_MEMBERS"
 
+    @property
+    def tracking_uri(self) -> str:
+        """Not a secret: where platform_tests reach the team's server (provision describe)."""
+        return f"TEAM_{env_name(self.team)}_TRACKING_URI"
+
 
 def user_password_var(user: str) -> str:
     return f"USER_{env_name(user)}_PASSWORD"
@@ -220,7 +225,6 @@ def describe(path: Path) -> None:
     """The deployment description platform_tests reads (see platform_tests/README.md), from the environment
     of a container inside the deployment (the compose platform-tests service, the Helm test pod)."""
     prefix = os.environ.get("CUBELAB_BUCKET_PREFIX", "cubelab-")
-    pattern = _need("CUBELAB_TRACKING_URL_PATTERN")
     admins = set(os.environ.get("CUBELAB_ADMINS", "").split())
     teams = []
     for team in _teams():
@@ -228,7 +232,7 @@ def describe(path: Path) -> None:
         teams.append({
             "name": team,
             "members": os.environ.get(names.members, "").split(),
-            "tracking_uri": pattern.format(team=team),
+            "tracking_uri": _need(names.tracking_uri),
             "bucket": f"{prefix}{team}",
             "artifact_prefix": os.environ.get("CUBELAB_ARTIFACT_PREFIX", "mlflow"),
             "s3": {"access_key": _need(names.s3_access_key), "secret_key": _need(names.s3_secret_key)},
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         "Reads names and secrets from the environment: CUBELAB_TEAMS, CUBELAB_BUCKET_PREFIX, POSTGRES_*, "
         "S3_ENDPOINT, S3_ADMIN_*, TEAM_<NAME>_{DB_PASSWORD,S3_ACCESS_KEY,S3_SECRET_KEY}, HUB_DB_PASSWORD, "
         "CUBELAB_USERS, USER_<NAME>_PASSWORD, CUBELAB_PASSWORDS_FILE; for describe also CUBELAB_HUB_URL, "
-        "CUBELAB_HUB_API_URL, CUBELAB_ADMIN_TOKEN, CUBELAB_ADMINS, CUBELAB_TRACKING_URL_PATTERN, TEAM_<NAME>_MEMBERS, "
+        "CUBELAB_HUB_API_URL, CUBELAB_ADMIN_TOKEN, CUBELAB_ADMINS, TEAM_<NAME>_{MEMBERS,TRACKING_URI}, "
         "CUBELAB_STORAGE_INTERNAL.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -104,6 +104,20 @@ def build_folder(folder: Path, image: str) -> str:
     return build_file(folder / "Dockerfile", image, context=folder)
 
 
+STANDINS = Path(__file__).resolve().parent / "standins"
+
+
+def stand_ins(workdir: Path, weed: Path) -> dict[str, str]:
+    """Postgres and SeaweedFS stand-in images (standins/README.md): name in cubelab's files -> local image."""
+    (workdir / "Dockerfile").write_text((STANDINS / "seaweedfs" / "Dockerfile").read_text())
+    (workdir / "weed").write_bytes(weed.read_bytes())
+    (workdir / "weed").chmod(0o755)
+    return {
+        "postgres": build_folder(STANDINS / "postgres", "localhost/cubelab-standin/postgres:15"),
+        "seaweedfs": build_folder(workdir, "localhost/cubelab-standin/seaweedfs:test"),
+    }
+
+
 @contextmanager
 def docker_api() -> Iterator[str]:
     """podman's Docker-compatible API on a private socket, with testcontainers pointed at it."""

@@ -88,14 +88,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     containers.require_containers()
     use_shared_installs()
     weed = services_env(Path(os.environ["CUBELAB_INSTALL_DIR"]), print) / "bin" / "weed"
-    seaweed_context = tmp_path_factory.mktemp("seaweedfs")
-    (seaweed_context / "Dockerfile").write_text((STANDINS / "seaweedfs" / "Dockerfile").read_text())
-    (seaweed_context / "weed").write_bytes(weed.read_bytes())
-    (seaweed_context / "weed").chmod(0o755)
-    stand_ins = {
-        "postgres": containers.build_folder(STANDINS / "postgres", "localhost/cubelab-standin/postgres:15"),
-        "s3-store": containers.build_folder(seaweed_context, "localhost/cubelab-standin/seaweedfs:test"),
-    }
+    images = containers.stand_ins(tmp_path_factory.mktemp("seaweedfs"), weed)
+    stand_ins = {"postgres": images["postgres"], "s3-store": images["seaweedfs"]}
     for name in ("tracking", "hub", "platform-tests"):
         containers.build(name)
     # What DockerSpawner starts for users: the stand-in with images/notebook's server side.

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -33,11 +34,9 @@ EXAMPLE = ROOT / "cubelab.example.yaml"
 HELM = Path(sys.prefix) / "tools" / "helm"
 Z2JH_SCHEMA = ROOT.parent / "shared" / "reference" / "z2jh-values.schema.yaml"
 KUBERNETES = "1.36.0"
-BUNDLED = {"postgres": {"bundled": True}, "s3": {"bundled": True}}
-EXTERNAL = {
-    "postgres": {"host": "db.example.org", "existingSecret": "site-postgres"},
-    "s3": {"endpoint": "https://s3.example.org", "existingSecret": "site-s3"},
-}
+# The platform config's containers.postgres / containers.s3: none (bundled), or external servers.
+BUNDLED: dict[str, Any] = {}
+EXTERNAL = {"postgres": {"host": "db.example.org"}, "s3": {"endpoint": "https://s3.example.org"}}
 
 
 def copy_chart(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -58,10 +57,13 @@ def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def team_values(tmp_path: Path, teams: list[dict[str, Any]] | None = None, release: str = "cubelab") -> Path:
+def team_values(
+    tmp_path: Path, teams: list[dict[str, Any]] | None = None, release: str = "cubelab", services: dict | None = None
+) -> Path:
     config = yaml.safe_load(EXAMPLE.read_text())
     if teams is not None:
         config["teams"] = teams
+    config["containers"] = dict(services or {})
     (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
     return kubernetes.write(load(tmp_path / "cubelab.yaml"), tmp_path / "values.yaml", release)
 
@@ -80,11 +82,10 @@ def template(chart: Path, values: Path, site: dict[str, Any], tmp_path: Path, re
 
 @pytest.mark.parametrize("site", [BUNDLED, EXTERNAL], ids=["bundled", "external"])
 def test_lint_and_every_manifest_valid(chart: Path, tmp_path: Path, site: dict[str, Any]) -> None:
-    values = team_values(tmp_path)
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
-    lint = helm("lint", "--strict", str(chart), "-f", str(values), "-f", str(tmp_path / "site.yaml"))
+    values = team_values(tmp_path, services=site)
+    lint = helm("lint", "--strict", str(chart), "-f", str(values))
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    docs = template(chart, values, site, tmp_path)
+    docs = template(chart, values, {}, tmp_path)
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     kinds = sorted({d["kind"] for d in docs})
@@ -126,13 +127,18 @@ def test_team_resources_follow_the_platform_config(chart: Path, tmp_path: Path) 
         assert f"cubelab-team-{team}" in by_kind["Secret"]
     named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     deployment = named["Deployment", "cubelab-tracking-sea-ice"]
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    listed = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    env = {e["name"]: e for e in listed}
     assert env["CUBELAB_BACKEND_STORE_URI"]["value"] == (
-        "postgresql+psycopg2://team_sea_ice:$(DB_PASSWORD)@cubelab-postgres:5432/mlflow_sea_ice"
+        "postgresql+psycopg2://team_sea_ice:$(TEAM_SEA_ICE_DB_PASSWORD)@cubelab-postgres:5432/mlflow_sea_ice"
     )
     assert env["CUBELAB_ARTIFACTS_DESTINATION"]["value"] == "s3://cubelab-sea-ice/mlflow"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cubelab-team-sea-ice",
-                                                                        "key": "s3-secret-key"}  # fmt: skip
+    assert env["AWS_SECRET_ACCESS_KEY"]["value"] == "$(TEAM_SEA_ICE_S3_SECRET_KEY)"
+    assert env["TEAM_SEA_ICE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cubelab-team-sea-ice",
+                                                                             "key": "s3-secret-key"}  # fmt: skip
+    # kubelet expands $(NAME) only for variables defined earlier in the list: every secret comes first.
+    order = [e["name"] for e in listed]
+    assert order.index("TEAM_SEA_ICE_DB_PASSWORD") < order.index("CUBELAB_BACKEND_STORE_URI")
     # Only the team's users' pods (and the hub, proxy, helm test) reach its tracking server.
     policy = named["NetworkPolicy", "cubelab-tracking-land"]
     sources = [p["podSelector"]["matchLabels"] for p in policy["spec"]["ingress"][0]["from"]]
@@ -183,14 +189,15 @@ def _without_required(schema: Any) -> Any:
 
 def test_values_schema_and_release_checks(chart: Path, tmp_path: Path) -> None:
     values = team_values(tmp_path)
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump(BUNDLED))
-    base = ["template", "x", str(chart), "-f", str(values), "-f", str(tmp_path / "site.yaml")]
+    base = ["template", "x", str(chart), "-f", str(values)]
     other = helm("template", "other", *base[2:])
     assert other.returncode != 0 and "rendered for release" in other.stderr
     bad_team = helm(*base[:1], "cubelab", *base[2:], "--set", "teams[0].name=Bad_Name")
     assert bad_team.returncode != 0 and "teams/0/name" in bad_team.stderr
-    no_db = helm("template", "cubelab", str(chart), "-f", str(values))
-    assert no_db.returncode != 0 and "postgres.host is required" in no_db.stderr
+    # Values not rendered by cubelab (no tracking environment) are refused, not deployed half-configured.
+    bare = helm("template", "cubelab", str(chart), "--set", "teams[0].name=ocean",
+                "--set", "teams[0].serviceUrl=http://x")  # fmt: skip
+    assert bare.returncode != 0 and "trackingEnv" in bare.stderr
 
 
 def test_a_broken_template_fails(chart: Path, tmp_path: Path) -> None:
@@ -198,8 +205,7 @@ def test_a_broken_template_fails(chart: Path, tmp_path: Path) -> None:
     shutil.copytree(chart, broken)
     path = broken / "templates" / "tracking" / "service.yaml"
     path.write_text(path.read_text().replace("{{- end }}", ""))
-    (tmp_path / "site.yaml").write_text(yaml.safe_dump(BUNDLED))
-    done = helm("lint", str(broken), "-f", str(team_values(tmp_path)), "-f", str(tmp_path / "site.yaml"))
+    done = helm("lint", str(broken), "-f", str(team_values(tmp_path)))
     assert done.returncode != 0
 
 
@@ -319,12 +325,12 @@ def test_subdomain_mode_in_the_chart(chart: Path, tmp_path: Path) -> None:
 def test_fault_tests_get_pod_deletion_rights_only_when_asked(chart: Path, tmp_path: Path, site: dict[str, Any]) -> None:
     """tests.faults: a ServiceAccount for the test pod, a Role for pods get/list/delete and nothing else, and the
     selectors of the release's own pods (Postgres and S3 only when bundled); off by default: no token at all."""
-    values = team_values(tmp_path)
+    values = team_values(tmp_path, services=site)
     test_pod = lambda docs: next(d for d in docs if d["kind"] == "Pod")  # noqa: E731
-    off = template(chart, values, site, tmp_path)
+    off = template(chart, values, {}, tmp_path)
     assert test_pod(off)["spec"]["automountServiceAccountToken"] is False
     assert not {"ServiceAccount", "Role", "RoleBinding"} & {d["kind"] for d in off}
-    docs = template(chart, values, site | {"tests": {"faults": True}}, tmp_path)
+    docs = template(chart, values, {"tests": {"faults": True}}, tmp_path)
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     role = next(d for d in docs if d["kind"] == "Role")
@@ -343,3 +349,27 @@ def test_fault_tests_get_pod_deletion_rights_only_when_asked(chart: Path, tmp_pa
         templates = [d["spec"]["template"]["metadata"]["labels"] for d in docs
                      if d["kind"] in ("Deployment", "StatefulSet")]  # fmt: skip
         assert any(wanted.items() <= labels.items() for labels in templates), (role_name, wanted)
+
+
+@pytest.mark.parametrize("services", [BUNDLED, EXTERNAL], ids=["bundled", "external"])
+def test_every_address_names_a_service_the_release_has(release_chart: Path, tmp_path: Path, services: dict) -> None:
+    """Rendered with zero-to-jupyterhub itself: each host in the tracking servers', the provisioning Job's and the
+    users' environments is a Service of this release (or the external server the config names). Before the
+    deployment plan, external S3 gave users' kernels http://RELEASE-s3:8333, a Service that did not exist."""
+    values = team_values(tmp_path, services=services)
+    docs = template(release_chart, values, {}, tmp_path)
+    known = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    known |= {urlsplit(e["endpoint"]).hostname for e in [services.get("s3", {})] if e} | {
+        services.get("postgres", {}).get("host")} - {None}  # fmt: skip
+    rendered = yaml.safe_load(values.read_text())
+    settings = json.loads(rendered["jupyterhub"]["hub"]["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"])
+    urls = [
+        v for env in settings["team_env"].values() for k, v in env.items() if k.endswith(("_URI", "_URL", "ENDPOINT"))
+    ]
+    urls += [s["url"] for s in settings["services"] if "url" in s]
+    for env in [t["trackingEnv"] for t in rendered["teams"]] + [rendered["env"]["provision"]]:
+        urls += [e["value"] for e in env if e["name"].endswith(("_URI", "_URL", "ENDPOINT")) and "value" in e]
+        urls += [f"tcp://{e['value']}" for e in env if e["name"] == "POSTGRES_HOST"]
+    hosts = {urlsplit(u).hostname for u in urls if urlsplit(u).hostname not in ("localhost",)}
+    assert hosts and hosts <= known, hosts - known
+    assert ("cubelab-s3" in known) == (services is BUNDLED) and "hub" in known

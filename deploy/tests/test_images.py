@@ -219,12 +219,12 @@ def test_platform_tests_image_runs_the_suite_against_a_deployment(podman_api: st
         "CUBELAB_ADMIN_TOKEN": description["hub_admin_token"],
         "CUBELAB_ADMINS": " ".join(stack.config.admins),
         "CUBELAB_USERS": " ".join(u.name for u in stack.config.users),
-        "CUBELAB_TRACKING_URL_PATTERN": description["hub_url"] + "/services/mlflow-{team}",
     }
     for team in description["teams"]:
         names = TeamSecrets(team["name"])
         env |= {names.s3_access_key: team["s3"]["access_key"], names.s3_secret_key: team["s3"]["secret_key"],
-                names.members: " ".join(team["members"])}  # fmt: skip
+                names.members: " ".join(team["members"]),
+                names.tracking_uri: f"{description['hub_url']}/services/mlflow-{team['name']}"}  # fmt: skip
     for user in description["users"]:
         if "initial_password" in user:
             env[user_password_var(user["name"])] = user["initial_password"]

@@ -203,10 +203,11 @@ def test_second_up_is_idempotent_and_quick(stack: LocalBackend) -> None:
     assert elapsed < 10, f"a second up took {elapsed:.1f} s"
 
 
-def as_member(backend: LocalBackend, team: str) -> str:
-    """Act as the team's first member from now on (mlflow sends MLFLOW_TRACKING_TOKEN); the tracking URI."""
+def as_member(backend: LocalBackend, team: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Act as the team's first member for the rest of the test (mlflow sends MLFLOW_TRACKING_TOKEN; monkeypatch
+    restores the environment afterwards); the tracking URI."""
     member = backend.config.team(team).members[0]
-    os.environ["MLFLOW_TRACKING_TOKEN"] = backend.hub.issue_token(member)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", backend.hub.issue_token(member))
     return backend.tracking.url(backend.config.team(team))
 
 
@@ -234,8 +235,30 @@ def _check_something(tracking_uri: str, name: str, run_id: str) -> None:
     assert client.get_registered_model(f"{name}-model").latest_versions[0].run_id == run_id
 
 
-def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend, stacks: ScratchStacks) -> None:
-    ocean_uri = as_member(stack, "ocean")
+def _apply(path: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "cubelab", "-c", str(path), "apply"],
+                          capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_apply_with_a_new_team_leaves_other_teams_untouched(
+    stack: LocalBackend, stacks: ScratchStacks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = stack.config.path.read_text()
+    try:
+        _apply_a_new_team(stack, stacks, monkeypatch)
+    finally:
+        # The module's stack goes back to its config for the tests after this one; apply removes the team.
+        stack.config.path.write_text(original)
+        _apply(stack.config.path)
+    back = stacks.backend(load(stack.config.path))
+    assert "mlflow-ice" not in {r.name for r in back.status()} and back.procs.get("mlflow-ice") is None
+    assert "bob" in back.hub.api("GET", "/groups/ocean")["users"]
+
+
+def _apply_a_new_team(stack: LocalBackend, stacks: ScratchStacks, monkeypatch: pytest.MonkeyPatch) -> None:
+    ocean_uri = as_member(stack, "ocean", monkeypatch)
     _, run_id = _log_something(ocean_uri, "before-apply")
     before = pids(stack)
 
@@ -243,11 +266,7 @@ def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend,
     doc["teams"].append({"name": "ice", "members": ["dave"]})
     doc["teams"][0]["members"].remove("bob")  # a member leaves ocean: the hub group must follow
     stack.config.path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    done = subprocess.run(
-        [sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "apply"],
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _apply(stack.config.path)
     assert "mlflow-ice ready" in done.stdout
 
     grown = stacks.backend(load(stack.config.path))
@@ -260,18 +279,39 @@ def test_apply_with_a_new_team_leaves_other_teams_untouched(stack: LocalBackend,
     # Teams are hub groups, synced both ways.
     assert grown.hub.api("GET", "/groups/ice")["users"] == ["dave"]
     assert "bob" not in grown.hub.api("GET", "/groups/ocean")["users"]
-    _check_something(as_member(grown, "ocean"), "before-apply", run_id)
+    _check_something(as_member(grown, "ocean", monkeypatch), "before-apply", run_id)
     # The new team has its own bucket and identity, and works.
-    ice_uri = as_member(grown, "ice")
+    ice_uri = as_member(grown, "ice", monkeypatch)
     _, ice_run = _log_something(ice_uri, "ice-first")
     _check_something(ice_uri, "ice-first", ice_run)
 
 
-def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> None:
+def test_a_membership_change_restarts_nothing(stack: LocalBackend, stacks: ScratchStacks) -> None:
+    """Members joining or leaving go through the hub's API: no service restarts, the groups follow."""
+    original = stack.config.path.read_text()
+    before = pids(stack)
+    doc = yaml.safe_load(original)
+    doc["teams"][1]["members"].append("erin")  # erin joins land
+    doc["teams"][0]["members"].remove("alice")  # alice leaves ocean
+    doc["teams"][0]["admins"] = []
+    try:
+        stack.config.path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        _apply(stack.config.path)
+        changed = stacks.backend(load(stack.config.path))
+        assert pids(changed) == before
+        assert "erin" in changed.hub.api("GET", "/groups/land")["users"]
+        assert "alice" not in changed.hub.api("GET", "/groups/ocean")["users"]
+    finally:
+        stack.config.path.write_text(original)
+        _apply(stack.config.path)
+    assert pids(stack) == before and "alice" in stack.hub.api("GET", "/groups/ocean")["users"]
+
+
+def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     from platform_tests.hubclient import UserServer
 
     backend = LocalBackend(load(stack.config.path))
-    _, run_id = _log_something(as_member(backend, "ocean"), "persisted")
+    _, run_id = _log_something(as_member(backend, "ocean", monkeypatch), "persisted")
     user = backend.config.users[0].name
     UserServer(backend.hub.url, user, backend.hub.issue_token(user)).start()  # `down` must stop it too
     assert len(stack_processes(backend.paths.root)) > len(backend.procs.all())
@@ -282,7 +322,7 @@ def test_down_stops_everything_and_up_brings_data_back(stack: LocalBackend) -> N
 
     backend.up()
     assert all(row.healthy for row in backend.status())
-    _check_something(as_member(backend, "ocean"), "persisted", run_id)
+    _check_something(as_member(backend, "ocean", monkeypatch), "persisted", run_id)
 
 
 def test_up_recovers_from_a_killed_hub_and_down_leaves_no_orphan(stack: LocalBackend) -> None:
@@ -320,12 +360,12 @@ def test_stock_mlflow_server_with_cubelab_app_enforces_team_auth(stack: LocalBac
 
     team = stack.config.team("ocean")
     venv = stack.paths.install / "services"
-    argv, env = stack.tracking._launch(team, venv)
+    _, env = stack.tracking._launch(team, venv)
     store = env.pop("CUBELAB_BACKEND_STORE_URI")
     port = free_tcp_port()
     prefix = f"/services/{team.service}"
     cmd = [str(venv / "bin/mlflow"), "server", "--app-name", "cubelab", "--backend-store-uri", store,
-           "--serve-artifacts", "--artifacts-destination", argv[argv.index("--artifacts-destination") + 1],
+           "--serve-artifacts", "--artifacts-destination", env["CUBELAB_ARTIFACTS_DESTINATION"],
            "--static-prefix", prefix, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -51,7 +51,8 @@ def test_a_missing_secret_is_named(env: dict[str, str], monkeypatch: pytest.Monk
 def test_description_for_platform_tests(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     extra = {"S3_ENDPOINT": "http://s3:8333", "CUBELAB_HUB_URL": "http://hub:8000",
              "CUBELAB_HUB_API_URL": "http://hub:8081/hub/api", "CUBELAB_ADMIN_TOKEN": "tok",
-             "CUBELAB_TRACKING_URL_PATTERN": "http://tracking-{team}:5000/services/mlflow-{team}",
+             TeamSecrets("ocean").tracking_uri: "http://tracking-ocean:5000/services/mlflow-ocean",
+             TeamSecrets("sea-ice").tracking_uri: "http://tracking-sea-ice:5000/services/mlflow-sea-ice",
              "CUBELAB_USERS": "alice dave", "CUBELAB_ADMINS": "dave", user_password_var("alice"): "pw",
              TeamSecrets("ocean").members: "alice", TeamSecrets("sea-ice").members: ""}  # fmt: skip
     for key, value in extra.items():

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cubelab import storage
+from cubelab import plan, storage
 from cubelab.config import PlatformConfig, Team
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
@@ -27,15 +27,30 @@ HEADER = """\
 """
 POSTGRES_IMAGE = "postgres:15.14-bookworm"
 SEAWEEDFS_IMAGE = "chrislusf/seaweedfs:4.48"
-TRACKING_PORT, HUB_PORT = 5000, 8000
-S3_PORT = storage.CONTAINER_PORTS["s3"]
-PLATFORM_VARS = ("POSTGRES_PASSWORD", "S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY", "HUB_DB_PASSWORD",
-                 "HUB_COOKIE_SECRET", "HUB_PROXY_TOKEN", "CUBELAB_ADMIN_TOKEN")  # fmt: skip
+PORTS = plan.CONTAINER_PORTS
+TRACKING_PORT, HUB_PORT, S3_PORT = PORTS["tracking"], PORTS["hub"], PORTS["s3"]
+# Secrets of an external service: the operator puts them into .env; cubelab cannot make them.
+EXTERNAL_VARS = {"postgres": ("POSTGRES_PASSWORD",), "s3": ("S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY")}
+PASSWORDS_FILE = "/srv/cubelab/passwords.json"
+PLATFORM_VARS = (*EXTERNAL_VARS["postgres"], *EXTERNAL_VARS["s3"], plan.HUB_DB_PASSWORD, plan.HUB_COOKIE_SECRET,
+                 plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN)  # fmt: skip
 
 
-def _ref(name: str) -> str:
+def _ref(name: str, operators: bool = False) -> str:
     """A required variable: compose stops with this message when .env lacks it."""
+    if operators:
+        return f"${{{name}:?set {name} in .env: the admin credentials of your external Postgres or S3}}"
     return f"${{{name}:?run cubelab render compose to generate .env}}"
+
+
+def _fill(config: PlatformConfig, value: Any) -> Any:
+    """The plan's $(NAME) secret references as compose variables."""
+    theirs = {name for service in _external(config) for name in EXTERNAL_VARS[service]}
+    return plan.resolve(value, lambda name: _ref(name, name in theirs))
+
+
+def _external(config: PlatformConfig) -> set[str]:
+    return {name for name in ("postgres", "s3") if getattr(config.containers, name) is not None}
 
 
 def secret_names(config: PlatformConfig) -> dict[str, Any]:
@@ -43,7 +58,10 @@ def secret_names(config: PlatformConfig) -> dict[str, Any]:
     hex_token = lambda: secrets.token_hex(32)  # noqa: E731
     names: dict[str, Any] = dict.fromkeys(PLATFORM_VARS, new_password)
     names["S3_ADMIN_ACCESS_KEY"] = new_access_key
-    names["HUB_COOKIE_SECRET"] = names["HUB_PROXY_TOKEN"] = names["CUBELAB_ADMIN_TOKEN"] = hex_token
+    names[plan.HUB_COOKIE_SECRET] = names[plan.HUB_PROXY_TOKEN] = names[plan.ADMIN_TOKEN] = hex_token
+    for service in _external(config):
+        for name in EXTERNAL_VARS[service]:
+            del names[name]
     for team in config.teams:
         t = TeamSecrets(team.name)
         names |= {t.db_password: new_password, t.s3_access_key: new_access_key, t.s3_secret_key: new_password,
@@ -77,53 +95,28 @@ def write_env(config: PlatformConfig, path: Path) -> list[str]:
     return added
 
 
-def _team_env(config: PlatformConfig, team: Team) -> dict[str, str]:
-    t = TeamSecrets(team.name)
-    return render.team_environment(
-        config, team, tracking_uri=f"http://tracking-{team.name}:{TRACKING_PORT}{render.service_prefix(team)}",
-        s3_endpoint=f"http://s3:{S3_PORT}", access_key=_ref(t.s3_access_key), secret_key=_ref(t.s3_secret_key),
-    )  # fmt: skip
-
-
 def hub_settings(config: PlatformConfig) -> dict[str, Any]:
-    """The settings jupyterhub_config.py maps to traits, for the hub container with DockerSpawner."""
-    urls = {t.name: f"http://tracking-{t.name}:{TRACKING_PORT}" for t in config.teams}
-    tokens = {t.name: _ref(TeamSecrets(t.name).hub_token) for t in config.teams}
-    services = render.team_services(config, urls, tokens, config.containers.public_url)
-    services.append({"name": render.ADMIN_SERVICE, "api_token": _ref("CUBELAB_ADMIN_TOKEN")})
-    culler = config.hub.cull_idle_seconds > 0
-    if culler:
-        services.append(render.culler_service("python3", config.hub.cull_idle_seconds))
-    settings: dict[str, Any] = {
+    """The settings cubelab.hub.configure maps to traits, for the hub container with DockerSpawner."""
+    addr = plan.compose_addresses(config)
+    files = plan.HubFiles(
+        templates="/opt/cubelab/templates",
+        passwords=PASSWORDS_FILE,
+        client_secret="/run/secrets/oidc-client-secret",  # noqa: S106 - a path, not a secret
+        culler=render.culler_service("python3", config.hub.cull_idle_seconds),
+    )
+    settings = plan.hub_settings(config, addr, files) | plan.hub_state(addr)
+    settings |= {
         "bind_url": f"http://0.0.0.0:{HUB_PORT}",
-        "hub_bind_url": "http://0.0.0.0:8081",
-        "hub_connect_url": "http://hub:8081",
-        "db_url": "postgresql+psycopg2://hub:" + _ref("HUB_DB_PASSWORD") + "@postgres:5432/jupyterhub",
-        "cookie_secret": _ref("HUB_COOKIE_SECRET"),
-        "proxy_token": _ref("HUB_PROXY_TOKEN"),
-        "admin_users": list(config.admins),
-        "groups": render.load_groups(config),
-        "load_roles": render.roles(config, culler),
-        "services": services,
-        "template_paths": ["/opt/cubelab/templates"],
-        "template_vars": render.template_vars(config, config.containers.public_url),
-        "subdomain_host": render.subdomain_host(config, config.containers.public_url),
-        "server_token_scopes": render.SERVER_TOKEN_SCOPES,
-        "team_env": {t.name: _team_env(config, t) for t in config.teams},
+        "hub_bind_url": f"http://0.0.0.0:{PORTS['hub_api']}",
+        "hub_connect_url": f"http://hub:{PORTS['hub_api']}",
         "spawner_class": "dockerspawner.DockerSpawner",
+        "spawner_timeout": config.hub.spawn_timeout_seconds,
         "docker_image": config.containers.image("notebook"),
         # Users' containers join the network of the tracking servers and S3, not the one Postgres is on.
         "docker_network": "cubelab-users",
         "docker_volumes": {"cubelab-home-{username}": "/home/jovyan/work"},
-        "gpu_teams": [t.name for t in config.teams if t.gpu],
-    }  # fmt: skip
-    settings |= render.auth_settings(
-        config,
-        passwords_file="/srv/cubelab/passwords.json",
-        client_secret_file="/run/secrets/oidc-client-secret",  # noqa: S106 - a path, not a secret
-        callback_url=f"{config.containers.public_url}/hub/oauth_callback",
-    )
-    return settings
+    }
+    return _fill(config, settings)
 
 
 def _healthcheck(test: list[str], start: str = "30s") -> dict[str, Any]:
@@ -135,82 +128,44 @@ def _python_health(url: str) -> list[str]:
 
 
 def _provision_env(config: PlatformConfig) -> dict[str, str]:
-    env = {
-        "CUBELAB_TEAMS": " ".join(t.name for t in config.teams),
-        "CUBELAB_BUCKET_PREFIX": config.storage.bucket_prefix,
-        "POSTGRES_HOST": "postgres",
-        "POSTGRES_PASSWORD": _ref("POSTGRES_PASSWORD"),
-        "S3_ENDPOINT": f"http://s3:{S3_PORT}",
-        "S3_ADMIN_ACCESS_KEY": _ref("S3_ADMIN_ACCESS_KEY"),
-        "S3_ADMIN_SECRET_KEY": _ref("S3_ADMIN_SECRET_KEY"),
-        "HUB_DB_PASSWORD": _ref("HUB_DB_PASSWORD"),
-    }
-    for team in config.teams:
-        t = TeamSecrets(team.name)
-        env |= {t.db_password: _ref(t.db_password), t.s3_access_key: _ref(t.s3_access_key),
-                t.s3_secret_key: _ref(t.s3_secret_key)}  # fmt: skip
-    if config.hub.auth.type == "local":
-        env["CUBELAB_USERS"] = " ".join(u.name for u in config.users)
-        env["CUBELAB_PASSWORDS_FILE"] = "/srv/cubelab/passwords.json"
-        env |= {user_password_var(u.name): _ref(user_password_var(u.name)) for u in config.users}
-    return env
+    return _fill(config, plan.provision_env(config, plan.compose_addresses(config), passwords_file=PASSWORDS_FILE))
 
 
 def _s3_identity_env(config: PlatformConfig) -> dict[str, str]:
-    """The part of the provisioning environment that writing the S3 identities needs (no database secrets)."""
-    names = {"CUBELAB_TEAMS", "CUBELAB_BUCKET_PREFIX", "S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY"}
-    for team in config.teams:
-        names |= {TeamSecrets(team.name).s3_access_key, TeamSecrets(team.name).s3_secret_key}
-    return {k: v for k, v in _provision_env(config).items() if k in names}
+    return _fill(config, plan.s3_identity_env(config, plan.compose_addresses(config)))
 
 
 def _tracking(config: PlatformConfig, team: Team) -> dict[str, Any]:
-    t, prefix = TeamSecrets(team.name), render.service_prefix(team)
+    prefix = render.service_prefix(team)
     return {
         "image": config.containers.image("tracking"),
         "restart": "unless-stopped",
-        "environment": {
-            "CUBELAB_BACKEND_STORE_URI": f"postgresql+psycopg2://{team.role}:{_ref(t.db_password)}"
-            f"@postgres:5432/{team.database}",
-            "CUBELAB_ARTIFACTS_DESTINATION": f"s3://{config.bucket(team)}/{config.storage.artifact_prefix}",
-            "CUBELAB_SERVICE_PREFIX": prefix,
-            "CUBELAB_SERVICE_NAME": team.service,
-            "CUBELAB_TEAM_NAME": team.name,
-            "CUBELAB_SERVICE_TOKEN": _ref(t.hub_token),
-            "CUBELAB_HUB_API_URL": "http://hub:8081/hub/api",
-            "CUBELAB_HUB_PUBLIC_URL": config.containers.public_url,
-            "CUBELAB_SERVICE_URL": render.service_url(config, team, config.containers.public_url),
-            # The names other containers reach it by, directly and through the hub's proxy (mlflow refuses
-            # unknown Host headers; the public host is added from CUBELAB_HUB_PUBLIC_URL).
-            "CUBELAB_ALLOWED_HOSTS": f"tracking-{team.name}:{TRACKING_PORT},hub:{HUB_PORT}",
-            # The server writes artefacts with the team's own S3 identity: no other bucket is reachable.
-            "AWS_ACCESS_KEY_ID": _ref(t.s3_access_key),
-            "AWS_SECRET_ACCESS_KEY": _ref(t.s3_secret_key),
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "MLFLOW_S3_ENDPOINT_URL": f"http://s3:{S3_PORT}",
-        },
+        "environment": _fill(config, plan.tracking_env(config, team, plan.compose_addresses(config))),
         "depends_on": {"init": {"condition": "service_completed_successfully"}},
         "networks": ["backend", "users"],
         "healthcheck": _healthcheck(_python_health(f"http://127.0.0.1:{TRACKING_PORT}{prefix}/health"), "60s"),
     }
 
 
-def render_compose(config: PlatformConfig) -> dict[str, Any]:
-    images = config.containers
-    tracking_image = images.image("tracking")
-    build = lambda name: {"context": ".", "dockerfile": f"images/{name}/Dockerfile"}  # noqa: E731
-    services: dict[str, Any] = {
-        "postgres": {
+def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
+    """Postgres and SeaweedFS, for whichever of them the config does not name an external server."""
+    external = _external(config)
+    services: dict[str, Any] = {}
+    if "postgres" not in external:
+        services["postgres"] = {
             "image": POSTGRES_IMAGE,
             "restart": "unless-stopped",
             "environment": {"POSTGRES_PASSWORD": _ref("POSTGRES_PASSWORD")},
             "volumes": ["postgres-data:/var/lib/postgresql/data"],
             "networks": ["backend"],
             "healthcheck": _healthcheck(["CMD", "pg_isready", "-U", "postgres"]),
-        },
+        }
+    if "s3" in external:
+        return services
+    services |= {
         # One-shot: SeaweedFS reads its S3 identities (one per team, limited to its bucket) from a file at start.
         "s3-identities": {
-            "image": tracking_image,
+            "image": config.containers.image("tracking"),
             "build": build("tracking"),
             "command": ["python3", "-m", "cubelab.provision", "s3-identities", "/etc/seaweedfs/identities.json"],
             "environment": _s3_identity_env(config),
@@ -236,25 +191,34 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
         },
         # The S3 API, and nothing else of SeaweedFS, for the other services and users' containers.
         "s3": {
-            "image": tracking_image,
+            "image": config.containers.image("tracking"),
             "restart": "unless-stopped",
             "command": ["python3", "-m", "cubelab.relay", str(S3_PORT), f"s3-store:{S3_PORT}"],
             "depends_on": {"s3-store": {"condition": "service_healthy"}},
             "networks": ["storage", "backend", "users"],
             "healthcheck": _healthcheck(_python_health(f"http://127.0.0.1:{S3_PORT}/healthz")),
         },
-        # One-shot: databases and roles (per team and the hub's), buckets, first passwords.
-        "init": {
-            "image": tracking_image,
-            "command": ["python3", "-m", "cubelab.provision", "all"],
-            "environment": _provision_env(config),
-            "volumes": ["hub-data:/srv/cubelab"],
-            "user": "root",
-            "depends_on": {"postgres": {"condition": "service_healthy"}, "s3": {"condition": "service_healthy"}},
-            "networks": ["backend"],
-            "restart": "no",
-        },
     }
+    return services
+
+
+def render_compose(config: PlatformConfig) -> dict[str, Any]:
+    images = config.containers
+    build = lambda name: {"context": ".", "dockerfile": f"images/{name}/Dockerfile"}  # noqa: E731
+    services = _bundled(config, build)
+    services["init"] = {
+        # One-shot: databases and roles (per team and the hub's), buckets, first passwords.
+        "image": images.image("tracking"),
+        "command": ["python3", "-m", "cubelab.provision", "all"],
+        "environment": _provision_env(config),
+        "volumes": ["hub-data:/srv/cubelab"],
+        "user": "root",
+        "depends_on": {name: {"condition": "service_healthy"} for name in ("postgres", "s3") if name in services},
+        "networks": ["backend"],
+        "restart": "no",
+    }
+    if "s3-identities" not in services:
+        services["init"]["build"] = build("tracking")  # the first service of the tracking image builds it
     for team in config.teams:
         services[f"tracking-{team.name}"] = _tracking(config, team)
     settings = json.dumps(hub_settings(config), indent=1)
@@ -306,31 +270,18 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
 
 
 def _describe_env(config: PlatformConfig) -> dict[str, str]:
-    """What `python -m cubelab.provision describe` needs to write the platform_tests deployment description."""
-    env = {
-        "CUBELAB_BACKEND": "compose",
-        "S3_ENDPOINT": f"http://s3:{S3_PORT}",
-        "CUBELAB_HUB_URL": f"http://hub:{HUB_PORT}",
-        "CUBELAB_HUB_API_URL": "http://hub:8081/hub/api",
-        "CUBELAB_ADMIN_TOKEN": _ref("CUBELAB_ADMIN_TOKEN"),
-        "CUBELAB_ADMINS": " ".join(config.admins),
-        "CUBELAB_ARTIFACT_PREFIX": config.storage.artifact_prefix,
-        "CUBELAB_TRACKING_URL_PATTERN": f"http://tracking-{{team}}:{TRACKING_PORT}/services/mlflow-{{team}}",
-        # The services platform_tests' fault tests kill, when the Docker socket is mounted into their container.
-        "CUBELAB_FAULT_SERVICES": json.dumps(
-            {"postgres": "postgres", "hub": "hub", "s3": "s3-store", "tracking": "tracking-{team}"}
-        ),
+    addr = plan.compose_addresses(config)
+    env = plan.describe_env(config, addr, backend="compose", hub_url=f"http://hub:{HUB_PORT}")
+    if "s3" not in _external(config):
         # What a user's container must not reach: SeaweedFS itself, every port (its S3 API only via the relay).
-        "CUBELAB_STORAGE_INTERNAL": " ".join(
-            f"s3-store:{port}" for port in [S3_PORT, *storage.internal_ports(storage.CONTAINER_PORTS)]
-        ),
-    }
-    for team in config.teams:
-        env[TeamSecrets(team.name).members] = " ".join(team.members)
-    env["CUBELAB_USERS"] = " ".join(u.name for u in config.users)
-    if config.hub.auth.type == "local":
-        env |= {user_password_var(u.name): _ref(user_password_var(u.name)) for u in config.users}
-    return env
+        internal = [S3_PORT, *storage.internal_ports(storage.CONTAINER_PORTS)]
+        env["CUBELAB_STORAGE_INTERNAL"] = " ".join(f"s3-store:{port}" for port in internal)
+    # The services platform_tests' fault tests kill, when the Docker socket is mounted into their container.
+    faults = {"hub": "hub", "tracking": "tracking-{team}"}
+    faults |= {name: service for name, service in (("postgres", "postgres"), ("s3", "s3-store")) if name not in
+               _external(config)}  # fmt: skip
+    env["CUBELAB_FAULT_SERVICES"] = json.dumps(faults)
+    return _fill(config, env)
 
 
 def write(config: PlatformConfig, out_dir: Path) -> tuple[Path, Path, list[str]]:

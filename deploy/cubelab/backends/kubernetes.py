@@ -8,114 +8,124 @@ and the users' network policy. No secret is rendered: the chart generates them i
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cubelab.config import PlatformConfig, Team
+from cubelab import plan
+from cubelab.config import PlatformConfig, Profile
 from cubelab.hub import render
-from cubelab.provision import TeamSecrets, user_password_var
+from cubelab.provision import user_password_var
 
-TRACKING_PORT = 5000
 OIDC_MOUNT = "/srv/cubelab/oidc"  # where the hub pod finds the OIDC client secret
 HEADER = """\
 # Helm values rendered by `cubelab render helm` from {config}: the teams and what the hub needs to know of
 # them. Install with: helm install cubelab helm/cubelab -f {name} [-f your-site-values.yaml]
 # Do not edit: change the platform config and render again. No secrets here; the chart generates them.
 """
-CPU_PROFILE = {"cpu_limit": 4, "mem_limit": "16G"}
-GPU_PROFILE = {"cpu_limit": 8, "mem_limit": "64G", "extra_resource_limits": {"nvidia.com/gpu": "1"}}
 
 
-def _tracking_url(release_prefix: str, team: Team) -> str:
-    return f"http://{release_prefix}-tracking-{team.name}:{TRACKING_PORT}"
+def secret_sources(config: PlatformConfig, release: str) -> dict[str, tuple[str, str]]:
+    """Each secret variable of the plan -> (Kubernetes Secret, key) it comes from. The chart generates these
+    Secrets, except RELEASE-postgres and RELEASE-s3-admin for an external Postgres or S3 (you create them)."""
+    sources = {plan.ADMIN_TOKEN: (f"{release}-hub", "admin-token"),
+               "POSTGRES_PASSWORD": (f"{release}-postgres", "password"),
+               "S3_ADMIN_ACCESS_KEY": (f"{release}-s3-admin", "access-key"),
+               "S3_ADMIN_SECRET_KEY": (f"{release}-s3-admin", "secret-key")}  # fmt: skip
+    for team in config.teams:
+        sources |= {var: (f"{release}-team-{team.name}", key) for var, key in plan.team_secret_keys(team).items()}
+    for user in config.users:
+        sources[user_password_var(user.name)] = (f"{release}-users", user.name)
+    return sources
 
 
-def team_env(config: PlatformConfig, team: Team, prefix: str, s3_endpoint: str) -> dict[str, str]:
-    """What a user's pod of this team gets; $(NAME) are hub environment variables from the team's Secret."""
-    t = TeamSecrets(team.name)
-    return render.team_environment(
-        config, team, tracking_uri=f"{_tracking_url(prefix, team)}{render.service_prefix(team)}",
-        s3_endpoint=s3_endpoint, access_key=f"$({t.s3_access_key})", secret_key=f"$({t.s3_secret_key})",
-    )  # fmt: skip
+def env_list(env: dict[str, str], sources: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
+    """A container's env: first each secret the values refer to, from its Secret, then the values, whose $(NAME)
+    kubelet expands (it does so only for variables defined earlier in the list). A variable that is the secret
+    itself (NAME: $(NAME)) is just the Secret's entry."""
+    out: list[dict[str, Any]] = []
+    for name in plan.references(env):
+        if env.get(name, plan.ref(name)) != plan.ref(name):
+            raise ValueError(f"{name} is both a secret and a plain variable")
+        secret, key = sources[name]
+        out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return out + [{"name": name, "value": value} for name, value in env.items() if value != plan.ref(name)]
 
 
-def hub_settings(config: PlatformConfig, prefix: str, s3_endpoint: str) -> dict[str, Any]:
-    urls = {t.name: _tracking_url(prefix, t) for t in config.teams}
-    tokens = {t.name: f"$({TeamSecrets(t.name).hub_token})" for t in config.teams}
-    settings: dict[str, Any] = {
-        "services": [*render.team_services(config, urls, tokens, config.containers.public_url),
-                     {"name": render.ADMIN_SERVICE, "api_token": "$(CUBELAB_ADMIN_TOKEN)"}],
-        "groups": render.load_groups(config),
-        "template_paths": ["/opt/cubelab/templates"],
-        "template_vars": render.template_vars(config, config.containers.public_url),
-        "subdomain_host": render.subdomain_host(config, config.containers.public_url),
-        "team_env": {t.name: team_env(config, t, prefix, s3_endpoint) for t in config.teams},
-        "server_token_scopes": render.SERVER_TOKEN_SCOPES,
-        "admin_users": list(config.admins),
-    }  # fmt: skip
-    settings |= render.auth_settings(
-        config,
-        passwords_file="/srv/jupyterhub/cubelab-passwords.json",
-        client_secret_file=f"{OIDC_MOUNT}/client-secret",
-        callback_url=f"{config.containers.public_url}/hub/oauth_callback",
+def hub_settings(config: PlatformConfig, release: str) -> dict[str, Any]:
+    """The plan's hub settings as zero-to-jupyterhub's hub gets them (secrets stay $(NAME): cubelab's hook
+    expands them from the hub's environment); roles go to z2jh's loadRoles, culling to its cull settings."""
+    files = plan.HubFiles(
+        templates="/opt/cubelab/templates",
+        passwords="/srv/jupyterhub/cubelab-passwords.json",
+        client_secret=f"{OIDC_MOUNT}/client-secret",
     )
-    return settings
+    return plan.hub_settings(config, plan.helm_addresses(config, release), files)
+
+
+def _limits(profile: Profile) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu_limit": profile.cpu_limit, "mem_limit": profile.mem_limit}
+    if profile.gpus:
+        limits["extra_resource_limits"] = {"nvidia.com/gpu": str(profile.gpus)}
+    return limits
+
+
+def _sizes(profile: Profile) -> str:
+    gpus = f", {profile.gpus} NVIDIA GPU{'s' if profile.gpus > 1 else ''}" if profile.gpus else ""
+    return f"{profile.cpu_limit:g} CPUs, {profile.mem_limit}B memory{gpus}"
 
 
 def profiles(config: PlatformConfig, gpu_image: str) -> list[dict[str, Any]]:
-    """One CPU profile per team, and a GPU one for teams allowed GPUs; the hub shows users their teams' only."""
+    """One CPU profile per team, and a GPU one for teams allowed GPUs; the hub shows users their teams' only.
+    Sizes from the config (containers.profiles)."""
+    cpu, gpu = config.containers.cpu_profile, config.containers.gpu_profile
     out: list[dict[str, Any]] = []
     for team in config.teams:
         out.append({"display_name": f"{team.name}: CPU", "slug": f"{team.name}-cpu",
-                    "description": f"Runs, models and data go to team {team.name}. 4 CPUs, 16 GB.",
-                    "kubespawner_override": dict(CPU_PROFILE)})  # fmt: skip
+                    "description": f"Runs, models and data go to team {team.name}. {_sizes(cpu)}.",
+                    "kubespawner_override": _limits(cpu)})  # fmt: skip
         if team.gpu:
             out.append({"display_name": f"{team.name}: GPU", "slug": f"{team.name}-gpu",
-                        "description": f"Team {team.name} with one NVIDIA GPU (CUDA builds of PyTorch and TensorFlow).",
-                        "kubespawner_override": {**copy.deepcopy(GPU_PROFILE), "image": gpu_image}})  # fmt: skip
+                        "description": f"Team {team.name}, CUDA builds of PyTorch and TensorFlow. {_sizes(gpu)}.",
+                        "kubespawner_override": {**_limits(gpu), "image": gpu_image}})  # fmt: skip
     if out:
         out[0]["default"] = True
     return out
 
 
-def _hub_env(config: PlatformConfig, prefix: str) -> dict[str, Any]:
-    def ref(secret: str, key: str) -> dict[str, Any]:
-        return {"valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-
-    env: dict[str, Any] = {"CUBELAB_ADMIN_TOKEN": ref(f"{prefix}-hub", "admin-token")}
-    for team in config.teams:
-        t, secret = TeamSecrets(team.name), f"{prefix}-team-{team.name}"
-        env |= {t.hub_token: ref(secret, "hub-token"), t.s3_access_key: ref(secret, "s3-access-key"),
-                t.s3_secret_key: ref(secret, "s3-secret-key")}  # fmt: skip
-    if config.hub.auth.type == "local":
-        for user in config.users:
-            env[user_password_var(user.name)] = ref(f"{prefix}-users", user.name)
-    return env
+def _hub_env(settings: dict[str, Any], sources: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """z2jh's hub.extraEnv: the secrets the settings refer to, from their Secrets."""
+    return {name: {"valueFrom": {"secretKeyRef": {"name": sources[name][0], "key": sources[name][1]}}}
+            for name in plan.references(settings)}  # fmt: skip
 
 
 def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str, Any]:
-    prefix = release
-    s3_endpoint = f"http://{prefix}-s3:8333"
     images = config.containers
-    settings = hub_settings(config, prefix, s3_endpoint)
+    addr = plan.helm_addresses(config, release)
+    sources = secret_sources(config, release)
+    settings = hub_settings(config, release)
+    roles = settings.pop("load_roles")
     profile_list = profiles(config, gpu_image=f"{images.registry}/notebook:{images.tag}-cuda")
+    hub_env = _hub_env(settings, sources)
+    if config.hub.auth.type == "local":
+        # First passwords, which the hub hashes into its password file (cubelab.hub.kubernetes).
+        hub_env |= _hub_env({u.name: plan.ref(user_password_var(u.name)) for u in config.users}, sources)
     hub: dict[str, Any] = {
         "image": {"name": f"{images.registry}/hub", "tag": images.tag},
         # z2jh's own config applies this before cubelab's hook does: its default, `dummy`, never runs.
         "config": {"JupyterHub": {"authenticator_class": settings["authenticator_class"]}},
-        "loadRoles": {role.pop("name"): role for role in render.roles(config, culler=False)},
-        "extraEnv": _hub_env(config, prefix) | {"CUBELAB_HUB_SETTINGS_JSON": json.dumps(settings)},
+        "loadRoles": {role.pop("name"): role for role in roles},
+        "extraEnv": hub_env | {"CUBELAB_HUB_SETTINGS_JSON": json.dumps(settings)},
         "extraConfig": {"cubelab": "from cubelab.hub.kubernetes import configure\nconfigure(c)\n"},
         "networkPolicy": {"enabled": True},
     }
     if config.hub.auth.type == "oidc":
         # The provider's client secret, from a Secret the operator creates (see the chart's NOTES).
-        hub["extraVolumes"] = [{"name": "oidc", "secret": {"secretName": f"{prefix}-oidc"}}]
+        hub["extraVolumes"] = [{"name": "oidc", "secret": {"secretName": f"{release}-oidc"}}]
         hub["extraVolumeMounts"] = [{"name": "oidc", "mountPath": OIDC_MOUNT, "readOnly": True}]
+    tracking_port, s3_port = plan.CONTAINER_PORTS["tracking"], plan.CONTAINER_PORTS["s3"]
     singleuser: dict[str, Any] = {
         "image": {"name": f"{images.registry}/notebook", "tag": images.tag},
         "profileList": profile_list,
@@ -127,22 +137,36 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
             "egress": [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/instance": release,
                                                                 "app.kubernetes.io/component": component}}}],
                         "ports": [{"port": port, "protocol": "TCP"}]}
-                       for component, port in (("tracking", TRACKING_PORT), ("s3", 8333))],
+                       for component, port in (("tracking", tracking_port), ("s3", s3_port))],
         },
         "extraLabels": {"cubelab.io/user-server": "true"},
     }  # fmt: skip
+    pg_host, pg_port = addr.postgres
+    describe = plan.describe_env(config, addr, backend="helm", hub_url="http://proxy-public")
     return {
         # The chart refuses to install under another release name: the names above depend on it.
         "renderedForRelease": release,
         "teams": [{"name": t.name, "members": list(t.members), "gpu": t.gpu,
-                   "serviceUrl": render.service_url(config, t, images.public_url)} for t in config.teams],
+                   "serviceUrl": render.service_url(config, t, images.public_url),
+                   "healthPath": f"{render.service_prefix(t)}/health",
+                   "trackingEnv": env_list(plan.tracking_env(config, t, addr) | {"HOME": "/tmp"}, sources)}
+                  for t in config.teams],
         "users": [u.name for u in config.users] if config.hub.auth.type == "local" else [],
-        "storage": {"bucketPrefix": config.storage.bucket_prefix, "artifactPrefix": config.storage.artifact_prefix},
         "images": {
             "tracking": {"repository": f"{images.registry}/tracking", "tag": images.tag},
             "platformTests": {"repository": f"{images.registry}/platform-tests", "tag": images.tag},
         },
         "hubPublicUrl": images.public_url,
+        "postgres": {"bundled": config.containers.postgres is None, "host": pg_host, "port": pg_port,
+                     "user": config.containers.postgres.user if config.containers.postgres else "postgres"},
+        "s3": {"bundled": config.containers.s3 is None, "endpoint": addr.s3},
+        "trackingPort": plan.CONTAINER_PORTS["tracking"],
+        # The environments of the chart's one-shot containers, rendered from the plan like the tracking servers'.
+        "env": {
+            "provision": env_list(plan.provision_env(config, addr, passwords_file=None), sources),
+            "s3Identities": env_list(plan.s3_identity_env(config, addr), sources),
+            "platformTests": env_list(plan.s3_identity_env(config, addr) | describe, sources),
+        },
         "jupyterhub": {"hub": hub, "singleuser": singleuser, "cull": {"enabled": config.hub.cull_idle_seconds > 0,
                                                                        "timeout": config.hub.cull_idle_seconds}},
     }  # fmt: skip

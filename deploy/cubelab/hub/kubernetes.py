@@ -14,8 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cubelab.hub.authconfig import configure_authenticator
-from cubelab.hub.teams import TeamChoice, TeamEnvironment, options_from_form
+from cubelab.hub.configure import apply
 
 _ENV_REF = re.compile(r"\$\(([A-Z0-9_]+)\)")
 
@@ -67,26 +66,10 @@ class TeamProfiles:
 
 
 def configure(c: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Called by zero-to-jupyterhub's hub (hub.extraConfig): the same configuration as cubelab's own hubs."""
     env = dict(os.environ if env is None else env)
     settings = expand(json.loads(env["CUBELAB_HUB_SETTINGS_JSON"]), env)
-    c.JupyterHub.services = [*list(c.JupyterHub.services or []), *settings["services"]]
-    c.JupyterHub.load_groups = {name: {"users": members} for name, members in settings["groups"].items()}
-    c.JupyterHub.template_paths = [*settings["template_paths"], *list(c.JupyterHub.template_paths or [])]
-    c.JupyterHub.template_vars = {**dict(c.JupyterHub.template_vars or {}), **settings["template_vars"]}
-    c.JupyterHub.default_url = "/hub/home"
-    if settings.get("subdomain_host"):
-        c.JupyterHub.subdomain_host = settings["subdomain_host"]
-    c.Spawner.options_from_form = options_from_form
-    c.Spawner.pre_spawn_hook = TeamEnvironment(settings["team_env"])
-    profiles = list(c.KubeSpawner.profile_list or [])
-    if profiles:
-        # KubeSpawner's profile form is the team choice: TEAM-cpu / TEAM-gpu, each user sees their own teams'.
-        c.KubeSpawner.profile_list = TeamProfiles(profiles)
-    else:
-        c.Spawner.options_form = TeamChoice(settings["team_env"])
-    c.Spawner.server_token_scopes = settings["server_token_scopes"]
-    configure_authenticator(c, settings)
+    apply(c, settings)
     if passwords := settings.get("passwords_file"):
         write_first_passwords(Path(passwords), settings["allowed_users"], env)
-    c.Authenticator.admin_users = set(settings["admin_users"])
     return settings

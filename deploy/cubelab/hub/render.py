@@ -128,29 +128,6 @@ def culler_service(python: str, seconds: int, environment: dict[str, str] | None
     return service
 
 
-def team_environment(
-    config: PlatformConfig, team: Team, *, tracking_uri: str, s3_endpoint: str, access_key: str, secret_key: str
-) -> dict[str, str]:
-    """What a user's server of this team gets (cubelab.hub.teams.TeamEnvironment), for every deployment target:
-    the team's tracking URI, its S3 keys under DeepESDL's and AWS's names, its artefact root."""
-    bucket = config.bucket(team)
-    return {
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "S3_USER_STORAGE_BUCKET": bucket,
-        "S3_USER_STORAGE_KEY": access_key,
-        "S3_USER_STORAGE_SECRET": secret_key,
-        "AWS_ACCESS_KEY_ID": access_key,
-        "AWS_SECRET_ACCESS_KEY": secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ENDPOINT_URL_S3": s3_endpoint,
-        "S3_ENDPOINT": s3_endpoint,
-        # Where the tracking server keeps run artefacts: the toolkit writes large ones there itself.
-        "CUBELAB_ARTIFACT_ROOT": f"s3://{bucket}/{config.storage.artifact_prefix}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-
-
 def auth_settings(
     config: PlatformConfig, *, passwords_file: str, client_secret_file: str, callback_url: str
 ) -> dict[str, Any]:

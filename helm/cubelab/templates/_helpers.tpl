@@ -8,9 +8,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 
-{{/* A team name as part of an environment variable name: ocean-2 -> OCEAN_2 (cubelab.provision.env_name). */}}
-{{- define "cubelab.envName" -}}{{ . | upper | replace "-" "_" }}{{- end -}}
-
 {{/*
 A secret value, base64: the one already in the cluster (so upgrades keep passwords), else a new random one.
 Arguments: dict "ctx" $ "name" secretName "key" key "length" n
@@ -22,22 +19,6 @@ Arguments: dict "ctx" $ "name" secretName "key" key "length" n
 {{- else -}}
 {{- randAlphaNum (.length | int) | b64enc -}}
 {{- end -}}
-{{- end -}}
-
-{{- define "cubelab.postgresHost" -}}
-{{- if .Values.postgres.bundled -}}{{ .Release.Name }}-postgres{{- else -}}{{ required "postgres.host is required when postgres.bundled is false" .Values.postgres.host }}{{- end -}}
-{{- end -}}
-
-{{- define "cubelab.postgresSecret" -}}
-{{- if .Values.postgres.bundled -}}{{ .Release.Name }}-postgres{{- else -}}{{ required "postgres.existingSecret (key: password) is required when postgres.bundled is false" .Values.postgres.existingSecret }}{{- end -}}
-{{- end -}}
-
-{{- define "cubelab.s3Endpoint" -}}
-{{- if .Values.s3.bundled -}}http://{{ .Release.Name }}-s3:8333{{- else -}}{{ required "s3.endpoint is required when s3.bundled is false" .Values.s3.endpoint }}{{- end -}}
-{{- end -}}
-
-{{- define "cubelab.s3Secret" -}}
-{{- if .Values.s3.bundled -}}{{ .Release.Name }}-s3-admin{{- else -}}{{ required "s3.existingSecret (keys: access-key, secret-key) is required when s3.bundled is false" .Values.s3.existingSecret }}{{- end -}}
 {{- end -}}
 
 {{/* Stop early on values made for another release or a malformed team list. */}}
@@ -52,30 +33,11 @@ Arguments: dict "ctx" $ "name" secretName "key" key "length" n
 {{- end -}}
 {{- end -}}
 
-{{/* Environment of the provisioning containers: names and secrets (cubelab.provision reads them). */}}
+{{/* The team names, space-separated (a change rolls the S3 pod so SeaweedFS reads new identities). */}}
 {{- define "cubelab.teamNames" -}}
 {{- $names := list -}}
 {{- range .Values.teams }}{{ $names = append $names .name }}{{ end -}}
 {{- join " " $names -}}
-{{- end -}}
-
-{{- define "cubelab.provisionEnv" -}}
-- name: CUBELAB_TEAMS
-  value: {{ include "cubelab.teamNames" . | quote }}
-- name: CUBELAB_BUCKET_PREFIX
-  value: {{ .Values.storage.bucketPrefix | quote }}
-- name: S3_ENDPOINT
-  value: {{ include "cubelab.s3Endpoint" . | quote }}
-- name: S3_ADMIN_ACCESS_KEY
-  valueFrom: {secretKeyRef: {name: {{ include "cubelab.s3Secret" . }}, key: access-key}}
-- name: S3_ADMIN_SECRET_KEY
-  valueFrom: {secretKeyRef: {name: {{ include "cubelab.s3Secret" . }}, key: secret-key}}
-{{- range .Values.teams }}
-- name: TEAM_{{ include "cubelab.envName" .name }}_S3_ACCESS_KEY
-  valueFrom: {secretKeyRef: {name: {{ $.Release.Name }}-team-{{ .name }}, key: s3-access-key}}
-- name: TEAM_{{ include "cubelab.envName" .name }}_S3_SECRET_KEY
-  valueFrom: {secretKeyRef: {name: {{ $.Release.Name }}-team-{{ .name }}, key: s3-secret-key}}
-{{- end }}
 {{- end -}}
 
 {{- define "cubelab.podSecurity" -}}

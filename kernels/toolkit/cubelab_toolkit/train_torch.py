@@ -1,6 +1,7 @@
 """PyTorch on a cube: a streaming IterableDataset sharded across DataLoader workers and distributed ranks, and a
 training loop that is correct (zero_grad/backward/step every batch, train/eval modes, early stopping on the
-test split, the right number of steps) and logs to mlflow and TensorBoard."""
+test split, the right number of steps) and logs to mlflow and TensorBoard. Trains on the GPU when there is one
+(`device`); the model comes back on the CPU either way."""
 
 from __future__ import annotations
 
@@ -78,17 +79,25 @@ class TorchResult:
     steps: int = 0
 
 
-def evaluate(model: nn.Module, loader: DataLoader, scaler: Scaler, target: str) -> float:
-    """RMSE in the target's units; eval mode and no gradients."""
+def default_device() -> torch.device:
+    """The first CUDA device when torch sees one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, scaler: Scaler, target: str, device: torch.device | str = "cpu"
+) -> float:
+    """RMSE in the target's units; eval mode and no gradients. Batches go to `device` (where the model is)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             predicted = model(x).squeeze(-1)
             err = (predicted - y) * scaler.std[target]
-            total += float((err**2).sum())
+            total += (err.double() ** 2).sum()
             count += len(y)
-    return math.sqrt(total / count) if count else float("nan")
+    return math.sqrt(float(total) / count) if count else float("nan")
 
 
 def train_torch(
@@ -105,7 +114,12 @@ def train_torch(
     model: nn.Module | None = None,
     tensorboard_dir: str | None = None,
     log_mlflow: bool = False,
+    device: torch.device | str | None = None,
 ) -> TorchResult:
+    """Train (default: an MLP) with Adam on the train split, early stopping on the test split's RMSE. `device`:
+    where the model and every batch live while training (default: CUDA if torch sees a GPU, else the CPU).
+    The returned model is on the CPU, in eval mode, holding the best epoch's weights."""
+    device = torch.device(device) if device is not None else default_device()
     torch.manual_seed(seed)
     scaler = Scaler.fit(ds, [*features, target], ds["split"])
     train = CubePoints(ds, features, target, scaler, which=TRAIN, batch_size=batch_size, seed=seed)
@@ -114,7 +128,7 @@ def train_torch(
     context = "spawn" if workers else None
     train_loader = DataLoader(train, batch_size=None, num_workers=workers, multiprocessing_context=context)
     test_loader = DataLoader(test, batch_size=None)
-    model = model or mlp(len(features))
+    model = (model or mlp(len(features))).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.MSELoss()
     writer = None
@@ -126,17 +140,19 @@ def train_torch(
     for epoch in range(epochs):
         train.set_epoch(epoch)
         model.train()
-        running, batches = 0.0, 0
+        # Summed on the device: float(loss) every step would wait for the GPU after each batch.
+        running, batches = torch.zeros((), device=device), 0
         for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad()
             loss = loss_fn(model(x).squeeze(-1), y)
             loss.backward()
             optimizer.step()
-            running += float(loss)
+            running += loss.detach()
             batches += 1
             steps += 1
-        test_rmse = evaluate(model, test_loader, scaler, target)
-        row = {"epoch": epoch, "train_loss": running / max(batches, 1), "test_rmse": test_rmse}
+        test_rmse = evaluate(model, test_loader, scaler, target, device)
+        row = {"epoch": epoch, "train_loss": float(running) / max(batches, 1), "test_rmse": test_rmse}
         history.append(row)
         if writer:
             writer.add_scalar("loss/train", row["train_loss"], epoch)
@@ -156,6 +172,7 @@ def train_torch(
         writer.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.to("cpu")  # callers predict on numpy-backed tensors and log_torch saves it: hand it back on the CPU
     return TorchResult(model, scaler, best, history, steps)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cubelab import plan
 from cubelab.backends.local.accounts import ensure_service_home, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
@@ -65,7 +66,7 @@ class LocalHub:
     @property
     def api_url(self) -> str:
         """The hub's own API, straight (not through the proxy)."""
-        return f"http://127.0.0.1:{self.port + 2}/hub/api"
+        return self.tracking.addresses().hub_api
 
     def home_of(self, user: str) -> str:
         if self.system_users:
@@ -124,54 +125,43 @@ class LocalHub:
             os.chmod(home, 0o700)
             progress(f"Unix account {name} created for {user.name} (home {home}, mode 0700)")
 
+    def secret_values(self) -> dict[str, str]:
+        """Every secret the plan refers to, by its name there, from this stack's secret store."""
+        values = {
+            plan.ADMIN_TOKEN: self.admin_token(),
+            plan.HUB_DB_PASSWORD: self.secrets.get("hub-db-password"),
+            plan.HUB_COOKIE_SECRET: self.secrets.get("hub-cookie-secret", _token),
+            plan.HUB_PROXY_TOKEN: self.secrets.get("hub-proxy-token", _token),
+        }
+        for team in self.config.teams:
+            values |= self.tracking.secret_values(team)
+        return values
+
     def settings(self, venv: Path, proxy: Path) -> dict[str, Any]:
-        config = self.config
-        team_env = {}
-        for team in config.teams:
-            creds = self.s3.team_credentials(team)
-            team_env[team.name] = render.team_environment(
-                config, team, tracking_uri=self.tracking.url(team), s3_endpoint=self.s3.url,
-                access_key=creds.access_key, secret_key=creds.secret_key,
-            )  # fmt: skip
-        urls = {t.name: f"http://127.0.0.1:{self.tracking.port(t)}" for t in config.teams}
-        tokens = {t.name: self.tracking.service_token(t) for t in config.teams}
-        public_url = config.embedded_public_url
-        services = render.team_services(config, urls, tokens, public_url)
-        services.append({"name": render.ADMIN_SERVICE, "api_token": self.admin_token()})
-        culler = config.hub.cull_idle_seconds > 0
-        if culler:
-            # The stack's marker, so that `down` finds the culler even if the hub that started it is gone.
-            marker = {"CUBELAB_STACK": str(self.paths.root), HUB_FAMILY: "1"}
-            services.append(render.culler_service(str(venv / "bin/python"), config.hub.cull_idle_seconds, marker))
-        settings: dict[str, Any] = {
-            "bind_url": f"http://127.0.0.1:{self.port}",
-            "proxy_api_url": f"http://127.0.0.1:{self.port + 1}",
-            "hub_bind_url": f"http://127.0.0.1:{self.port + 2}",
+        config, ports = self.config, self.config.ports
+        # The stack's marker, so that `down` finds the culler even if the hub that started it is gone.
+        marker = {"CUBELAB_STACK": str(self.paths.root), HUB_FAMILY: "1"}
+        files = plan.HubFiles(
+            templates=str(HUB_DIR / "templates"),
+            passwords=str(self.paths.hub / "passwords.json"),
+            client_secret=str(Path(config.path).parent / config.hub.auth.client_secret_file),
+            culler=render.culler_service(str(venv / "bin/python"), config.hub.cull_idle_seconds, marker),
+        )
+        addr = self.tracking.addresses()
+        settings = plan.hub_settings(config, addr, files) | plan.hub_state(addr)
+        settings |= {
+            "bind_url": f"http://127.0.0.1:{ports.hub}",
+            "proxy_api_url": f"http://127.0.0.1:{ports.hub_proxy_api}",
+            "hub_bind_url": f"http://127.0.0.1:{ports.hub_api}",
             "proxy_command": self.proxy_command(proxy),
-            "db_url": self.postgres.database_uri(HUB_ROLE, HUB_DATABASE, self.secrets.get("hub-db-password")),
-            "cookie_secret": self.secrets.get("hub-cookie-secret", _token),
-            "proxy_token": self.secrets.get("hub-proxy-token", _token),
-            "admin_users": list(config.admins),
-            "groups": render.load_groups(config),
-            "load_roles": render.roles(config, culler),
-            "services": services,
-            "template_paths": [str(HUB_DIR / "templates")],
-            "template_vars": render.template_vars(config, public_url),
-            "subdomain_host": render.subdomain_host(config, public_url),
+            "spawner_class": "cubelab.hub.spawner.CubelabSpawner",
             "spawner_cmd": [str(venv / "bin/jupyterhub-singleuser")],
-            "server_token_scopes": render.SERVER_TOKEN_SCOPES,
-            "team_env": team_env,
+            "spawner_timeout": config.hub.spawn_timeout_seconds,
             "run_as_system_users": self.system_users,
             "homes_dir": str(self.paths.homes),
             "stack_marker": str(self.paths.root),
         }
-        settings |= render.auth_settings(
-            config,
-            passwords_file=str(self.paths.hub / "passwords.json"),
-            client_secret_file=str(Path(config.path).parent / config.hub.auth.client_secret_file),
-            callback_url=f"{self.url}/hub/oauth_callback",
-        )
-        return settings
+        return plan.resolve(settings, self.secret_values().__getitem__)
 
     def proxy_account(self) -> str | None:
         """The proxy's own system account when cubelab runs as root: the hub stays root (it starts each user's
@@ -187,7 +177,7 @@ class LocalHub:
                 str(proxy)]  # fmt: skip
 
     def provision(self, progress: Callable[[str], None]) -> None:
-        self.postgres.provision_database(HUB_ROLE, HUB_DATABASE, self.secrets.get("hub-db-password"))
+        self.postgres.provision_database(HUB_ROLE, HUB_DATABASE, self.secret_values()[plan.HUB_DB_PASSWORD])
         if self.config.hub.auth.type == "local":
             self.ensure_passwords(progress)
         self.ensure_system_users(progress)
@@ -203,8 +193,11 @@ class LocalHub:
     def start(self, venv: Path, proxy: Path, progress: Callable[[str], None] = print) -> ProcessRecord | None:
         """Start the hub, or restart it when its settings changed. Returns the new record, if any."""
         settings_file = self.paths.hub / "settings.json"
-        text = json.dumps(self.settings(venv, proxy), indent=1, sort_keys=True)
-        h = hashlib.sha256(text.encode())
+        settings = self.settings(venv, proxy)
+        text = json.dumps(settings, indent=1, sort_keys=True)
+        # Membership is not part of the fingerprint: `sync` applies it through the hub's API, so a member joining
+        # or leaving a team restarts nothing. New teams do restart the hub: their roles exist only in its config.
+        h = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k != "groups"}, sort_keys=True).encode())
         for source in sorted(HUB_DIR.rglob("*")):  # new hub code or templates restart the hub
             if source.is_file() and source.suffix in (".py", ".html"):
                 h.update(source.read_bytes())
@@ -219,7 +212,8 @@ class LocalHub:
             # hub's environment. Users' servers are spared: the new hub finds them again.
             progress(f"stopped {len(orphans)} process(es) left by a hub that is no longer running")
         write_private(settings_file, text)
-        for port in (self.port, self.port + 1, self.port + 2):
+        ports = self.config.ports
+        for port in (ports.hub, ports.hub_proxy_api, ports.hub_api):
             if owner := port_owner(port):
                 raise StartError(NAME, f"port {port} (ports.hub and the two after it) is in use by {owner}")
         env = {
@@ -265,25 +259,29 @@ class LocalHub:
         wait_healthy(record, lambda: self.api("GET", "/user") is not None, timeout=timeout, interval=0.5)
 
     def sync(self, progress: Callable[[str], None]) -> None:
-        """Make hub users and groups match the config (load_groups only ever adds). With OIDC only the groups:
+        """Make hub users and groups match the config through the hub's API (load_groups applies only at the
+        hub's start, and only ever adds), so membership changes need no restart. With OIDC only the groups:
         their members come from the provider at each login."""
         self.wait_token_checks()
+        local = self.config.hub.auth.type == "local"
+        if local:
+            wanted = {u.name for u in self.config.users}
+            have = {user["name"] for user in self.api("GET", "/users")}
+            for name in sorted(have - wanted):
+                self.api("DELETE", f"/users/{name}")
+                progress(f"hub user {name} deleted (no longer in the config)")
+            if missing := sorted(wanted - have):
+                self.api("POST", "/users", {"usernames": missing})
         want_groups = render.groups(self.config)
         have_groups = {g["name"]: g for g in self.api("GET", "/groups")}
         for name, group in have_groups.items():
             if name not in want_groups:
                 self.api("DELETE", f"/groups/{name}")
                 progress(f"hub group {name} removed (team no longer in the config)")
-                continue
-            if self.config.hub.auth.type == "oidc":
-                continue  # the provider's groups claim sets members at each login (manage_groups)
-            extra = sorted(set(group["users"]) - set(want_groups[name]))
-            if extra:
-                self.api("DELETE", f"/groups/{name}/users", {"users": extra})
-                progress(f"removed {', '.join(extra)} from team {name}")
-        if self.config.hub.auth.type == "local":
-            wanted = {u.name for u in self.config.users}
-            for user in self.api("GET", "/users"):
-                if user["name"] not in wanted:
-                    self.api("DELETE", f"/users/{user['name']}")
-                    progress(f"hub user {user['name']} deleted (no longer in the config)")
+            elif local:
+                if extra := sorted(set(group["users"]) - set(want_groups[name])):
+                    self.api("DELETE", f"/groups/{name}/users", {"users": extra})
+                    progress(f"removed {', '.join(extra)} from team {name}")
+                if joined := sorted(set(want_groups[name]) - set(group["users"])):
+                    self.api("POST", f"/groups/{name}/users", {"users": joined})
+                    progress(f"added {', '.join(joined)} to team {name}")

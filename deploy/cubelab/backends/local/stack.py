@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cubelab.backends.base import Backend, Progress, ServiceStatus
+from cubelab.backends.base import Progress, ServiceStatus
 from cubelab.backends.local import hub, seaweed
 from cubelab.backends.local import postgres as pg
 from cubelab.backends.local.hub import LocalHub
@@ -25,9 +25,12 @@ from cubelab.secrets import write_private
 START_TIMEOUT = 90.0
 
 
-class LocalBackend(Backend):
+class LocalBackend:
+    """The embedded stack: starts, provisions, reports on and stops the plan as local processes."""
+
     def __init__(self, config: PlatformConfig, progress: Progress | None = None) -> None:
-        super().__init__(config, progress)
+        self.config = config
+        self.progress: Progress = progress or (lambda _msg: None)
         self.paths = StatePaths(config.state_dir)
         self.procs = ProcessTable(self.paths.run)
         self.postgres = LocalPostgres(config, self.paths, self.procs)

@@ -9,14 +9,15 @@ import secrets
 import urllib.request
 from pathlib import Path
 
+from cubelab import plan
 from cubelab.backends.local.accounts import ensure_service_home, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.config import PlatformConfig, Team
-from cubelab.hub import render
 from cubelab.hub.render import service_prefix
 from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
+from cubelab.provision import TeamSecrets
 from cubelab.secrets import SecretStore
 
 TRACKING_CODE = Path(__file__).resolve().parents[2] / "tracking"
@@ -43,6 +44,7 @@ class PortBook:
                 port += 1
             book[team.name] = port
             taken.add(port)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(book, indent=2, sort_keys=True))
         return book
 
@@ -71,7 +73,7 @@ class LocalTracking:
 
     def url(self, team: Team) -> str:
         """The tracking URI of the team's server on its own port (it serves under the hub's service path)."""
-        return f"http://127.0.0.1:{self.port(team)}{service_prefix(team)}"
+        return self.addresses().tracking[team.name] + service_prefix(team)
 
     def service_token(self, team: Team) -> str:
         """The server's hub service token (also its OAuth client secret)."""
@@ -88,38 +90,27 @@ class LocalTracking:
     def home(self, team: Team) -> Path:
         return self.paths.service_home(team.service)
 
+    def addresses(self) -> plan.Addresses:
+        return plan.local_addresses(self.config, {t.name: self.port(t) for t in self.config.teams})
+
+    def secret_values(self, team: Team) -> dict[str, str]:
+        """The team's secrets under the plan's names (cubelab.plan.team_secret_keys)."""
+        t, creds = TeamSecrets(team.name), self.s3.team_credentials(team)
+        return {t.db_password: self.db_password(team), t.s3_access_key: creds.access_key,
+                t.s3_secret_key: creds.secret_key, t.hub_token: self.service_token(team)}  # fmt: skip
+
     def _launch(self, team: Team, venv: Path) -> tuple[list[str], dict[str, str]]:
-        bucket = self.config.bucket(team)
-        argv = [
-            str(venv / "bin/python"), "-m", "cubelab.tracking.serve",
-            "--host", "127.0.0.1", "--port", str(self.port(team)),
-            "--artifacts-destination", f"s3://{bucket}/{self.config.storage.artifact_prefix}",
-            "--static-prefix", service_prefix(team),
-        ]  # fmt: skip
-        creds = self.s3.team_credentials(team)
-        env = {
+        # Everything the server needs is in the plan's environment, as in the containers; secrets never in argv.
+        argv = [str(venv / "bin/python"), "-m", "cubelab.tracking.serve"]
+        env = plan.resolve(plan.tracking_env(self.config, team, self.addresses()), self.secret_values(team).__getitem__)
+        env |= {
             "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(self.home(team)),
             "LANG": "C.UTF-8",
-            "CUBELAB_BACKEND_STORE_URI": self.postgres.store_uri(team, self.db_password(team)),
-            # The server writes artefacts with the team's own S3 identity: it can reach no other bucket.
-            "AWS_ACCESS_KEY_ID": creds.access_key,
-            "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL_S3": self.s3.url,
-            "MLFLOW_S3_ENDPOINT_URL": self.s3.url,
             # Fewer, smaller malloc arenas: an idle server keeps ~40 MB less.
             "MALLOC_ARENA_MAX": "2",
             "PYTHONDONTWRITEBYTECODE": "1",
             "CUBELAB_STACK": str(self.paths.root),
-            # Team authentication (cubelab.tracking.auth): the hub decides who is a member.
-            "CUBELAB_HUB_API_URL": f"http://127.0.0.1:{self.config.ports.hub + 2}/hub/api",
-            "CUBELAB_HUB_PUBLIC_URL": self.config.embedded_public_url,
-            "CUBELAB_SERVICE_URL": render.service_url(self.config, team, self.config.embedded_public_url),
-            "CUBELAB_SERVICE_NAME": team.service,
-            "CUBELAB_TEAM_NAME": team.name,
-            "CUBELAB_SERVICE_PREFIX": service_prefix(team),
-            "CUBELAB_SERVICE_TOKEN": self.service_token(team),
         }
         return argv, env
 

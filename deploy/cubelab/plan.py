@@ -1,0 +1,287 @@
+"""The deployment plan: what a cubelab deployment is, computed once from the platform config.
+
+Every target renders what these functions return: the embedded stack (local processes), docker compose and
+Helm. A target supplies only its `Addresses`, how its services reach each other, and where its hub keeps a few
+files; names, URLs, variables, roles and services are made here and nowhere else. Secrets appear as references,
+`$(NAME)` (Kubernetes' own syntax), never as values: the embedded stack resolves them from its secret store,
+compose turns them into `${NAME}` filled from .env, and on Kubernetes kubelet or the hub expands them from
+variables set from Secrets. The names are `cubelab.provision.TeamSecrets`' and `HUB_SECRETS`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cubelab import storage
+from cubelab.config import PlatformConfig, Team
+from cubelab.hub import render
+from cubelab.provision import HUB_DATABASE, HUB_ROLE, TeamSecrets, user_password_var
+
+REF = re.compile(r"\$\(([A-Z][A-Z0-9_]*)\)")
+# Ports inside containers (compose and Kubernetes): each service has its own address there.
+CONTAINER_PORTS = {"hub": 8000, "hub_api": 8081, "tracking": 5000, "s3": storage.CONTAINER_PORTS["s3"],
+                   "postgres": 5432}  # fmt: skip
+# The hub's own secrets, for the targets that run the hub themselves (embedded, compose).
+ADMIN_TOKEN, HUB_DB_PASSWORD, HUB_COOKIE_SECRET, HUB_PROXY_TOKEN = (
+    "CUBELAB_ADMIN_TOKEN", "HUB_DB_PASSWORD", "HUB_COOKIE_SECRET", "HUB_PROXY_TOKEN")  # fmt: skip
+S3_REGION = "us-east-1"
+
+
+def ref(name: str) -> str:
+    """A reference to the secret that travels in variable `name`."""
+    return f"$({name})"
+
+
+def resolve(value: Any, lookup: Callable[[str], str]) -> Any:
+    """value with every $(NAME) replaced by lookup(NAME), in strings nested in lists and dicts."""
+    if isinstance(value, str):
+        return REF.sub(lambda m: lookup(m.group(1)), value)
+    if isinstance(value, list):
+        return [resolve(v, lookup) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, lookup) for k, v in value.items()}
+    return value
+
+
+def references(value: Any) -> list[str]:
+    """The secret names value refers to, in order of first use."""
+    found: list[str] = []
+    resolve(value, lambda name: found.append(name) or "")
+    return list(dict.fromkeys(found))
+
+
+def team_secret_keys(team: Team) -> dict[str, str]:
+    """Variable of each of a team's secrets -> its key in the team's Kubernetes Secret."""
+    t = TeamSecrets(team.name)
+    return {t.db_password: "db-password", t.s3_access_key: "s3-access-key", t.s3_secret_key: "s3-secret-key",
+            t.hub_token: "hub-token"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """How one target's services reach each other: the only part of the plan a target decides."""
+
+    public_url: str  # where browsers reach the hub
+    hub_api: str  # the hub's REST API, as the tracking servers reach it
+    s3: str  # the S3 endpoint of tracking servers and users' kernels
+    postgres: tuple[str, int]  # host and port of the Postgres server
+    tracking_bind: Mapping[str, tuple[str, int]]  # team -> where its server listens
+    tracking: Mapping[str, str]  # team -> its server's base URL, as the hub and users' kernels reach it
+    tracking_hosts: Mapping[str, tuple[str, ...]]  # team -> other Host values its server answers to
+
+
+def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -> Addresses:
+    """The embedded stack: every service on loopback, on the config's ports."""
+    loop = "127.0.0.1"
+    return Addresses(
+        public_url=config.embedded_public_url,
+        hub_api=f"http://{loop}:{config.ports.hub_api}/hub/api",
+        s3=f"http://{loop}:{config.ports.s3}",
+        postgres=(loop, config.ports.postgres),
+        tracking_bind={t.name: (loop, tracking_ports[t.name]) for t in config.teams},
+        tracking={t.name: f"http://{loop}:{tracking_ports[t.name]}" for t in config.teams},
+        tracking_hosts={t.name: () for t in config.teams},
+    )
+
+
+def _container_addresses(
+    config: PlatformConfig, name: Callable[[str], str], hub: str, hosts: Callable[[str], tuple[str, ...]]
+) -> Addresses:
+    port = CONTAINER_PORTS
+    external_pg, external_s3 = config.containers.postgres, config.containers.s3
+    return Addresses(
+        public_url=config.containers.public_url.rstrip("/"),
+        hub_api=f"http://{hub}:{port['hub_api']}/hub/api",
+        s3=external_s3.endpoint if external_s3 else f"http://{name('s3')}:{port['s3']}",
+        postgres=(external_pg.host, external_pg.port) if external_pg else (name("postgres"), port["postgres"]),
+        tracking_bind={t.name: ("0.0.0.0", port["tracking"]) for t in config.teams},  # noqa: S104 - in a container
+        tracking={t.name: f"http://{name(f'tracking-{t.name}')}:{port['tracking']}" for t in config.teams},
+        tracking_hosts={t.name: hosts(t.name) for t in config.teams},
+    )
+
+
+def compose_addresses(config: PlatformConfig) -> Addresses:
+    """docker compose: services by their compose names on the project's networks."""
+    hub_port = CONTAINER_PORTS["hub"]
+    return _container_addresses(
+        config, lambda service: service, "hub",
+        # Other containers reach a server by its name, and through the hub's proxy by the hub's.
+        lambda team: (f"tracking-{team}:{CONTAINER_PORTS['tracking']}", f"hub:{hub_port}"),
+    )  # fmt: skip
+
+
+def helm_addresses(config: PlatformConfig, release: str) -> Addresses:
+    """Helm: services are RELEASE-NAME; the hub's API is zero-to-jupyterhub's `hub` Service."""
+    port = CONTAINER_PORTS["tracking"]
+
+    def hosts(team: str) -> tuple[str, ...]:
+        service = f"{release}-tracking-{team}"
+        # The Service's short and qualified names, and z2jh's proxy (requests through the hub keep its Host).
+        return (f"{service}:{port}", f"{service}.*:{port}", "proxy-public", "proxy-public.*")
+
+    return _container_addresses(config, lambda service: f"{release}-{service}", "hub", hosts)
+
+
+def tracking_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
+    """The whole environment of a team's tracking server (cubelab.tracking.serve reads it), in every target."""
+    t, prefix = TeamSecrets(team.name), render.service_prefix(team)
+    host, port = addr.tracking_bind[team.name]
+    pg_host, pg_port = addr.postgres
+    return {
+        "CUBELAB_HOST": host,
+        "CUBELAB_PORT": str(port),
+        # Generated passwords are URL-safe (cubelab.secrets.new_password, the chart's randAlphaNum).
+        "CUBELAB_BACKEND_STORE_URI": f"postgresql+psycopg2://{team.role}:{ref(t.db_password)}@{pg_host}:{pg_port}"
+        f"/{team.database}",
+        "CUBELAB_ARTIFACTS_DESTINATION": artifact_root(config, team),
+        "CUBELAB_SERVICE_PREFIX": prefix,
+        "CUBELAB_SERVICE_NAME": team.service,
+        "CUBELAB_TEAM_NAME": team.name,
+        # Team authentication (cubelab.tracking.auth): the hub decides who is a member.
+        "CUBELAB_SERVICE_TOKEN": ref(t.hub_token),
+        "CUBELAB_HUB_API_URL": addr.hub_api,
+        "CUBELAB_HUB_PUBLIC_URL": addr.public_url,
+        "CUBELAB_SERVICE_URL": render.service_url(config, team, addr.public_url),
+        # mlflow refuses unknown Host headers: the names other containers use (public hosts are added by serve).
+        "CUBELAB_ALLOWED_HOSTS": ",".join(addr.tracking_hosts[team.name]),
+        # The server writes artefacts with the team's own S3 identity: it can reach no other bucket.
+        "AWS_ACCESS_KEY_ID": ref(t.s3_access_key),
+        "AWS_SECRET_ACCESS_KEY": ref(t.s3_secret_key),
+        "AWS_DEFAULT_REGION": S3_REGION,
+        "AWS_ENDPOINT_URL_S3": addr.s3,
+        "MLFLOW_S3_ENDPOINT_URL": addr.s3,
+    }
+
+
+def artifact_root(config: PlatformConfig, team: Team) -> str:
+    return f"s3://{config.bucket(team)}/{config.storage.artifact_prefix}"
+
+
+def user_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
+    """What a user's server gets in a session of this team (cubelab.hub.teams.TeamEnvironment), in every target:
+    the team's tracking URI, its S3 keys under DeepESDL's and AWS's names, its artefact root."""
+    t = TeamSecrets(team.name)
+    access_key, secret_key = ref(t.s3_access_key), ref(t.s3_secret_key)
+    return {
+        "MLFLOW_TRACKING_URI": addr.tracking[team.name] + render.service_prefix(team),
+        "S3_USER_STORAGE_BUCKET": config.bucket(team),
+        "S3_USER_STORAGE_KEY": access_key,
+        "S3_USER_STORAGE_SECRET": secret_key,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_DEFAULT_REGION": S3_REGION,
+        "AWS_ENDPOINT_URL": addr.s3,
+        "AWS_ENDPOINT_URL_S3": addr.s3,
+        "S3_ENDPOINT": addr.s3,
+        # Where the tracking server keeps run artefacts: the toolkit writes large ones there itself.
+        "CUBELAB_ARTIFACT_ROOT": artifact_root(config, team),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Where one target's hub finds its files, and its idle culler (None where the target culls by itself)."""
+
+    templates: str
+    passwords: str
+    client_secret: str
+    culler: dict[str, Any] | None = None
+
+
+def hub_settings(config: PlatformConfig, addr: Addresses, files: HubFiles) -> dict[str, Any]:
+    """The hub's settings in every target (cubelab.hub.configure maps them to traits): its services, groups,
+    roles, pages, the teams' user environments and the authenticator."""
+    tokens = {t.name: ref(TeamSecrets(t.name).hub_token) for t in config.teams}
+    services = render.team_services(config, dict(addr.tracking), tokens, addr.public_url)
+    services.append({"name": render.ADMIN_SERVICE, "api_token": ref(ADMIN_TOKEN)})
+    culler = files.culler is not None and config.hub.cull_idle_seconds > 0
+    if culler:
+        services.append(files.culler)
+    settings: dict[str, Any] = {
+        "admin_users": list(config.admins),
+        "groups": render.load_groups(config),
+        "load_roles": render.roles(config, culler),
+        "services": services,
+        "template_paths": [files.templates],
+        "template_vars": render.template_vars(config, addr.public_url),
+        "subdomain_host": render.subdomain_host(config, addr.public_url),
+        "server_token_scopes": render.SERVER_TOKEN_SCOPES,
+        "team_env": {t.name: user_env(config, t, addr) for t in config.teams},
+        "gpu_teams": [t.name for t in config.teams if t.gpu],
+    }
+    return settings | render.auth_settings(
+        config, passwords_file=files.passwords, client_secret_file=files.client_secret,
+        callback_url=f"{addr.public_url}/hub/oauth_callback",
+    )  # fmt: skip
+
+
+def hub_state(addr: Addresses) -> dict[str, str]:
+    """The hub's database and session secrets, where the target runs the hub itself (embedded, compose)."""
+    host, port = addr.postgres
+    return {
+        "db_url": f"postgresql+psycopg2://{HUB_ROLE}:{ref(HUB_DB_PASSWORD)}@{host}:{port}/{HUB_DATABASE}",
+        "cookie_secret": ref(HUB_COOKIE_SECRET),
+        "proxy_token": ref(HUB_PROXY_TOKEN),
+    }
+
+
+def s3_identity_env(config: PlatformConfig, addr: Addresses) -> dict[str, str]:
+    """The teams' buckets and S3 keys, and the S3 admin's: what writing SeaweedFS's identities and platform_tests'
+    storage checks need (no database secrets)."""
+    env = {
+        "CUBELAB_TEAMS": " ".join(t.name for t in config.teams),
+        "CUBELAB_BUCKET_PREFIX": config.storage.bucket_prefix,
+        "S3_ENDPOINT": addr.s3,
+        "S3_ADMIN_ACCESS_KEY": ref("S3_ADMIN_ACCESS_KEY"),
+        "S3_ADMIN_SECRET_KEY": ref("S3_ADMIN_SECRET_KEY"),
+    }
+    for team in config.teams:
+        t = TeamSecrets(team.name)
+        env |= {name: ref(name) for name in (t.s3_access_key, t.s3_secret_key)}
+    return env
+
+
+def provision_env(config: PlatformConfig, addr: Addresses, *, passwords_file: str | None) -> dict[str, str]:
+    """What `python -m cubelab.provision all` needs: the teams' databases and buckets, the hub's database where
+    the target runs the hub itself, and, given a passwords file, the local users' first passwords."""
+    host, port = addr.postgres
+    env = s3_identity_env(config, addr) | {
+        "POSTGRES_HOST": host,
+        "POSTGRES_PORT": str(port),
+        "POSTGRES_USER": config.containers.postgres.user if config.containers.postgres else "postgres",
+        "POSTGRES_PASSWORD": ref("POSTGRES_PASSWORD"),
+    }
+    env |= {TeamSecrets(t.name).db_password: ref(TeamSecrets(t.name).db_password) for t in config.teams}
+    if passwords_file is not None:
+        env[HUB_DB_PASSWORD] = ref(HUB_DB_PASSWORD)
+        if config.hub.auth.type == "local":
+            env["CUBELAB_USERS"] = " ".join(u.name for u in config.users)
+            env["CUBELAB_PASSWORDS_FILE"] = passwords_file
+            env |= {user_password_var(u.name): ref(user_password_var(u.name)) for u in config.users}
+    return env
+
+
+def describe_env(config: PlatformConfig, addr: Addresses, *, backend: str, hub_url: str) -> dict[str, str]:
+    """What `python -m cubelab.provision describe` needs to write the deployment description platform_tests
+    read inside a container deployment (the embedded stack writes it directly: cubelab.backends.local.stack)."""
+    env = {
+        "CUBELAB_BACKEND": backend,
+        "S3_ENDPOINT": addr.s3,
+        "CUBELAB_HUB_URL": hub_url,
+        "CUBELAB_HUB_API_URL": addr.hub_api,
+        "CUBELAB_ADMIN_TOKEN": ref(ADMIN_TOKEN),
+        "CUBELAB_ADMINS": " ".join(config.admins),
+        "CUBELAB_ARTIFACT_PREFIX": config.storage.artifact_prefix,
+        "CUBELAB_USERS": " ".join(u.name for u in config.users),
+    }
+    for team in config.teams:
+        t = TeamSecrets(team.name)
+        env[t.members] = " ".join(team.members)
+        env[t.tracking_uri] = addr.tracking[team.name] + render.service_prefix(team)
+    if config.hub.auth.type == "local":
+        env |= {user_password_var(u.name): ref(user_password_var(u.name)) for u in config.users}
+    return env
