@@ -221,6 +221,17 @@ def write_passwords(path: Path, users: list[str]) -> None:
     print(f"cubelab provision: passwords of {len(added)} new user(s) set in {path}", flush=True)
 
 
+def _hub_members(team: str) -> list[str]:
+    """The team's members as the hub knows them: with OIDC the config lists none, and the provider's groups claim
+    puts users in teams as they log in."""
+    import urllib.request
+
+    url, token = f"{_need('CUBELAB_HUB_API_URL')}/groups/{team}", _need("CUBELAB_ADMIN_TOKEN")
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})  # noqa: S310 - the hub's API
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        return sorted(json.loads(resp.read())["users"])
+
+
 def describe(path: Path) -> None:
     """The deployment description platform_tests reads (see platform_tests/README.md), from the environment
     of a container inside the deployment (the compose platform-tests service, the Helm test pod)."""
@@ -231,7 +242,7 @@ def describe(path: Path) -> None:
         names = TeamSecrets(team)
         teams.append({
             "name": team,
-            "members": os.environ.get(names.members, "").split(),
+            "members": os.environ.get(names.members, "").split() or _hub_members(team),
             "tracking_uri": _need(names.tracking_uri),
             "bucket": f"{prefix}{team}",
             "artifact_prefix": os.environ.get("CUBELAB_ARTIFACT_PREFIX", "mlflow"),
@@ -255,6 +266,9 @@ def describe(path: Path) -> None:
         "private_paths": [],
         "users_isolated": True,
         "teams": teams,
+        # What the environment running this deployment cannot do, named by the harness that runs it (e.g.
+        # no-api-server: Kubernetes pods run without a cluster); platform_tests skip what needs it, saying so.
+        "limits": os.environ.get("CUBELAB_LIMITS", "").split(),
     }
     docker = Path(os.environ.get("CUBELAB_DOCKER_SOCKET", "/var/run/docker.sock"))
     usable = docker.is_socket() and os.access(docker, os.R_OK | os.W_OK)

@@ -4,8 +4,8 @@
 Services: so every workload's pod template is started here the same way, with `podman run`. What a pod gets is
 what its template says: command and args, env (values, Secrets, ConfigMaps, the pod's own fields, and $(NAME)
 expanded from variables defined earlier, as kubelet does), Secret and ConfigMap volumes (files, items, modes,
-subPath), emptyDir, persistent volumes (one podman volume per claim, owned by the pod's user as fsGroup would
-make it), the security context (user, group, fsGroup, read-only root, dropped capabilities, no new privileges)
+subPath), emptyDir, persistent volumes (a folder per claim, owned by the pod's user and fsGroup as a fresh
+volume would be), the security context (user, group, fsGroup, read-only root, dropped capabilities, no new privileges)
 and init containers run to completion first.
 
 Services become DNS names on one podman network: a pod gets every Service name that selects its labels as a
@@ -18,6 +18,7 @@ one; KubeSpawner cannot spawn pods), probes other than the readiness checks this
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import tempfile
@@ -93,7 +94,6 @@ class Cluster:
         self.relay_image, self.namespace = relay_image, namespace
         self.network = f"kubeplay-{workdir.name}"
         self.started: list[str] = []
-        self.volumes: list[str] = []
 
     def __enter__(self) -> Cluster:
         self.podman("network", "create", self.network)
@@ -102,8 +102,6 @@ class Cluster:
     def __exit__(self, *_: object) -> None:
         for container in reversed(self.started):
             self.podman("rm", "-f", "-t", "5", container, check=False)
-        for volume in self.volumes:
-            self.podman("volume", "rm", "-f", volume, check=False)
         self.podman("network", "rm", "-f", self.network, check=False)
 
     # -- what a container gets ---------------------------------------------------------------------
@@ -156,14 +154,26 @@ class Cluster:
                 folder.chmod(0o1777)
                 args += ["-v", f"{folder}:{target}{ro}"]
             elif "persistentVolumeClaim" in volume:
-                claim = f"kubeplay-{self.workdir.name}-{claims.get(name, volume['persistentVolumeClaim']['claimName'])}"
-                if claim not in self.volumes:
-                    self.podman("volume", "create", claim)
-                    self.volumes.append(claim)
-                args += ["-v", f"{claim}:{target}:U{ro.replace(':', ',')}"]
+                claim = claims.get(name, volume["persistentVolumeClaim"]["claimName"])
+                args += ["-v", f"{self._claim(claim, spec, container)}:{target}{ro}"]
             else:
                 raise NotImplementedError(f"pod {pod}: volume {name} of a kind kubeplay does not run: {volume}")
         return args
+
+    def _claim(self, claim: str, spec: dict[str, Any], container: dict[str, Any]) -> Path:
+        """A persistent volume as a fresh cluster gives it: an empty folder (kept for the pod's restarts) and,
+        with fsGroup, owned by that group and group-writable (setgid), so the pod's user can write it. A folder,
+        not a podman volume: podman copies the image's folder ownership onto a new volume at first mount."""
+        folder = self.workdir / f"claim-{claim}"
+        if folder.exists():
+            return folder
+        folder.mkdir()
+        pod, own = spec.get("securityContext") or {}, container.get("securityContext") or {}
+        user, group = own.get("runAsUser", pod.get("runAsUser")), pod.get("fsGroup")
+        if group is not None:
+            os.chown(folder, user if user is not None else 0, group)
+            folder.chmod(0o2775)
+        return folder
 
     def _security(self, spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
         pod, own = spec.get("securityContext") or {}, container.get("securityContext") or {}
@@ -197,9 +207,9 @@ class Cluster:
         return [*argv, image, *command[1:], *[expand(a, env) for a in container.get("args", [])]]
 
     # -- running pods ------------------------------------------------------------------------------
-    def run(self, kind: str, name: str, *, args: list[str] | None = None) -> PodRun:
+    def run(self, kind: str, name: str, *, args: list[str] | None = None, env: dict[str, str] | None = None) -> PodRun:
         """Start a workload's pod (replica 0): init containers to completion, then its container. args replaces
-        the container's args (a Pod run as a test with another selection of tests, say)."""
+        the container's args (a Pod run as a test with another selection of tests, say); env adds variables."""
         template = self.m.pod_template(kind, name)
         pod = f"{name}-0" if kind == "StatefulSet" else name
         spec, labels = template["spec"], template["metadata"].get("labels", {})
@@ -215,6 +225,7 @@ class Cluster:
         main = dict(spec["containers"][0])
         if args is not None:
             main["args"] = args
+        main["env"] = [*main.get("env", []), *({"name": k, "value": v} for k, v in (env or {}).items())]
         services = self.m.services_for(labels)
         aliases = [s["metadata"]["name"] for s in services if self._direct(s, main)]
         container = f"{pod}-{main['name']}"

@@ -212,3 +212,24 @@ def test_subdomain_mode_needs_a_host_name(tmp_path: Path) -> None:
     (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"containers\.public_url.*host name"):
         load(tmp_path / "cubelab.yaml")
+
+
+def test_oidc_mounts_the_client_secret_where_the_hub_reads_it(spec: jsonschema.Draft7Validator, tmp_path: Path) -> None:
+    """Before, the hub settings named /run/secrets/oidc-client-secret and nothing put the file there: the hub
+    could not start with OIDC under compose."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["hub"] = {"auth": {"type": "oidc", "client_id": "cubelab", "client_secret_file": "secrets/oidc",
+                              "authorize_url": "https://idp/auth", "token_url": "https://idp/token",
+                              "userdata_url": "https://idp/me"}}  # fmt: skip
+    for team in config["teams"]:
+        team.pop("members", None)
+        team.pop("admins", None)
+    (tmp_path / "cubelab.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    path, env_path, _ = compose.write(load(tmp_path / "cubelab.yaml"), out)
+    doc = yaml.safe_load(path.read_text())
+    settings = json.loads(doc["services"]["hub"]["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
+    mount = doc["services"]["hub"]["secrets"][0]
+    assert f"/run/secrets/{mount['target']}" == settings["oidc"]["client_secret_file"]
+    assert (out / doc["secrets"][mount["source"]]["file"]).resolve() == (tmp_path / "secrets" / "oidc").resolve()
+    assert not [e.message for e in spec.iter_errors(interpolate(doc, compose.read_env(env_path)))]

@@ -14,121 +14,36 @@ kernels and notebooks tests, which need the three conda kernels, do not.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import compose_project  # deploy/tests/compose_project.py
 import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
-import yaml
 
 from cubelab.backends import compose
-from cubelab.config import load
-from cubelab.install import services_env
-from cubelab.procs import free_tcp_port
-from cubelab.scratch import use_shared_installs
 from platform_tests import probes
 from platform_tests.hubclient import login
 
 ROOT = Path(__file__).resolve().parents[2]
-STANDINS = Path(__file__).resolve().parent / "standins"
-PODMAN_COMPOSE = Path(sys.prefix) / "bin" / "podman-compose"
 SUITE = [
     f"platform_tests/test_{name}.py"
     for name in ("tracking", "storage", "access", "artifacts", "hub", "isolation", "faults")
 ]
 
 
-def podman_compose(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(PODMAN_COMPOSE), "--profile", "test", "-f", "podman.yml", *args],
-        cwd=project, env=containers.environment(), capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-
-
-def wait_healthy(container: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while containers.podman("healthcheck", "run", container, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            logs = containers.podman("logs", container, check=False)
-            raise AssertionError(
-                f"{container} not healthy after {timeout:.0f} s:\n{(logs.stdout + logs.stderr)[-3000:]}"
-            )
-        time.sleep(1)
-
-
-def wait_exited_ok(container: str, timeout: float = 180) -> None:
-    done = containers.podman("wait", container, check=False, timeout=timeout)
-    logs = containers.podman("logs", container, check=False)
-    assert done.stdout.strip() == "0", f"{container} exited {done.stdout.strip()}:\n{logs.stdout + logs.stderr}"
-
-
-def runnable(compose_file: dict[str, Any], stand_ins: dict[str, str], docker_socket: str) -> dict[str, Any]:
-    """The rendered file as podman 4.3 can run it (see the module docstring)."""
-    for name, service in compose_file["services"].items():
-        service.pop("depends_on", None)
-        service.pop("build", None)
-        if name in stand_ins:
-            service["image"] = stand_ins[name]
-    hub = compose_file["services"]["hub"]
-    hub["volumes"] = [v if "docker.sock" not in v else f"{docker_socket}:/var/run/docker.sock" for v in hub["volumes"]]
-    # What an operator does to let the fault tests kill services (README): the API socket into the test
-    # container, run as root to use it.
-    compose_file["services"]["platform-tests"] |= {"volumes": [f"{docker_socket}:/var/run/docker.sock"],
-                                                   "user": "root"}  # fmt: skip
-    return compose_file
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    containers.require_containers()
-    use_shared_installs()
-    weed = services_env(Path(os.environ["CUBELAB_INSTALL_DIR"]), print) / "bin" / "weed"
-    images = containers.stand_ins(tmp_path_factory.mktemp("seaweedfs"), weed)
-    stand_ins = {"postgres": images["postgres"], "s3-store": images["seaweedfs"]}
-    for name in ("tracking", "hub", "platform-tests"):
-        containers.build(name)
-    # What DockerSpawner starts for users: the stand-in with images/notebook's server side.
-    containers.build_file(STANDINS / "notebook" / "Dockerfile", "localhost/cubelab/notebook:test")
-    project = tmp_path_factory.mktemp("compose")
-    config = yaml.safe_load((ROOT / "cubelab.example.yaml").read_text())
-    port = free_tcp_port()
-    config["containers"] = {"registry": "localhost/cubelab", "tag": "test", "public_url": f"http://localhost:{port}"}
-    (project / "cubelab.yaml").write_text(yaml.safe_dump(config))
-    path, env, _ = compose.write(load(project / "cubelab.yaml"), project)
-    with env.open("a") as fh:
-        fh.write(f"CUBELAB_HTTP_PORT={port}\n")
-    with containers.docker_api() as socket:
-        runnable_file = runnable(yaml.safe_load(path.read_text()), stand_ins, socket.removeprefix("unix://"))
-        (project / "podman.yml").write_text(yaml.safe_dump(runnable_file, sort_keys=False))
-        name = project.name
-        try:
-            # The order the depends_on conditions give: s3-identities completed -> s3-store healthy -> s3 (the
-            # relay) healthy; postgres healthy; init completed -> tracking servers and hub.
-            order = (["postgres", "s3-identities"], ["s3-store"], ["s3"], ["init"],
-                     ["tracking-ocean", "tracking-land", "hub"])  # fmt: skip
-            for group in order:
-                started = podman_compose(project, "up", "-d", *group)
-                assert started.returncode == 0, started.stdout + started.stderr
-                for service in group:
-                    container = f"{name}_{service}_1"
-                    if runnable_file["services"][service].get("restart") == "no":
-                        wait_exited_ok(container)
-                    else:
-                        wait_healthy(container)
-            yield project
-        finally:
-            podman_compose(project, "down", "-v", timeout=180)
+    with compose_project.up(tmp_path_factory, lambda config, project: None) as project:
+        yield project
 
 
 def test_platform_tests_pass_against_the_compose_deployment(deployment: Path) -> None:
     command = ("python3 -m cubelab.provision describe /tmp/d.json && "
                f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider -q -rs {' '.join(SUITE)}")  # fmt: skip
-    done = podman_compose(deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=900)
+    done = compose_project.podman_compose(
+        deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=900
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-5000:]
     summary = [line for line in out.splitlines() if " passed" in line]

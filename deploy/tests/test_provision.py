@@ -54,7 +54,7 @@ def test_description_for_platform_tests(env: dict[str, str], monkeypatch: pytest
              TeamSecrets("ocean").tracking_uri: "http://tracking-ocean:5000/services/mlflow-ocean",
              TeamSecrets("sea-ice").tracking_uri: "http://tracking-sea-ice:5000/services/mlflow-sea-ice",
              "CUBELAB_USERS": "alice dave", "CUBELAB_ADMINS": "dave", user_password_var("alice"): "pw",
-             TeamSecrets("ocean").members: "alice", TeamSecrets("sea-ice").members: ""}  # fmt: skip
+             TeamSecrets("ocean").members: "alice", TeamSecrets("sea-ice").members: "dave"}  # fmt: skip
     for key, value in extra.items():
         monkeypatch.setenv(key, value)
     describe(tmp_path / "d.json")

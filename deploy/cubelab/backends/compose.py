@@ -8,6 +8,7 @@ secrets and changes nothing else. Names of the variables: `cubelab.provision.Tea
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ TRACKING_PORT, HUB_PORT, S3_PORT = PORTS["tracking"], PORTS["hub"], PORTS["s3"]
 # Secrets of an external service: the operator puts them into .env; cubelab cannot make them.
 EXTERNAL_VARS = {"postgres": ("POSTGRES_PASSWORD",), "s3": ("S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY")}
 PASSWORDS_FILE = "/srv/cubelab/passwords.json"
+OIDC_SECRET = Path("/run/secrets/oidc-client-secret")  # compose mounts secrets under /run/secrets/
 PLATFORM_VARS = (*EXTERNAL_VARS["postgres"], *EXTERNAL_VARS["s3"], plan.HUB_DB_PASSWORD, plan.HUB_COOKIE_SECRET,
                  plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN)  # fmt: skip
 
@@ -101,7 +103,7 @@ def hub_settings(config: PlatformConfig) -> dict[str, Any]:
     files = plan.HubFiles(
         templates="/opt/cubelab/templates",
         passwords=PASSWORDS_FILE,
-        client_secret="/run/secrets/oidc-client-secret",  # noqa: S106 - a path, not a secret
+        client_secret=str(OIDC_SECRET),
         culler=render.culler_service("python3", config.hub.cull_idle_seconds),
     )
     settings = plan.hub_settings(config, addr, files) | plan.hub_state(addr)
@@ -202,7 +204,9 @@ def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
     return services
 
 
-def render_compose(config: PlatformConfig) -> dict[str, Any]:
+def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[str, Any]:
+    """The compose file's content; out_dir (default: the config's folder) is where it will be written, for paths
+    relative to it."""
     images = config.containers
     build = lambda name: {"context": ".", "dockerfile": f"images/{name}/Dockerfile"}  # noqa: E731
     services = _bundled(config, build)
@@ -262,11 +266,19 @@ def render_compose(config: PlatformConfig) -> dict[str, Any]:
         "networks": ["backend", "users"],
         "restart": "no",
     }
-    return {
+    doc: dict[str, Any] = {
         "services": services,
         "networks": {"backend": {}, "users": {"name": "cubelab-users"}, "storage": {"internal": True}},
         "volumes": {"postgres-data": {}, "s3-data": {}, "s3-config": {}, "hub-data": {}},
     }
+    if config.hub.auth.type == "oidc":
+        # The provider's client secret, from the file the config names, at the path the hub settings give.
+        source = Path(
+            os.path.relpath(config.path.parent / config.hub.auth.client_secret_file, out_dir or config.path.parent)
+        )
+        services["hub"]["secrets"] = [{"source": "oidc-client-secret", "target": OIDC_SECRET.name}]
+        doc["secrets"] = {"oidc-client-secret": {"file": str(source)}}
+    return doc
 
 
 def _describe_env(config: PlatformConfig) -> dict[str, str]:
@@ -289,7 +301,7 @@ def write(config: PlatformConfig, out_dir: Path) -> tuple[Path, Path, list[str]]
     out_dir.mkdir(parents=True, exist_ok=True)
     env_added = write_env(config, out_dir / ".env")
     text = HEADER.format(config=config.path.name, public_url=config.containers.public_url)
-    text += yaml.safe_dump(render_compose(config), sort_keys=False, width=120)
+    text += yaml.safe_dump(render_compose(config, out_dir), sort_keys=False, width=120)
     compose = out_dir / "docker-compose.yml"
     compose.write_text(text)
     return compose, out_dir / ".env", env_added
