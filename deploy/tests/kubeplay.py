@@ -94,6 +94,10 @@ class Cluster:
         self.relay_image, self.namespace = relay_image, namespace
         self.network = f"kubeplay-{workdir.name}"
         self.started: list[str] = []
+        # name -> address of every pod and Service so far, written into each container's /etc/hosts: podman's DNS
+        # here answered some lookups only after tens of seconds under load (requests hung, then 503s).
+        self.hosts: dict[str, str] = {}
+        self._serving: list[str] = []
 
     def __enter__(self) -> Cluster:
         self.podman("network", "create", self.network)
@@ -196,6 +200,7 @@ class Cluster:
         env = self._env(container, pod)
         image = self.images.get(container["image"], container["image"])
         argv = ["--network", self.network, "--hostname", pod, *[f"--network-alias={a}" for a in [pod, *aliases]]]
+        argv += self.add_hosts()
         argv += self._security(spec, container) + self._mounts(pod, spec, container, claims)
         for key, value in env.items():
             argv += ["-e", f"{key}={value}"]
@@ -231,10 +236,31 @@ class Cluster:
         container = f"{pod}-{main['name']}"
         self.podman("run", "-d", "--name", container, *self._argv(pod, spec, main, claims, aliases))
         self.started.append(container)
+        self.serving(container, [pod, *aliases])
         for service in services:
             if not self._direct(service, main):
                 self._relay(service, main, pod)
         return PodRun(pod, [container])
+
+    def add_hosts(self) -> list[str]:
+        """`podman run` arguments giving a new container every name known so far."""
+        return [f"--add-host={name}:{address}" for name, address in self.hosts.items()]
+
+    def serving(self, container: str, names: list[str]) -> None:
+        """Record a long-running container's names and address, and add them to the /etc/hosts of every one
+        running (those started earlier learn the names of those started later)."""
+        fmt = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
+        address = self.podman("inspect", "-f", fmt, container).stdout.strip()
+        self.hosts |= dict.fromkeys(names, address)
+        self._serving.append(container)
+        lines = [f"{address}\t{name}" for name, address in self.hosts.items()]
+        for running in self._serving:
+            path = Path(self.podman("inspect", "-f", "{{.HostsPath}}", running).stdout.strip())
+            known = path.read_text() if path.exists() else ""
+            missing = [line for line in lines if line not in known.splitlines()]
+            if path.exists() and missing:
+                with path.open("a") as fh:
+                    fh.write("\n".join(missing) + "\n")
 
     def _target(self, port: dict[str, Any], container: dict[str, Any]) -> int:
         target = port.get("targetPort", port["port"])
@@ -251,9 +277,10 @@ class Cluster:
         for port in service["spec"]["ports"]:
             relay = f"svc-{name}-{port['port']}"
             self.podman("run", "-d", "--name", relay, "--network", self.network, f"--network-alias={name}",
-                        "--user", "0", self.relay_image, "python3", "-m", "cubelab.relay", str(port["port"]),
-                        f"{pod}:{self._target(port, container)}")  # fmt: skip
+                        *self.add_hosts(), "--user", "0", self.relay_image, "python3", "-m", "cubelab.relay",
+                        str(port["port"]), f"{pod}:{self._target(port, container)}")  # fmt: skip
             self.started.append(relay)
+            self.serving(relay, [name])
 
     def wait_exit(self, run: PodRun, timeout: float = 300) -> tuple[int, str]:
         """Wait for the pod's container to end: its exit code and its log."""

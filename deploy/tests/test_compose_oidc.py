@@ -26,7 +26,6 @@ NETWORK = "cubelab-users"
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     client_secret = secrets.token_hex(24)
-    provider: list[str] = []
 
     def with_oidc(config: dict[str, Any], project: Path) -> None:
         (project / "oidc-client-secret").write_text(client_secret + "\n")
@@ -35,15 +34,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             team.pop("members", None)
             team.pop("admins", None)
 
-    try:
-        with compose_project.up(tmp_path_factory, with_oidc, public_url=HUB) as project:
-            # The users' network exists once the stack is up; the hub asks the provider only at a login.
-            provider.append(webflows.start_provider(NETWORK, "localhost/cubelab/hub:test", project / "oidc",
-                                                    client_secret, f"{HUB}/hub/oauth_callback"))  # fmt: skip
+    with compose_project.up(tmp_path_factory, with_oidc, public_url=HUB) as project:
+        # The users' network exists once the stack is up; the hub asks the provider only at a login. The provider
+        # goes before the stack does, so that `down` can remove the network.
+        provider = webflows.start_provider(NETWORK, "localhost/cubelab/hub:test", project / "oidc", client_secret,
+                                           f"{HUB}/hub/oauth_callback")  # fmt: skip
+        try:
+            webflows.run_script(NETWORK, "localhost/cubelab/tracking:test", webflows.READY, HUB, "ocean", "land")
             yield project
-    finally:
-        for name in provider:
-            containers.podman("rm", "-f", "-t", "3", name, check=False)
+        finally:
+            containers.podman("rm", "-f", "-t", "3", provider, check=False)
 
 
 def test_oidc_login_makes_teams_and_opens_only_their_servers(deployment: Path) -> None:

@@ -103,11 +103,10 @@ def release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     with kubeplay.Cluster(manifests, containers.podman, images, workdir, relay_image=built["tracking"]) as cluster:
         if request.param == "oidc":
             secret = manifests.secret(f"{RELEASE}-oidc")["client-secret"].decode()
-            cluster.started.append(
-                webflows.start_provider(
-                    cluster.network, built["hub"], workdir / "oidc", secret, "http://proxy-public/hub/oauth_callback"
-                )
-            )
+            redirect = "http://proxy-public/hub/oauth_callback"
+            provider = webflows.start_provider(cluster.network, built["hub"], workdir / "oidc", secret, redirect)
+            cluster.started.append(provider)
+            cluster.serving(provider, ["oidc"])
         for name in (f"{RELEASE}-postgres", f"{RELEASE}-s3"):
             cluster.wait_ready("StatefulSet", name, cluster.run("StatefulSet", name))
         code, log = cluster.wait_exit(cluster.run("Job", f"{RELEASE}-provision"))
@@ -116,6 +115,9 @@ def release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         runs = {name: cluster.run("Deployment", name) for name in deployments}
         for name, run in runs.items():
             cluster.wait_ready("Deployment", name, run)
+        # What users see as up: the hub and the teams' servers through the proxy's Service.
+        webflows.run_script(cluster.network, built["tracking"], webflows.READY, "http://proxy-public", "ocean", "land",
+                            hosts=cluster.hosts)  # fmt: skip
         yield Release(cluster, request.param)
 
 
@@ -136,7 +138,8 @@ def test_users_log_in_to_zero_to_jupyterhubs_hub_and_reach_their_team(release: R
         user: value.decode() for user, value in cluster.m.secret(f"{RELEASE}-users").items()}  # fmt: skip
     admin = cluster.m.secret(f"{RELEASE}-hub")["admin-token"].decode()
     try:
-        webflows.check_logins_and_access(cluster.network, cluster.relay_image, "http://proxy-public", admin, passwords)
+        webflows.check_logins_and_access(cluster.network, cluster.relay_image, "http://proxy-public", admin, passwords,
+                                         hosts=cluster.hosts)  # fmt: skip
     except AssertionError as exc:
         logs = {name: cluster.podman("logs", name, check=False) for name in ("hub-hub", "proxy-chp")}
         raise AssertionError(f"{exc}\n" + "\n".join(f"--- {n}:\n{(d.stdout + d.stderr)[-2500:]}"

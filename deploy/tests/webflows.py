@@ -20,14 +20,25 @@ ACCOUNTS = {"alice": {"groups": ["ocean", "land", "staff"]}, "bob": {"groups": [
 PROVIDER = ROOT / "deploy" / "tests" / "oidc" / "provider.mjs"
 PROVIDER_MODULES = Path(sys.prefix) / "tools" / "oidc-provider"
 
+# A connection that the network drops before any answer is tried again (3 times): podman's networking here
+# closed a first connection without a response now and then, right after a release came up (seen twice; the
+# hub never saw those requests). Any answer, right or wrong, is taken as it is.
+RETRYING = """
+import requests
+from urllib3.util.retry import Retry
+RETRY = Retry(total=3, connect=3, read=3, status=0, backoff_factor=0.5, allowed_methods=None)
+"""
 # Logs a user in (local form when given a password, else the provider's form), without following the hub's
 # redirect to its home page (on Kubernetes without an API server KubeSpawner could not answer it).
 # Prints "login STATUS URL session|-".
-LOGIN = """
-import html, re, sys, requests
+LOGIN = (
+    RETRYING
+    + """
+import html, re, sys
 from urllib.parse import urljoin
 hub, user, password = sys.argv[1:4]
 s = requests.Session()
+s.mount("http://", requests.adapters.HTTPAdapter(max_retries=RETRY))
 if password:
     s.get(hub + "/hub/login", timeout=30)
     r = s.post(hub + "/hub/login?next=", data={"username": user, "password": password,
@@ -42,17 +53,40 @@ else:
         r = s.get(urljoin(r.url, r.headers["location"]), allow_redirects=False, timeout=30)
 print("login", r.status_code, r.url.split("?")[0], "session" if "jupyterhub-session-id" in s.cookies else "-")
 """
+)
+# Until the hub serves through its proxy: its API and each team's server, routes the hub adds only once it has
+# finished starting (a ready /hub/health comes earlier). Prints "ready SECONDS".
+READY = """
+import sys, time, requests
+hub, deadline, t0 = sys.argv[1], time.monotonic() + 180, time.monotonic()
+urls = [hub + "/hub/api/"] + [f"{hub}/services/mlflow-{team}/health" for team in sys.argv[2:]]
+while True:
+    try:
+        if all(requests.get(url, timeout=10).status_code == 200 for url in urls):
+            break
+    except requests.RequestException:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(f"not serving after 180 s: {urls}")
+    time.sleep(1)
+print("ready", round(time.monotonic() - t0, 1))
+"""
 # With an admin token: the user's hub groups, and what a token of theirs gets from each team's server.
-ACCESS = """
-import json, sys, requests
+ACCESS = (
+    RETRYING
+    + """
+import json, sys
 hub, user, admin = sys.argv[1], sys.argv[2], {"Authorization": "token " + sys.argv[3]}
-groups = requests.get(f"{hub}/hub/api/users/{user}", headers=admin, timeout=30).json()["groups"]
-token = requests.post(f"{hub}/hub/api/users/{user}/tokens", headers=admin, json={"expires_in": 300}, timeout=30)
+http = requests.Session()
+http.mount("http://", requests.adapters.HTTPAdapter(max_retries=RETRY))
+groups = http.get(f"{hub}/hub/api/users/{user}", headers=admin, timeout=30).json()["groups"]
+token = http.post(f"{hub}/hub/api/users/{user}/tokens", headers=admin, json={"expires_in": 300}, timeout=30)
 bearer = {"Authorization": "Bearer " + token.json()["token"]}
-status = {team: requests.post(f"{hub}/services/mlflow-{team}/api/2.0/mlflow/experiments/search", headers=bearer,
+status = {team: http.post(f"{hub}/services/mlflow-{team}/api/2.0/mlflow/experiments/search", headers=bearer,
                               json={"max_results": 1}, timeout=30).status_code for team in ("ocean", "land")}
 print(json.dumps({"groups": sorted(groups), "status": status}))
 """
+)
 
 
 def oidc_auth(client_secret_file: str) -> dict[str, Any]:
@@ -62,10 +96,12 @@ def oidc_auth(client_secret_file: str) -> dict[str, Any]:
             "userdata_url": f"{ISSUER}/me"}  # fmt: skip
 
 
-def run_script(network: str, image: str, script: str, *args: str) -> str:
-    """A Python script in a container on network (where users' browsers would be); its last line."""
-    done = containers.podman("run", "--rm", "--network", network, image, "python3", "-c", script, *args,
-                             check=False, timeout=120)  # fmt: skip
+def run_script(network: str, image: str, script: str, *args: str, hosts: dict[str, str] | None = None) -> str:
+    """A Python script in a container on network (where users' browsers would be); its last line. hosts: names
+    to give it in /etc/hosts."""
+    add = [f"--add-host={name}:{address}" for name, address in (hosts or {}).items()]
+    done = containers.podman("run", "--rm", "--network", network, *add, image, "python3", "-c", script, *args,
+                             check=False, timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip().splitlines()[-1]
 
@@ -93,16 +129,19 @@ def start_provider(network: str, image: str, folder: Path, client_secret: str, r
     return name
 
 
-def check_logins_and_access(network: str, image: str, hub: str, admin_token: str, passwords: dict[str, str]) -> None:
+def check_logins_and_access(
+    network: str, image: str, hub: str, admin_token: str, passwords: dict[str, str], hosts: dict[str, str] | None = None
+) -> None:
     """alice and bob log in (with passwords: local accounts; without: the provider, its groups claim making the
     teams); then each one's token reaches their teams' tracking servers through the hub, and no other."""
     oidc = not passwords
     for user in ("alice", "bob"):
-        login = run_script(network, image, LOGIN, hub, user, passwords.get(user, "")).split()
+        login = run_script(network, image, LOGIN, hub, user, passwords.get(user, ""), hosts=hosts).split()
         assert login[1] == "302" and login[3] == "session", login
         if oidc:
             assert login[2] == f"{hub}/hub/oauth_callback", login
-    alice, bob = (json.loads(run_script(network, image, ACCESS, hub, user, admin_token)) for user in ("alice", "bob"))
+    alice, bob = (json.loads(run_script(network, image, ACCESS, hub, user, admin_token, hosts=hosts))
+                  for user in ("alice", "bob"))  # fmt: skip
     teams = {"ocean", "land"}
     alice_teams, bob_teams = (sorted(set(u["groups"]) & teams) for u in (alice, bob))
     if oidc:  # the claim's groups make the hub groups ("staff" too); those named like a team are the teams
