@@ -245,6 +245,12 @@ def s3_identity_env(config: PlatformConfig, addr: Addresses) -> dict[str, str]:
     return env
 
 
+def postgres_superuser(config: PlatformConfig) -> str:
+    """The role the provisioning job creates databases and roles with: the external server's, or the bundled
+    image's own superuser."""
+    return config.containers.postgres.user if config.containers.postgres else "postgres"
+
+
 def provision_env(config: PlatformConfig, addr: Addresses, *, passwords_file: str | None) -> dict[str, str]:
     """What `python -m cubelab.provision all` needs: the teams' databases and buckets, the hub's database where
     the target runs the hub itself, and, given a passwords file, the local users' first passwords."""
@@ -252,7 +258,7 @@ def provision_env(config: PlatformConfig, addr: Addresses, *, passwords_file: st
     env = s3_identity_env(config, addr) | {
         "POSTGRES_HOST": host,
         "POSTGRES_PORT": str(port),
-        "POSTGRES_USER": config.containers.postgres.user if config.containers.postgres else "postgres",
+        "POSTGRES_USER": postgres_superuser(config),
         "POSTGRES_PASSWORD": ref("POSTGRES_PASSWORD"),
     }
     env |= {TeamSecrets(t.name).db_password: ref(TeamSecrets(t.name).db_password) for t in config.teams}

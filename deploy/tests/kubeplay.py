@@ -97,7 +97,7 @@ class Cluster:
         # name -> address of every pod and Service so far, written into each container's /etc/hosts: podman's DNS
         # here answered some lookups only after tens of seconds under load (requests hung, then 503s).
         self.hosts: dict[str, str] = {}
-        self._serving: list[str] = []
+        self._hosts_files: list[Path] = []  # the /etc/hosts (on this machine) of each long-running container
 
     def __enter__(self) -> Cluster:
         self.podman("network", "create", self.network)
@@ -252,13 +252,11 @@ class Cluster:
         fmt = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
         address = self.podman("inspect", "-f", fmt, container).stdout.strip()
         self.hosts |= dict.fromkeys(names, address)
-        self._serving.append(container)
+        self._hosts_files.append(Path(self.podman("inspect", "-f", "{{.HostsPath}}", container).stdout.strip()))
         lines = [f"{address}\t{name}" for name, address in self.hosts.items()]
-        for running in self._serving:
-            path = Path(self.podman("inspect", "-f", "{{.HostsPath}}", running).stdout.strip())
-            known = path.read_text() if path.exists() else ""
-            missing = [line for line in lines if line not in known.splitlines()]
-            if path.exists() and missing:
+        for path in self._hosts_files:
+            known = path.read_text().splitlines() if path.exists() else []
+            if path.exists() and (missing := [line for line in lines if line not in known]):
                 with path.open("a") as fh:
                     fh.write("\n".join(missing) + "\n")
 

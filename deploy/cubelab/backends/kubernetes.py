@@ -158,7 +158,7 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
         },
         "hubPublicUrl": images.public_url,
         "postgres": {"bundled": config.containers.postgres is None, "host": pg_host, "port": pg_port,
-                     "user": config.containers.postgres.user if config.containers.postgres else "postgres"},
+                     "user": plan.postgres_superuser(config)},
         "s3": {"bundled": config.containers.s3 is None, "endpoint": addr.s3},
         "trackingPort": plan.CONTAINER_PORTS["tracking"],
         # The environments of the chart's one-shot containers, rendered from the plan like the tracking servers'.
