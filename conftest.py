@@ -1,17 +1,23 @@
-"""Shared test fixtures: embedded stacks brought up by cubelab's own code (cubelab.scratch)."""
+"""Shared test fixtures: embedded stacks brought up by cubelab's own code (deploy/tests/scratch.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from cubelab.prereqs import describe_missing, missing_requirements
-from cubelab.scratch import ScratchStacks
+
+# The test scaffolding (throwaway stacks) lives with the tests, not in the product package. The platform-tests
+# image has no deploy/tests: it always tests a deployment it is given, and never imports it.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy" / "tests"))
+if TYPE_CHECKING:
+    from scratch import ScratchStacks
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
@@ -29,6 +35,8 @@ def _print(message: str) -> None:
 
 @pytest.fixture(scope="module")
 def stacks() -> Iterator[ScratchStacks]:
+    from scratch import ScratchStacks
+
     factory = ScratchStacks(progress=_print)
     yield factory
     factory.close()
@@ -41,6 +49,8 @@ def deployment() -> Iterator[dict[str, Any]]:
     if path := os.environ.get("CUBELAB_DEPLOYMENT"):
         yield json.loads(Path(path).read_text())
         return
+    from scratch import ScratchStacks
+
     factory = ScratchStacks(progress=_print)
     try:
         backend = factory.backend(factory.config())

@@ -26,10 +26,11 @@ from typing import Any
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "tests"))  # scratch: throwaway stacks
 from report import report
+from scratch import ScratchStacks
 
 from cubelab.procs import free_tcp_port, wait_http
-from cubelab.scratch import ScratchStacks
 from platform_tests.hubclient import UserServer, login
 
 

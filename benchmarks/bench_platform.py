@@ -19,6 +19,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -27,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "tests"))  # scratch: throwaway stacks
 from report import report
+from scratch import ScratchStacks
 
 from cubelab.procs import free_tcp_port, tree_memory_mb, wait_http
-from cubelab.scratch import ScratchStacks
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 

@@ -32,9 +32,9 @@ import xarray as xr
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "tests"))  # scratch: throwaway stacks
 from report import report
-
-from cubelab.scratch import ScratchStacks
+from scratch import ScratchStacks
 
 SHAPE, CHUNKS = (184, 270, 270), (46, 90, 90)
 

@@ -24,6 +24,8 @@ from cubelab.procs import StartError, log_tail
 SOURCE_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = SOURCE_DIR.parent
 TOOLKIT_DIR = REPO_DIR / "kernels" / "toolkit"
+# Versions every environment shares (mlflow), given once; each pip install below reads it.
+CONSTRAINTS = SOURCE_DIR / "requirements" / "constraints.txt"
 PROXY_PACKAGE = "configurable-http-proxy@5.3.0"
 
 Progress = Callable[[str], None]
@@ -110,7 +112,7 @@ def python_env(
     venv = install_dir / name
     marker, editable_marker = venv / ".cubelab-installed", venv / ".cubelab-editable"
     version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
-    digest = _digest(requirements.read_bytes(), version.stdout.encode())
+    digest = _digest(requirements.read_bytes(), CONSTRAINTS.read_bytes(), version.stdout.encode())
     editable_digest = _digest(*((p / "pyproject.toml").read_bytes() for p in editable))
     if copy:  # copies go stale when any source file changes, not only the metadata
         editable_digest = _digest(editable_digest.encode(), *(f.read_bytes() for f in _package_files(editable)))
@@ -125,7 +127,7 @@ def python_env(
         if venv.exists():
             shutil.rmtree(venv)
         progress(f"installing the {name} environment into {venv} (about a minute); log: {log}")
-        steps += [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements)]]
+        steps += [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements), "-c", str(CONSTRAINTS)]]
     # cubelab's own packages (entry points, metadata) are cheap to refresh on their own.
     mode = ["--force-reinstall"] if copy else ["-e"]
     steps += [[*pip, "--no-deps", *mode, str(p)] for p in editable]

@@ -15,12 +15,12 @@ from typing import Any
 import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
 import yaml
+from scratch import use_shared_installs  # deploy/tests/scratch.py
 
 from cubelab.backends import compose
 from cubelab.config import load
 from cubelab.install import services_env
 from cubelab.procs import free_tcp_port
-from cubelab.scratch import use_shared_installs
 
 ROOT = Path(__file__).resolve().parents[2]
 PODMAN_COMPOSE = Path(sys.prefix) / "bin" / "podman-compose"

@@ -30,11 +30,11 @@ import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
 import webflows  # deploy/tests/webflows.py
 import yaml
+from scratch import use_shared_installs  # deploy/tests/scratch.py
 
 from cubelab.backends import kubernetes
 from cubelab.config import load
 from cubelab.install import services_env
-from cubelab.scratch import use_shared_installs
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = Path(sys.prefix) / "tools" / "helm"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scratch import ScratchStacks, use_shared_installs  # deploy/tests/scratch.py
 
 from cubelab.backends.local import LocalBackend
 from cubelab.config import load
 from cubelab.hub import render
 from cubelab.install import hub_env
-from cubelab.scratch import ScratchStacks, use_shared_installs
 
 HUB_CONFIG = Path(__file__).resolve().parents[1] / "cubelab" / "hub" / "jupyterhub_config.py"
 

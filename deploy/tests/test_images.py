@@ -20,13 +20,13 @@ from typing import Any
 import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
 import requests
+from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab.backends import compose
 from cubelab.backends.local import LocalBackend
 from cubelab.config import load
 from cubelab.hub.render import service_prefix
 from cubelab.procs import free_tcp_port
-from cubelab.scratch import ScratchStacks
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(ROOT.glob("images/**/Dockerfile"))

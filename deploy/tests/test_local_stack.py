@@ -17,11 +17,11 @@ import psycopg2
 import pytest
 import requests
 import yaml
+from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab.backends.local import LocalBackend
 from cubelab.config import load
 from cubelab.procs import StartError
-from cubelab.scratch import ScratchStacks
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

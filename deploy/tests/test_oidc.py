@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab.backends.local import LocalBackend
 from cubelab.config import load
 from cubelab.procs import free_tcp_port
-from cubelab.scratch import ScratchStacks
 
 PROVIDER = Path(__file__).resolve().parent / "oidc" / "provider.mjs"
 MODULES = Path(sys.prefix) / "tools" / "oidc-provider"

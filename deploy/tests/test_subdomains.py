@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
+from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab.backends.local import LocalBackend
 from cubelab.config import load
-from cubelab.scratch import ScratchStacks
 
 
 @pytest.fixture(scope="module")
