@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "tests")
 from report import report
 from scratch import ScratchStacks
 
-from cubelab.procs import free_tcp_port, wait_http
+from cubelab.procs import free_tcp_port, http_ok, wait_until
 from platform_tests.hubclient import UserServer, login
 
 
@@ -76,17 +76,19 @@ def _median_ms(url: str, headers: dict[str, str], n: int = 300) -> float:
 def bench_auth_latency(backend: Any, token: str) -> dict[str, Any]:
     team = backend.config.teams[0]
     venv = backend.paths.install / "services"
-    argv, env = backend.tracking._launch(team, venv)
-    for key in [k for k in env if k.startswith(("CUBELAB_HUB", "CUBELAB_SERVICE"))]:
-        del env[key]  # the same server with authentication off
+    launch = backend.tracking.launch(team, venv)
+    argv, env = launch.argv, launch.env
+    for key in [k for k in env if k.startswith(("CUBELAB_HUB", "CUBELAB_SERVICE")) and k != "CUBELAB_SERVICE_PREFIX"]:
+        del env[key]  # the same server, under the same path, with authentication off
     port = free_tcp_port()
-    argv[argv.index("--port") + 1] = str(port)
+    env["CUBELAB_PORT"] = str(port)
     log = open(backend.paths.logs / "bench-noauth.log", "wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     prefix = f"/services/{team.service}"
     query = "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        wait_http(f"http://127.0.0.1:{port}{prefix}/health")
+        health = f"http://127.0.0.1:{port}{prefix}/health"
+        wait_until(lambda: http_ok(health), 90, what="the tracking server without authentication")
         auth = {"Authorization": f"Bearer {token}"}
         hub_ms = _median_ms(f"{backend.hub.url}{prefix}{query}", auth)
         direct_ms = _median_ms(f"{backend.tracking.url(team)}{query}", auth)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "tests")
 from report import report
 from scratch import ScratchStacks
 
-from cubelab.procs import free_tcp_port, tree_memory_mb, wait_http
+from cubelab.procs import free_tcp_port, http_ok, tree_memory_mb, wait_until
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
@@ -70,18 +70,19 @@ def bench_memory(backend: Any) -> dict[str, Any]:
 
     venv = backend.paths.install / "services"
     port = free_tcp_port()
-    argv, env = backend.tracking._launch(team, venv)  # same database, bucket and credentials
+    launch = backend.tracking.launch(team, venv)
+    env = launch.env  # same database, bucket and credentials
     store_uri = env.pop("CUBELAB_BACKEND_STORE_URI")
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     stock_argv = [
         str(venv / "bin/mlflow"), "server", "--backend-store-uri", store_uri, "--serve-artifacts",
-        "--artifacts-destination", argv[argv.index("--artifacts-destination") + 1],
+        "--artifacts-destination", env["CUBELAB_ARTIFACTS_DESTINATION"],
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     log = open(backend.paths.logs / "stock-mlflow.log", "wb")
     stock = subprocess.Popen(stock_argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 90, what="stock mlflow server")
         stock_pss = _idle_pss(psutil.Process(stock.pid), f"http://127.0.0.1:{port}")
         stock_procs = 1 + len(psutil.Process(stock.pid).children(recursive=True))
     finally:

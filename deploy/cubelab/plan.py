@@ -291,3 +291,51 @@ def describe_env(config: PlatformConfig, addr: Addresses, *, backend: str, hub_u
     if config.hub.auth.type == "local":
         env |= {user_password_var(u.name): ref(user_password_var(u.name)) for u in config.users}
     return env
+
+
+# --- cubelab's own services and jobs, as every target runs them -----------------------------------------------
+# Postgres and SeaweedFS are third-party servers each target runs its own native way (Debian's binaries, the
+# official images, StatefulSets); the hub runs JupyterHub with `hub_settings`. Everything else is one of these.
+
+IDENTITIES_FILE = "/etc/seaweedfs/identities.json"  # where the containers' SeaweedFS reads its identities
+PROVISION_TIMEOUT = 300  # seconds the provisioning job waits for Postgres and S3 to answer
+
+
+@dataclass(frozen=True)
+class Service:
+    """One of cubelab's services or one-shot jobs: what it runs, with what environment, where it answers."""
+
+    name: str  # its name in every target: compose service, Kubernetes component
+    image: str  # the cubelab image that runs it (images/NAME)
+    command: tuple[str, ...]  # the program and its arguments; `python3` is the image's (or the venv's) Python
+    env: dict[str, str]  # secrets as $(NAME)
+    port: int | None = None  # where it listens
+    health: str | None = None  # an HTTP path that answers 200 once it serves
+    after: tuple[str, ...] = ()  # what must be done (jobs) or healthy (servers) before it starts
+    job: bool = False  # runs to completion (provisioning) rather than serving
+
+
+def tracking_service(config: PlatformConfig, team: Team, addr: Addresses) -> Service:
+    """A team's tracking server."""
+    return Service(
+        name=f"tracking-{team.name}",
+        image="tracking",
+        command=("python3", "-m", "cubelab.tracking.serve"),
+        env=tracking_env(config, team, addr),
+        port=addr.tracking_bind[team.name][1],
+        health=f"{render.service_prefix(team)}/health",
+        after=("provision",),
+    )
+
+
+def provision_service(config: PlatformConfig, addr: Addresses, *, passwords_file: str | None) -> Service:
+    """Databases and roles (the teams', and the hub's where the target runs the hub), buckets, first passwords."""
+    command = ("python3", "-m", "cubelab.provision", "all", "--timeout", str(PROVISION_TIMEOUT))
+    env = provision_env(config, addr, passwords_file=passwords_file)
+    return Service("provision", "tracking", command, env, after=("postgres", "s3"), job=True)
+
+
+def s3_identities_service(config: PlatformConfig, addr: Addresses) -> Service:
+    """SeaweedFS reads its S3 identities (one per team, limited to its bucket) from a file at start."""
+    command = ("python3", "-m", "cubelab.provision", "s3-identities", IDENTITIES_FILE)
+    return Service("s3-identities", "tracking", command, s3_identity_env(config, addr), job=True)

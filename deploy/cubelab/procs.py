@@ -6,6 +6,7 @@ still leaves everything it started findable by `down`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -67,6 +68,38 @@ class ProcessRecord:
             return None
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Everything about how one local service runs; every service of the embedded stack (Postgres, S3, each
+    tracking server, the hub) is started, restarted on change and stopped through this one shape."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    cwd: Path
+    # Each port the service listens on, with the setting that names it: a busy port fails the start clearly.
+    ports: dict[int, str] = field(default_factory=dict)
+    user: str | None = None
+    umask: int = -1
+    stop_signal: int = signal.SIGTERM
+    # Files whose new content restarts the service (its code), and settings it reads from elsewhere.
+    code: tuple[Path, ...] = ()
+    settings: str = ""
+    # Runs right before a (re)start, after the old process is gone and before the ports are checked: accounts,
+    # folders, processes a crashed run left behind.
+    before_start: Callable[[], None] | None = None
+
+    def fingerprint(self) -> str:
+        # Not PATH: it follows the shell that ran `cubelab up`, which is no reason to restart anything.
+        env = sorted((k, v) for k, v in self.env.items() if k != "PATH")
+        h = hashlib.sha256(json.dumps([self.argv, env, self.user, self.umask]).encode())
+        h.update(self.settings.encode())
+        for path in self.code:
+            h.update(path.read_bytes())
+        return h.hexdigest()[:16]
+
+
 class ProcessTable:
     """The records of the processes one stack has started, kept under <state>/run."""
 
@@ -100,20 +133,26 @@ class ProcessTable:
         record = self.get(name)
         return record.process() if record else None
 
-    def start(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        env: dict[str, str],
-        log: Path,
-        user: str | None = None,
-        cwd: Path | None = None,
-        umask: int = -1,
-        stop_signal: int = signal.SIGTERM,
-        fingerprint: str = "",
-    ) -> ProcessRecord:
-        """Start argv in a new session with output to log; record it before returning."""
+    def ensure(self, launch: Launch, progress: Callable[[str], None]) -> ProcessRecord | None:
+        """Start the service unless it already runs as launched; restart it when its launch changed (command,
+        environment, account, code or settings). Returns the new record, or None when nothing started."""
+        fingerprint = launch.fingerprint()
+        record = self.get(launch.name)
+        if record and record.process():
+            if record.fingerprint == fingerprint:
+                return None
+            progress(f"{launch.name}: settings or code changed; restarting")
+            self.stop(launch.name)
+        if launch.before_start:  # first: it may clear what an earlier, crashed run left holding the ports
+            launch.before_start()
+        for port, setting in launch.ports.items():
+            if owner := port_owner(port):
+                raise StartError(launch.name, f"port {port} ({setting}) is in use by {owner}")
+        return self.start(launch, fingerprint)
+
+    def start(self, launch: Launch, fingerprint: str = "") -> ProcessRecord:
+        """Start the launch in a new session with output to its log; record it before returning."""
+        name, argv, user, log = launch.name, launch.argv, launch.user, launch.log
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name} ===\n".encode())
@@ -121,7 +160,7 @@ class ProcessTable:
             try:
                 proc = subprocess.Popen(
                     argv,
-                    env=env,
+                    env=launch.env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -130,8 +169,8 @@ class ProcessTable:
                     # the account's own group and no other: Popen's user= alone keeps the caller's (root's) group
                     group=pwd.getpwnam(user).pw_gid if user else None,
                     extra_groups=[] if user else None,
-                    cwd=cwd,
-                    umask=umask,
+                    cwd=launch.cwd,
+                    umask=launch.umask,
                 )
             except OSError as exc:
                 raise StartError(name, f"cannot run {argv[0]}: {exc.strerror or exc}") from None
@@ -139,7 +178,7 @@ class ProcessTable:
             created = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
             created = time.time()
-        record = ProcessRecord(name, proc.pid, created, argv, str(log), int(stop_signal), fingerprint)
+        record = ProcessRecord(name, proc.pid, created, argv, str(log), int(launch.stop_signal), fingerprint)
         self.put(record)
         return record
 
@@ -189,26 +228,42 @@ def _reap(pid: int) -> None:
         pass
 
 
-def wait_healthy(
-    record: ProcessRecord,
+def wait_until(
     check: Callable[[], bool],
     timeout: float,
-    interval: float = 0.1,
+    *,
+    what: str,
+    record: ProcessRecord | None = None,
+    interval: float = 0.2,
 ) -> None:
-    """Wait until check() is true; fail early, with the log's end, if the process dies."""
+    """The one way cubelab waits: until check() is true, or a StartError naming `what` after timeout seconds
+    (with check's last error). With a record, it fails at once, with the end of its log, if the process dies."""
     deadline = time.monotonic() + timeout
+    last = ""
     while True:
-        if record.process() is None:
+        if record is not None and record.process() is None:
             _reap(record.pid)
-            raise StartError(record.name, "the process exited during start-up", Path(record.log))
+            raise StartError(what, "the process exited during start-up", Path(record.log))
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001, S110 - not ready yet; keep polling until the deadline
-            pass
+        except Exception as exc:  # noqa: BLE001 - not ready yet; keep polling until the deadline
+            last = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            raise StartError(record.name, f"not healthy after {timeout:.0f} s", Path(record.log))
+            reason = f"not ready after {timeout:.0f} s" + (f" (last error: {last})" if last else "")
+            raise StartError(what, reason, Path(record.log) if record else None)
         time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 2) -> bool:
+    """Whether url answers 200 (a server's health endpoint)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URLs of our servers
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def port_owner(port: int, host: str = "127.0.0.1") -> str | None:
@@ -277,20 +332,3 @@ def kill_marked(marker: str, timeout: float = 10.0, spare: str | None = None, on
         except psutil.NoSuchProcess:
             pass
     return [p.pid for p in found]
-
-
-def wait_http(url: str, timeout: float = 90.0) -> None:
-    """Wait until url answers 200 (a server that someone else started)."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback URLs of our servers
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-        time.sleep(0.2)

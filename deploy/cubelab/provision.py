@@ -1,7 +1,7 @@
 """Provisioning shared by every deployment target: a team's database and role, its bucket and S3 identity,
 the hub's database, the local users' password file.
 
-The embedded stack calls the functions; containers (the compose `init` services, the Helm chart's provisioning
+The embedded stack calls the functions; containers (the compose `provision` service, the Helm chart's provisioning
 Job) run `python -m cubelab.provision`, which reads everything from the environment (names in `TeamSecrets`),
 so no secret is ever on a command line or in a file of the deployment.
 """
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,22 +109,22 @@ def ensure_bucket(s3: Any, bucket: str, timeout: float = 20) -> None:
     """Create the bucket if missing. SeaweedFS creates buckets asynchronously: retry until it is there."""
     import botocore.exceptions
 
-    deadline = time.monotonic() + timeout
-    while True:
+    from cubelab.procs import wait_until
+
+    def made() -> bool:
         try:
             s3.head_bucket(Bucket=bucket)
-            return
+            return True
         except botocore.exceptions.ClientError:
             pass
         try:
             s3.create_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists") and time.monotonic() > deadline:
-                raise RuntimeError(f"cannot create bucket {bucket!r}: {exc}") from None
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bucket {bucket!r} did not appear within {timeout:.0f} s")
-        time.sleep(0.2)
+            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        return False
+
+    wait_until(made, timeout, what=f"bucket {bucket!r}")
 
 
 # --- containers: everything from the environment ------------------------------------------------------------
@@ -156,23 +155,27 @@ def write_identities(path: Path) -> None:
 def _connect(timeout: float) -> Any:
     import psycopg2
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = psycopg2.connect(
-                host=_need("POSTGRES_HOST"),
-                port=int(os.environ.get("POSTGRES_PORT", "5432")),
-                user=os.environ.get("POSTGRES_USER", "postgres"),
-                password=_need("POSTGRES_PASSWORD"),
-                dbname="postgres",
-                connect_timeout=3,
-            )
-            conn.autocommit = True
-            return conn
-        except psycopg2.OperationalError as exc:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"cubelab provision: Postgres not reachable after {timeout:.0f} s: {exc}") from None
-            time.sleep(1)
+    from cubelab.procs import StartError, wait_until
+
+    conn: list[Any] = []
+
+    def connected() -> bool:
+        conn.append(psycopg2.connect(
+            host=_need("POSTGRES_HOST"),
+            port=int(os.environ.get("POSTGRES_PORT", "5432")),
+            user=os.environ.get("POSTGRES_USER", "postgres"),
+            password=_need("POSTGRES_PASSWORD"),
+            dbname="postgres",
+            connect_timeout=3,
+        ))  # fmt: skip
+        return True
+
+    try:
+        wait_until(connected, timeout, what="Postgres", interval=1)
+    except StartError as exc:
+        raise SystemExit(f"cubelab provision: {exc}") from None
+    conn[0].autocommit = True
+    return conn[0]
 
 
 def provision_all(timeout: float) -> None:
@@ -286,7 +289,8 @@ def describe(path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m cubelab.provision",
-        description="Provision cubelab's teams in containers (compose init services, the Helm provisioning Job). "
+        description="Provision cubelab's teams in containers (the compose `provision` service, the Helm provisioning "
+        "Job). "
         "Reads names and secrets from the environment: CUBELAB_TEAMS, CUBELAB_BUCKET_PREFIX, POSTGRES_*, "
         "S3_ENDPOINT, S3_ADMIN_*, TEAM_<NAME>_{DB_PASSWORD,S3_ACCESS_KEY,S3_SECRET_KEY}, HUB_DB_PASSWORD, "
         "CUBELAB_USERS, USER_<NAME>_PASSWORD, CUBELAB_PASSWORDS_FILE; for describe also CUBELAB_HUB_URL, "
@@ -306,7 +310,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "describe":
         describe(args.path)
     else:
-        provision_all(args.timeout)
+        from cubelab.procs import StartError
+
+        try:
+            provision_all(args.timeout)
+        except StartError as exc:  # a service that never became ready: say which, without a traceback
+            raise SystemExit(f"cubelab provision: {exc}") from None
     sys.stdout.flush()
 
 

@@ -97,8 +97,8 @@ def up(
         name = project.name
         try:
             # The order the depends_on conditions give: s3-identities completed -> s3-store healthy -> s3 (the
-            # relay) healthy; postgres healthy; init completed -> tracking servers and hub.
-            order = (["postgres", "s3-identities"], ["s3-store"], ["s3"], ["init"],
+            # relay) healthy; postgres healthy; provision completed -> tracking servers and hub.
+            order = (["postgres", "s3-identities"], ["s3-store"], ["s3"], ["provision"],
                      ["tracking-ocean", "tracking-land", "hub"])  # fmt: skip
             for group in order:
                 started = podman_compose(project, "up", "-d", *group)

@@ -72,7 +72,7 @@ def test_healthchecks_and_start_order(tmp_path: Path) -> None:
     doc, _, _ = rendered(tmp_path)
     services = doc["services"]
     one_shots = {name for name, s in services.items() if s.get("restart") == "no"}
-    assert one_shots == {"s3-identities", "init", "platform-tests"}
+    assert one_shots == {"s3-identities", "provision", "platform-tests"}
     for name, service in services.items():
         if name not in one_shots:
             assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -81,9 +81,9 @@ def test_healthchecks_and_start_order(tmp_path: Path) -> None:
             assert condition == {"condition": wanted}, (name, dependency)
     for team in ("ocean", "land"):
         tracking = services[f"tracking-{team}"]
-        assert tracking["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+        assert tracking["depends_on"] == {"provision": {"condition": "service_completed_successfully"}}
         assert f"/services/mlflow-{team}/health" in " ".join(tracking["healthcheck"]["test"])
-    assert services["init"]["depends_on"] == {
+    assert services["provision"]["depends_on"] == {
         "postgres": {"condition": "service_healthy"},
         "s3": {"condition": "service_healthy"},
     }
@@ -148,7 +148,7 @@ def test_adding_a_team_keeps_every_secret_and_adds_its_own(tmp_path: Path) -> No
     tracking = doc["services"]["tracking-ice"]
     assert tracking["environment"]["CUBELAB_ARTIFACTS_DESTINATION"] == "s3://cubelab-ice/mlflow"
     assert "mlflow_ice" in tracking["environment"]["CUBELAB_BACKEND_STORE_URI"]
-    assert doc["services"]["init"]["environment"]["CUBELAB_TEAMS"] == "ocean land ice"
+    assert doc["services"]["provision"]["environment"]["CUBELAB_TEAMS"] == "ocean land ice"
     settings = json.loads(doc["services"]["hub"]["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
     assert settings["gpu_teams"] == ["ice"]
     # A team allowed GPUs: the notebook service reserves them.

@@ -60,7 +60,7 @@ def test_hub_of_the_compose_deployment_serves_the_teams(deployment: Path) -> Non
     groups = requests.get(f"{hub}/hub/api/groups", headers=admin, timeout=10)
     assert {g["name"]: sorted(g["users"]) for g in groups.json()} == {"ocean": ["alice", "bob"],
                                                                       "land": ["bob", "carol"]}  # fmt: skip
-    # A user logs in with the first password from .env (hashed by the init service into the hub's volume).
+    # A user logs in with the first password from .env (hashed by the provision service into the hub's volume).
     _, login_page = login(hub, "alice", env["USER_ALICE_PASSWORD"])
     assert login_page.status_code == 302, login_page.text[:300]
     # The team's tracking server through the hub's proxy, with the member's token.

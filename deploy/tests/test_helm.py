@@ -136,6 +136,13 @@ def test_team_resources_follow_the_platform_config(chart: Path, tmp_path: Path) 
     assert env["AWS_SECRET_ACCESS_KEY"]["value"] == "$(TEAM_SEA_ICE_S3_SECRET_KEY)"
     assert env["TEAM_SEA_ICE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cubelab-team-sea-ice",
                                                                              "key": "s3-secret-key"}  # fmt: skip
+    # The plan's commands, placed by the templates (cubelab.plan.tracking_service and the one-shot jobs).
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"] == ["python3", "-m",
+                                                                                  "cubelab.tracking.serve"]  # fmt: skip
+    job = named["Job", "cubelab-provision"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"][:4] == ["python3", "-m", "cubelab.provision", "all"]
+    s3 = named["StatefulSet", "cubelab-s3"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert s3["command"][:4] == ["python3", "-m", "cubelab.provision", "s3-identities"]
     # kubelet expands $(NAME) only for variables defined earlier in the list: every secret comes first.
     order = [e["name"] for e in listed]
     assert order.index("TEAM_SEA_ICE_DB_PASSWORD") < order.index("CUBELAB_BACKEND_STORE_URI")

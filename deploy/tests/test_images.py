@@ -243,7 +243,7 @@ def test_platform_tests_image_runs_the_suite_against_a_deployment(podman_api: st
 
 
 def test_tracking_image_provisions_a_new_team(podman_api: str, stack: LocalBackend, tmp_path: Path) -> None:
-    """The compose `init` service and the Helm provisioning Job: `python -m cubelab.provision all` in the tracking
+    """The compose `provision` service and the Helm provisioning Job: `python -m cubelab.provision all` in the tracking
     image creates a team's role, database and bucket and the first passwords, against real Postgres and S3."""
     import boto3
     import psycopg2

@@ -356,11 +356,11 @@ def test_up_recovers_from_a_killed_hub_and_down_leaves_no_orphan(stack: LocalBac
 
 def test_stock_mlflow_server_with_cubelab_app_enforces_team_auth(stack: LocalBackend) -> None:
     """`mlflow server --app-name cubelab` (how images run it) applies the same checks as the embedded launcher."""
-    from cubelab.procs import free_tcp_port, wait_http
+    from cubelab.procs import free_tcp_port, http_ok, wait_until
 
     team = stack.config.team("ocean")
     venv = stack.paths.install / "services"
-    _, env = stack.tracking._launch(team, venv)
+    env = stack.tracking.launch(team, venv).env
     store = env.pop("CUBELAB_BACKEND_STORE_URI")
     port = free_tcp_port()
     prefix = f"/services/{team.service}"
@@ -371,7 +371,7 @@ def test_stock_mlflow_server_with_cubelab_app_enforces_team_auth(stack: LocalBac
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}{prefix}"
     try:
-        wait_http(f"{base}/health")
+        wait_until(lambda: http_ok(f"{base}/health"), 90, what="mlflow server --app-name cubelab")
         search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
         assert requests.get(search, timeout=10).status_code == 401
         member = stack.hub.issue_token(team.members[0])
@@ -413,7 +413,7 @@ def test_missing_postgres_binaries_are_named(stacks: ScratchStacks, monkeypatch:
 def test_a_service_that_dies_is_reported_with_its_log(stacks: ScratchStacks) -> None:
     backend = stacks.backend(stacks.config(teams=[]))
     backend.paths.create()
-    backend.postgres.initialize(print)
+    backend.postgres.prepare(print)
     conf = backend.postgres.data_dir / "postgresql.conf"
     conf.write_text(conf.read_text() + "\nthis is not = = a setting\n")
     with pytest.raises(StartError) as info:

@@ -56,7 +56,7 @@ def targets(config: PlatformConfig, tmp_path: Path) -> dict[str, dict[str, Any]]
     backend.paths.create()
     venv = tmp_path / "venv"
     local = backend.hub.settings(venv, tmp_path / "proxy")
-    local_tracking = {t.name: backend.tracking._launch(t, venv)[1] for t in config.teams}
+    local_tracking = {t.name: backend.tracking.launch(t, venv).env for t in config.teams}
     doc = compose.render_compose(config)
     values = kubernetes.render_values(config, "lab")
     helm_settings = json.loads(values["jupyterhub"]["hub"]["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"])
@@ -148,7 +148,7 @@ def test_external_services_replace_the_bundled_ones(tmp_path: Path) -> None:
     config = make_config(tmp_path, MATRIX["local-external-many"])
     doc = compose.render_compose(config)
     assert not {"postgres", "s3", "s3-store", "s3-identities"} & set(doc["services"])
-    init = doc["services"]["init"]["environment"]
+    init = doc["services"]["provision"]["environment"]
     assert (init["POSTGRES_HOST"], init["POSTGRES_PORT"], init["S3_ENDPOINT"]) == (
         "db.example.org", "6432", "https://s3.example.org")  # fmt: skip
     assert "set POSTGRES_PASSWORD in .env" in init["POSTGRES_PASSWORD"]
@@ -159,3 +159,41 @@ def test_external_services_replace_the_bundled_ones(tmp_path: Path) -> None:
     assert values["postgres"]["bundled"] is False and values["s3"]["bundled"] is False
     settings = json.loads(values["jupyterhub"]["hub"]["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"])
     assert {env["S3_ENDPOINT"] for env in settings["team_env"].values()} == {"https://s3.example.org"}
+
+
+@pytest.mark.parametrize("case", list(MATRIX.values()), ids=list(MATRIX))
+def test_every_target_runs_the_plans_services(tmp_path: Path, case: dict[str, Any]) -> None:
+    """Each service of the plan runs with the plan's command, port, health check and order in every target."""
+    config = make_config(tmp_path, case)
+    backend = LocalBackend(config)
+    backend.paths.create()
+    venv = tmp_path / "venv"
+    doc = compose.render_compose(config)["services"]
+    values = kubernetes.render_values(config, "lab")
+    helm_teams = {t["name"]: t for t in values["teams"]}
+    addr = plan.compose_addresses(config)
+    bundled_s3 = config.containers.s3 is None
+    jobs = [plan.provision_service(config, addr, passwords_file=None)]
+    jobs += [plan.s3_identities_service(config, addr)] if bundled_s3 else []
+    for job in jobs:
+        assert doc[job.name]["command"] == list(job.command) and doc[job.name]["restart"] == "no"
+        assert values["commands"][{"provision": "provision", "s3-identities": "s3Identities"}[job.name]] == list(
+            job.command
+        )
+    assert ("s3-identities" in doc) == bundled_s3
+    for team in config.teams:
+        server = plan.tracking_service(config, team, addr)
+        # compose: the plan's command, its health path on its port, after the provisioning job.
+        ran = doc[server.name]
+        assert ran["command"] == list(server.command)
+        assert f"http://127.0.0.1:{server.port}{server.health}" in " ".join(ran["healthcheck"]["test"])
+        assert ran["depends_on"] == {"provision": {"condition": "service_completed_successfully"}}
+        # Helm: the same command and probe path, on the chart's tracking port.
+        assert helm_teams[team.name]["command"] == list(server.command)
+        assert helm_teams[team.name]["healthPath"] == server.health and values["trackingPort"] == server.port
+        # embedded: the same program on the services venv's Python, its health path on the team's own port.
+        launch = backend.tracking.launch(team, venv)
+        local = plan.tracking_service(config, team, backend.tracking.addresses())
+        assert launch.argv == [str(venv / "bin/python"), *server.command[1:]]
+        assert local.health == server.health and list(launch.ports) == [local.port]
+        assert launch.env["CUBELAB_PORT"] == str(local.port)

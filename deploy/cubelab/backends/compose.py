@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from cubelab import plan, storage
-from cubelab.config import PlatformConfig, Team
+from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
 from cubelab.secrets import new_access_key, new_password, write_private
@@ -29,10 +29,11 @@ HEADER = """\
 POSTGRES_IMAGE = "postgres:15.14-bookworm"
 SEAWEEDFS_IMAGE = "chrislusf/seaweedfs:4.48"
 PORTS = plan.CONTAINER_PORTS
-TRACKING_PORT, HUB_PORT, S3_PORT = PORTS["tracking"], PORTS["hub"], PORTS["s3"]
+HUB_PORT, S3_PORT = PORTS["hub"], PORTS["s3"]
 # Secrets of an external service: the operator puts them into .env; cubelab cannot make them.
 EXTERNAL_VARS = {"postgres": ("POSTGRES_PASSWORD",), "s3": ("S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY")}
 PASSWORDS_FILE = "/srv/cubelab/passwords.json"
+IDENTITIES_DIR = str(Path(plan.IDENTITIES_FILE).parent)
 OIDC_SECRET = Path("/run/secrets/oidc-client-secret")  # compose mounts secrets under /run/secrets/
 PLATFORM_VARS = (*EXTERNAL_VARS["postgres"], *EXTERNAL_VARS["s3"], plan.HUB_DB_PASSWORD, plan.HUB_COOKIE_SECRET,
                  plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN)  # fmt: skip
@@ -129,29 +130,34 @@ def _python_health(url: str) -> list[str]:
     return ["CMD", "python3", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"]
 
 
-def _provision_env(config: PlatformConfig) -> dict[str, str]:
-    return _fill(config, plan.provision_env(config, plan.compose_addresses(config), passwords_file=PASSWORDS_FILE))
+def _after(services: dict[str, Any], service: plan.Service, jobs: set[str]) -> dict[str, Any]:
+    """compose's depends_on for what the plan says comes first (of what this file runs)."""
+    when = lambda name: "service_completed_successfully" if name in jobs else "service_healthy"  # noqa: E731
+    return {name: {"condition": when(name)} for name in service.after if name in services}
 
 
-def _s3_identity_env(config: PlatformConfig) -> dict[str, str]:
-    return _fill(config, plan.s3_identity_env(config, plan.compose_addresses(config)))
-
-
-def _tracking(config: PlatformConfig, team: Team) -> dict[str, Any]:
-    prefix = render.service_prefix(team)
-    return {
-        "image": config.containers.image("tracking"),
-        "restart": "unless-stopped",
-        "environment": _fill(config, plan.tracking_env(config, team, plan.compose_addresses(config))),
-        "depends_on": {"init": {"condition": "service_completed_successfully"}},
-        "networks": ["backend", "users"],
-        "healthcheck": _healthcheck(_python_health(f"http://127.0.0.1:{TRACKING_PORT}{prefix}/health"), "60s"),
+def _run(config: PlatformConfig, service: plan.Service, services: dict[str, Any], jobs: set[str]) -> dict[str, Any]:
+    """A plan service as a compose service: its image, command, environment, health check and order."""
+    out: dict[str, Any] = {
+        "image": config.containers.image(service.image),
+        "command": list(service.command),
+        "environment": _fill(config, service.env),
     }
+    if after := _after(services, service, jobs):
+        out["depends_on"] = after
+    if service.job:
+        out |= {"user": "root", "restart": "no"}  # writes into volumes other accounts own
+    else:
+        out["restart"] = "unless-stopped"
+    if service.health:
+        out["healthcheck"] = _healthcheck(_python_health(f"http://127.0.0.1:{service.port}{service.health}"), "60s")
+    return out
 
 
 def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
     """Postgres and SeaweedFS, for whichever of them the config does not name an external server."""
     external = _external(config)
+    addr = plan.compose_addresses(config)
     services: dict[str, Any] = {}
     if "postgres" not in external:
         services["postgres"] = {
@@ -166,16 +172,8 @@ def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
         return services
     services |= {
         # One-shot: SeaweedFS reads its S3 identities (one per team, limited to its bucket) from a file at start.
-        "s3-identities": {
-            "image": config.containers.image("tracking"),
-            "build": build("tracking"),
-            "command": ["python3", "-m", "cubelab.provision", "s3-identities", "/etc/seaweedfs/identities.json"],
-            "environment": _s3_identity_env(config),
-            "volumes": ["s3-config:/etc/seaweedfs"],
-            "user": "root",
-            "networks": ["backend"],
-            "restart": "no",
-        },
+        "s3-identities": _run(config, plan.s3_identities_service(config, addr), services, set())
+        | {"build": build("tracking"), "volumes": [f"s3-config:{IDENTITIES_DIR}"], "networks": ["backend"]},
         # SeaweedFS on a network of its own (internal: no route out, no one else on it): its master, volume,
         # filer and admin servers and every gRPC port ignore the teams' S3 identities.
         "s3-store": {
@@ -184,7 +182,7 @@ def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
             # The binary itself, not the image's entrypoint script (which knows the classic subcommands only).
             "entrypoint": ["/usr/bin/weed"],
             "command": storage.container_args(),
-            "volumes": ["s3-data:/data", "s3-config:/etc/seaweedfs:ro"],
+            "volumes": ["s3-data:/data", f"s3-config:{IDENTITIES_DIR}:ro"],
             "depends_on": {"s3-identities": {"condition": "service_completed_successfully"}},
             "networks": ["storage"],
             "healthcheck": _healthcheck(
@@ -208,23 +206,20 @@ def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[
     """The compose file's content; out_dir (default: the config's folder) is where it will be written, for paths
     relative to it."""
     images = config.containers
+    addr = plan.compose_addresses(config)
     build = lambda name: {"context": ".", "dockerfile": f"images/{name}/Dockerfile"}  # noqa: E731
     services = _bundled(config, build)
-    services["init"] = {
-        # One-shot: databases and roles (per team and the hub's), buckets, first passwords.
-        "image": images.image("tracking"),
-        "command": ["python3", "-m", "cubelab.provision", "all"],
-        "environment": _provision_env(config),
+    jobs = {"s3-identities", "provision"}
+    provision = plan.provision_service(config, addr, passwords_file=PASSWORDS_FILE)
+    services["provision"] = _run(config, provision, services, jobs) | {
         "volumes": ["hub-data:/srv/cubelab"],
-        "user": "root",
-        "depends_on": {name: {"condition": "service_healthy"} for name in ("postgres", "s3") if name in services},
         "networks": ["backend"],
-        "restart": "no",
     }
     if "s3-identities" not in services:
-        services["init"]["build"] = build("tracking")  # the first service of the tracking image builds it
+        services["provision"]["build"] = build("tracking")  # the first service of the tracking image builds it
     for team in config.teams:
-        services[f"tracking-{team.name}"] = _tracking(config, team)
+        tracking = plan.tracking_service(config, team, addr)
+        services[tracking.name] = _run(config, tracking, services, jobs) | {"networks": ["backend", "users"]}
     settings = json.dumps(hub_settings(config), indent=1)
     services["hub"] = {
         "image": images.image("hub"),
@@ -240,7 +235,7 @@ def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[
             # this machine. That is docker compose's model; use Helm for a multi-tenant cluster.
             "/var/run/docker.sock:/var/run/docker.sock",
         ],
-        "depends_on": {"init": {"condition": "service_completed_successfully"}},
+        "depends_on": {"provision": {"condition": "service_completed_successfully"}},
         "networks": ["backend", "users"],
         "healthcheck": _healthcheck(_python_health(f"http://127.0.0.1:{HUB_PORT}/hub/health")),
     }
@@ -261,7 +256,7 @@ def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[
         "image": images.image("platform-tests"),
         "build": build("platform-tests"),
         "profiles": ["test"],
-        "environment": _s3_identity_env(config) | _describe_env(config),
+        "environment": _fill(config, plan.s3_identity_env(config, addr)) | _describe_env(config),
         "depends_on": {"hub": {"condition": "service_healthy"}},
         "networks": ["backend", "users"],
         "restart": "no",

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from cubelab import plan
-from cubelab.config import PlatformConfig, Profile
+from cubelab.config import PlatformConfig, Profile, Team
 from cubelab.hub import render
 from cubelab.provision import user_password_var
 
@@ -142,15 +142,13 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
         "extraLabels": {"cubelab.io/user-server": "true"},
     }  # fmt: skip
     pg_host, pg_port = addr.postgres
+    provision = plan.provision_service(config, addr, passwords_file=None)
+    identities = plan.s3_identities_service(config, addr)
     describe = plan.describe_env(config, addr, backend="helm", hub_url="http://proxy-public")
     return {
         # The chart refuses to install under another release name: the names above depend on it.
         "renderedForRelease": release,
-        "teams": [{"name": t.name, "members": list(t.members), "gpu": t.gpu,
-                   "serviceUrl": render.service_url(config, t, images.public_url),
-                   "healthPath": f"{render.service_prefix(t)}/health",
-                   "trackingEnv": env_list(plan.tracking_env(config, t, addr) | {"HOME": "/tmp"}, sources)}
-                  for t in config.teams],
+        "teams": [_team(config, t, addr, sources) for t in config.teams],
         "users": [u.name for u in config.users] if config.hub.auth.type == "local" else [],
         "images": {
             "tracking": {"repository": f"{images.registry}/tracking", "tag": images.tag},
@@ -161,15 +159,25 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
                      "user": plan.postgres_superuser(config)},
         "s3": {"bundled": config.containers.s3 is None, "endpoint": addr.s3},
         "trackingPort": plan.CONTAINER_PORTS["tracking"],
-        # The environments of the chart's one-shot containers, rendered from the plan like the tracking servers'.
+        # The chart's one-shot containers, rendered from the plan like the tracking servers.
+        "commands": {"provision": list(provision.command), "s3Identities": list(identities.command)},
         "env": {
-            "provision": env_list(plan.provision_env(config, addr, passwords_file=None), sources),
-            "s3Identities": env_list(plan.s3_identity_env(config, addr), sources),
+            "provision": env_list(provision.env, sources),
+            "s3Identities": env_list(identities.env, sources),
             "platformTests": env_list(plan.s3_identity_env(config, addr) | describe, sources),
         },
         "jupyterhub": {"hub": hub, "singleuser": singleuser, "cull": {"enabled": config.hub.cull_idle_seconds > 0,
                                                                        "timeout": config.hub.cull_idle_seconds}},
     }  # fmt: skip
+
+
+def _team(config: PlatformConfig, team: Team, addr: plan.Addresses, sources: dict[str, tuple[str, str]]) -> dict:
+    """A team's values: its tracking server as the plan has it (HOME: the image's user has no writable one)."""
+    server = plan.tracking_service(config, team, addr)
+    return {"name": team.name, "members": list(team.members), "gpu": team.gpu,
+            "serviceUrl": render.service_url(config, team, config.containers.public_url),
+            "healthPath": server.health, "command": list(server.command),
+            "trackingEnv": env_list(server.env | {"HOME": "/tmp"}, sources)}  # fmt: skip
 
 
 def write(config: PlatformConfig, path: Path, release: str = "cubelab") -> Path:

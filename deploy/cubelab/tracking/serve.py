@@ -53,7 +53,7 @@ def _public_urls(env: Mapping[str, str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     env = os.environ.get
-    # Containers set these through the environment (images/tracking); the embedded stack passes flags.
+    # Every target sets these through the environment (cubelab.plan.tracking_env); flags are for trying by hand.
     parser.add_argument("--host", default=env("CUBELAB_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("CUBELAB_PORT", "0")) or None)
     parser.add_argument(

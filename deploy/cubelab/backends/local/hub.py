@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -22,7 +21,7 @@ from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.passwords import PasswordFile, hash_password
-from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, port_owner, wait_healthy
+from cubelab.procs import Launch, ProcessTable, StartError, http_ok, kill_marked, wait_until
 from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import SecretStore, write_private
 
@@ -190,32 +189,11 @@ class LocalHub:
             )
 
     # -- running ---------------------------------------------------------------------------------
-    def start(self, venv: Path, proxy: Path, progress: Callable[[str], None] = print) -> ProcessRecord | None:
-        """Start the hub, or restart it when its settings changed. Returns the new record, if any."""
+    def launch(self, venv: Path, proxy: Path, progress: Callable[[str], None]) -> Launch:
+        """The hub, with its settings written where it reads them."""
         settings_file = self.paths.hub / "settings.json"
         settings = self.settings(venv, proxy)
-        text = json.dumps(settings, indent=1, sort_keys=True)
-        # Membership is not part of the fingerprint: `sync` applies it through the hub's API, so a member joining
-        # or leaving a team restarts nothing. New teams do restart the hub: their roles exist only in its config.
-        h = hashlib.sha256(json.dumps({k: v for k, v in settings.items() if k != "groups"}, sort_keys=True).encode())
-        for source in sorted(HUB_DIR.rglob("*")):  # new hub code or templates restart the hub
-            if source.is_file() and source.suffix in (".py", ".html"):
-                h.update(source.read_bytes())
-        fingerprint = h.hexdigest()[:16]
-        record = self.procs.get(NAME)
-        if record and record.process():
-            if record.fingerprint == fingerprint:
-                return None
-            self.procs.stop(NAME)
-        elif orphans := kill_marked(str(self.paths.root), spare="JUPYTERHUB_USER", only=HUB_FAMILY):
-            # A hub that died left its proxy (holding the hub's ports) and its services running: they carry the
-            # hub's environment. Users' servers are spared: the new hub finds them again.
-            progress(f"stopped {len(orphans)} process(es) left by a hub that is no longer running")
-        write_private(settings_file, text)
-        ports = self.config.ports
-        for port in (ports.hub, ports.hub_proxy_api, ports.hub_api):
-            if owner := port_owner(port):
-                raise StartError(NAME, f"port {port} (ports.hub and the two after it) is in use by {owner}")
+        write_private(settings_file, json.dumps(settings, indent=1, sort_keys=True))
         env = {
             "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": str(self.paths.hub),
@@ -225,17 +203,29 @@ class LocalHub:
             HUB_FAMILY: "1",  # inherited by the proxy; the culler gets it in its own environment
         }
         argv = [str(venv / "bin/jupyterhub"), "-f", str(HUB_DIR / "jupyterhub_config.py")]
-        return self.procs.start(
-            NAME, argv, env=env, log=self.paths.logs / "hub.log", cwd=self.paths.hub, fingerprint=fingerprint
-        )
+
+        def clear_orphans() -> None:
+            # A hub that died left its proxy (holding the hub's ports) and its services running: they carry the
+            # hub's environment. Users' servers are spared: the new hub finds them again.
+            if orphans := kill_marked(str(self.paths.root), spare="JUPYTERHUB_USER", only=HUB_FAMILY):
+                progress(f"stopped {len(orphans)} process(es) left by a hub that is no longer running")
+
+        ports = self.config.ports
+        busy = "ports.hub and the two after it"
+        return Launch(
+            NAME, argv, env, self.paths.logs / "hub.log", self.paths.hub,
+            ports={ports.hub: busy, ports.hub_proxy_api: busy, ports.hub_api: busy},
+            # Membership is not part of the fingerprint: `sync` applies it through the hub's API, so a member
+            # joining or leaving a team restarts nothing. New teams do restart the hub: their roles exist only in
+            # its config. New hub code or templates restart it too.
+            settings=json.dumps({k: v for k, v in settings.items() if k != "groups"}, sort_keys=True),
+            code=tuple(p for p in sorted(HUB_DIR.rglob("*")) if p.is_file() and p.suffix in (".py", ".html")),
+            before_start=clear_orphans,
+        )  # fmt: skip
 
     def healthy(self) -> bool:
         # The proxy answers before the hub is ready; the hub's API through the proxy answers only when both are.
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/hub/api/", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return http_ok(f"http://127.0.0.1:{self.port}/hub/api/")
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -256,7 +246,7 @@ class LocalHub:
         record = self.procs.get(NAME)
         if record is None:
             raise StartError(NAME, "the hub is not running")
-        wait_healthy(record, lambda: self.api("GET", "/user") is not None, timeout=timeout, interval=0.5)
+        wait_until(lambda: self.api("GET", "/user") is not None, timeout, what="hub token checks", record=record)
 
     def sync(self, progress: Callable[[str], None]) -> None:
         """Make hub users and groups match the config through the hub's API (load_groups applies only at the

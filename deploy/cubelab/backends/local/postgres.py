@@ -15,7 +15,7 @@ import psycopg2
 from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths
 from cubelab.config import PlatformConfig, Team
 from cubelab.prereqs import postgres_bindir, postgres_bindirs
-from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
+from cubelab.procs import Launch, ProcessTable, StartError
 from cubelab.provision import provision_database
 from cubelab.secrets import SecretStore
 
@@ -61,7 +61,8 @@ class LocalPostgres:
         if self.run_as:
             shutil.chown(path, self.run_as, self.run_as)
 
-    def initialize(self, progress: Callable[[str], None]) -> None:
+    def prepare(self, progress: Callable[[str], None]) -> None:
+        """Make the cluster on first use (initdb)."""
         if (self.data_dir / "PG_VERSION").exists():
             return
         bindir = server_bindir()
@@ -89,35 +90,19 @@ class LocalPostgres:
         if done.returncode != 0:
             raise StartError(NAME, f"initdb failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
-    def start(self) -> None:
-        if self.procs.running(NAME):
-            return
-        bindir = server_bindir()
-        if owner := port_owner(self.port):
-            raise StartError(NAME, f"port {self.port} (ports.postgres) is in use by {owner}")
+    def launch(self) -> Launch:
         argv = [
-            str(bindir / "postgres"), "-D", str(self.data_dir),
+            str(server_bindir() / "postgres"), "-D", str(self.data_dir),
             "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
             # TCP on loopback only: no socket file to place or protect.
             "-c", "unix_socket_directories=",
             "-c", "max_connections=200",
         ]  # fmt: skip
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        record = self.procs.start(
-            NAME,
-            argv,
-            env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "LC_ALL": "C.UTF-8",
-                "CUBELAB_STACK": str(self.paths.root),
-            },
-            log=self.log,
-            user=self.run_as,
-            cwd=self.home,
-            # SIGINT is postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
-            stop_signal=signal.SIGINT,
-        )
-        wait_healthy(record, self.healthy, timeout=30)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
+               "CUBELAB_STACK": str(self.paths.root)}  # fmt: skip
+        # SIGINT is postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
+        return Launch(NAME, argv, env, self.log, self.home, ports={self.port: "ports.postgres"}, user=self.run_as,
+                      stop_signal=signal.SIGINT)  # fmt: skip
 
     def connect(self, dbname: str = "postgres") -> psycopg2.extensions.connection:
         return psycopg2.connect(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
 import shutil
 import signal
-import time
 from collections.abc import Callable
 
 import boto3
@@ -20,7 +18,7 @@ from cubelab.backends.local.accounts import ensure_service_account, service_acco
 from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
 from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths, reachable_by_others
 from cubelab.config import PlatformConfig, Team
-from cubelab.procs import ProcessTable, StartError, port_owner, wait_healthy
+from cubelab.procs import Launch, ProcessTable, StartError, wait_until
 from cubelab.provision import Credentials, ensure_bucket, identity_document
 from cubelab.secrets import SecretStore, new_access_key, new_password, write_private
 
@@ -140,37 +138,28 @@ class LocalS3:
                     os.lchown(path, entry.pw_uid, entry.pw_gid)
         return account
 
-    def start(self, weed: str, progress: Callable[[str], None] = print) -> None:
+    def prepare(self, progress: Callable[[str], None]) -> bool:
+        """Folder, account, firewall and identity file; True when the identities changed."""
         account = self._prepare_home(progress)
         self.guard_internals()  # before weed listens: no moment when its internals are open
         changed = self.write_identities()
         if account:
             shutil.chown(self.identities, account, account)
-        argv = self.argv(weed)
-        fingerprint = hashlib.sha256(json.dumps([argv, account]).encode()).hexdigest()[:16]
-        record = self.procs.get(NAME)
-        if record and record.process() and record.fingerprint != fingerprint:
-            progress("s3: restarting SeaweedFS with new settings")  # e.g. an older stack's, run as root
-            self.procs.stop(NAME)
-        elif record and record.process():
-            if changed:
-                # SeaweedFS reloads its identity file on SIGHUP: new teams get access, nobody restarts.
-                os.kill(record.pid, signal.SIGHUP)
-                self._wait_identities_loaded()
-            return
-        for port in self.ports():
-            for taken in (port, port + storage.GRPC_OFFSET):
-                if owner := port_owner(taken):
-                    raise StartError(NAME, f"port {taken} (ports.s3 and the ports after it) is in use by {owner}")
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.home),
-            "CUBELAB_STACK": str(self.paths.root),
-        }
+        return changed
+
+    def launch(self, weed: str) -> Launch:
+        busy = "ports.s3 and the ports after it"
+        ports = {p: busy for port in self.ports() for p in (port, port + storage.GRPC_OFFSET)}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
+               "CUBELAB_STACK": str(self.paths.root)}  # fmt: skip
         # umask 077: the unix sockets weed makes in /tmp (one per internal server) admit its own account only.
-        record = self.procs.start(NAME, argv, env=env, log=self.log, cwd=self.home, user=account,
-                                  umask=0o077, fingerprint=fingerprint)  # fmt: skip
-        wait_healthy(record, self.healthy, timeout=30)
+        return Launch(NAME, self.argv(weed), env, self.log, self.home, ports=ports, user=self.account(), umask=0o077)
+
+    def reload(self) -> None:
+        """SeaweedFS reloads its identity file on SIGHUP: new teams get access and nobody restarts."""
+        if record := self.procs.get(NAME):
+            os.kill(record.pid, signal.SIGHUP)
+            wait_until(self._identities_loaded, 15, what=f"{NAME}: the teams' identities")
 
     def healthy(self) -> bool:
         try:
@@ -179,26 +168,16 @@ class LocalS3:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
 
-    def _wait_identities_loaded(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        pending = list(self.config.teams)
-        while pending:
-            team = pending[0]
+    def _identities_loaded(self) -> bool:
+        """Whether every team's key is known (a missing bucket is fine: it is made next)."""
+        for team in self.config.teams:
             try:
                 self.client(self.team_credentials(team)).list_objects_v2(Bucket=self.config.bucket(team), MaxKeys=1)
-                pending.pop(0)
-                continue
             except botocore.exceptions.ClientError as exc:
-                if exc.response["Error"]["Code"] == "NoSuchBucket":
-                    pending.pop(0)  # the key is known; the bucket is made next
-                    continue
-            if time.monotonic() > deadline:
-                raise StartError(NAME, f"S3 identity of team {team.name!r} not active after {timeout:.0f} s", self.log)
-            time.sleep(0.2)
+                if exc.response["Error"]["Code"] != "NoSuchBucket":
+                    return False
+        return True
 
     def ensure_bucket(self, team: Team, timeout: float = 20) -> None:
         """Create the team's bucket if missing (retried: SeaweedFS creates buckets asynchronously)."""
-        try:
-            ensure_bucket(self.client(self.admin_credentials()), self.config.bucket(team), timeout)
-        except RuntimeError as exc:
-            raise StartError(NAME, str(exc), self.log) from None
+        ensure_bucket(self.client(self.admin_credentials()), self.config.bucket(team), timeout)

@@ -19,7 +19,7 @@ from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
 from cubelab.install import hub_env, kernel_envs, proxy_command, services_env
-from cubelab.procs import ProcessRecord, ProcessTable, StartError, kill_marked, tree_memory_mb, wait_healthy
+from cubelab.procs import Launch, ProcessTable, StartError, kill_marked, tree_memory_mb, wait_until
 from cubelab.secrets import write_private
 
 START_TIMEOUT = 90.0
@@ -48,19 +48,20 @@ class LocalBackend:
         proxy = proxy_command(self.paths.install, self.progress)
         weed = str(venv / "bin/weed")
 
-        self._step("postgres", lambda: (self.postgres.initialize(self.progress), self.postgres.start()))
-        self._step("s3", lambda: self.s3.start(weed, self.progress))
+        self.postgres.prepare(self.progress)
+        self._bring_up([(self.postgres.launch(), self.postgres.healthy)])
+        identities_changed = self.s3.prepare(self.progress)
+        if not self._bring_up([(self.s3.launch(weed), self.s3.healthy)]) and identities_changed:
+            self.s3.reload()
         for team in self.config.teams:
             self.postgres.provision_team(team, self.tracking.db_password(team))
             self.s3.ensure_bucket(team)
         self.progress(f"provisioned {len(self.config.teams)} team(s): databases, roles, buckets, S3 identities")
         self.hub.provision(self.progress)
 
-        # Start the hub and every tracking server first, then wait for all: their start-ups overlap.
-        fresh = [(team.service, record) for team in self.config.teams if (record := self.tracking.start(team, venv))]
-        if hub_record := self.hub.start(hub_venv, proxy, self.progress):
-            fresh.append((hub.NAME, hub_record))
-        self._wait(fresh)
+        # The hub and every tracking server start together and are waited for together: their start-ups overlap.
+        teams = [(self.tracking.launch(t, venv), partial(self.tracking.healthy, t)) for t in self.config.teams]
+        self._bring_up([*teams, (self.hub.launch(hub_venv, proxy, self.progress), self.hub.healthy)])
         self.hub.sync(self.progress)
         self._stop_removed_teams()
         self._write_description()
@@ -70,26 +71,20 @@ class LocalBackend:
         # Every step of `up` leaves running, unchanged services alone, so applying is bringing up again.
         self.up()
 
-    def _step(self, name: str, action: Any) -> None:
-        running = self.procs.running(name) is not None
+    def _bring_up(self, services: list[tuple[Launch, Callable[[], bool]]]) -> list[str]:
+        """The one lifecycle of every local service: start what is not running or was launched differently
+        (stopping the old process first), then wait until each started one is healthy. Returns their names."""
         t0 = time.monotonic()
-        action()
-        if not running:
-            self.progress(f"{name} started in {time.monotonic() - t0:.1f} s")
-
-    def _wait(self, fresh: list[tuple[str, ProcessRecord]]) -> None:
-        checks: dict[str, Callable[[], bool]] = {
-            t.service: partial(self.tracking.healthy, t) for t in self.config.teams
-        }
-        checks[hub.NAME] = self.hub.healthy
-        t0 = time.monotonic()
-        for name, record in fresh:
-            wait_healthy(record, checks[name], timeout=START_TIMEOUT)
-            self.progress(f"{name} ready ({time.monotonic() - t0:.1f} s)")
-        started = {name for name, _ in fresh}
-        for name in checks:
-            if name not in started:
-                self.progress(f"{name} already running")
+        started = []
+        for launch, healthy in services:
+            if record := self.procs.ensure(launch, self.progress):
+                started.append((record, healthy))
+            else:
+                self.progress(f"{launch.name} already running")
+        for record, healthy in started:
+            wait_until(healthy, START_TIMEOUT, what=record.name, record=record)
+            self.progress(f"{record.name} ready ({time.monotonic() - t0:.1f} s)")
+        return [record.name for record, _ in started]
 
     def _stop_removed_teams(self) -> None:
         wanted = {t.service for t in self.config.teams}

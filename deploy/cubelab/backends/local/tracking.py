@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
-import urllib.request
 from pathlib import Path
 
 from cubelab import plan
@@ -16,7 +14,7 @@ from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.config import PlatformConfig, Team
 from cubelab.hub.render import service_prefix
-from cubelab.procs import ProcessRecord, ProcessTable, StartError, port_owner
+from cubelab.procs import Launch, ProcessTable, http_ok
 from cubelab.provision import TeamSecrets
 from cubelab.secrets import SecretStore
 
@@ -99,59 +97,36 @@ class LocalTracking:
         return {t.db_password: self.db_password(team), t.s3_access_key: creds.access_key,
                 t.s3_secret_key: creds.secret_key, t.hub_token: self.service_token(team)}  # fmt: skip
 
-    def _launch(self, team: Team, venv: Path) -> tuple[list[str], dict[str, str]]:
-        # Everything the server needs is in the plan's environment, as in the containers; secrets never in argv.
-        argv = [str(venv / "bin/python"), "-m", "cubelab.tracking.serve"]
-        env = plan.resolve(plan.tracking_env(self.config, team, self.addresses()), self.secret_values(team).__getitem__)
+    def launch(self, team: Team, venv: Path) -> Launch:
+        # The plan's service, as the containers run it, on the services venv's Python; secrets never in argv.
+        service = plan.tracking_service(self.config, team, self.addresses())
+        argv = [str(venv / "bin/python"), *service.command[1:]]
+        env = plan.resolve(service.env, self.secret_values(team).__getitem__)
+        home = self.home(team)
         env |= {
             "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(self.home(team)),
+            "HOME": str(home),
             "LANG": "C.UTF-8",
             # Fewer, smaller malloc arenas: an idle server keeps ~40 MB less.
             "MALLOC_ARENA_MAX": "2",
             "PYTHONDONTWRITEBYTECODE": "1",
             "CUBELAB_STACK": str(self.paths.root),
         }
-        return argv, env
+        account = self.account(team)
 
-    def fingerprint(self, team: Team, venv: Path) -> str:
-        argv, env = self._launch(team, venv)
-        h = hashlib.sha256(json.dumps([argv, sorted(env.items()), self.account(team)]).encode())
-        for source in sorted(TRACKING_CODE.glob("*.py")):  # new launcher code restarts the servers
-            h.update(source.read_bytes())
-        return h.hexdigest()[:16]
+        def make_home() -> None:
+            if account:  # never root: the server reads only the shared install, its HOME and its environment
+                ensure_service_home(account, home, f"cubelab tracking server of team {team.name}")
+            else:
+                home.mkdir(parents=True, exist_ok=True)
 
-    def start(self, team: Team, venv: Path) -> ProcessRecord | None:
-        """Start the team's server unless it already runs with the same settings. Returns the new record."""
-        fingerprint = self.fingerprint(team, venv)
-        record = self.procs.get(team.service)
-        if record and record.process():
-            if record.fingerprint == fingerprint:
-                return None
-            self.procs.stop(team.service)
-        port = self.port(team)
-        if owner := port_owner(port):
-            raise StartError(team.service, f"port {port} (tracking server of team {team.name!r}) is in use by {owner}")
-        argv, env = self._launch(team, venv)
-        home = self.home(team)
-        if account := self.account(team):
-            # Never root: the server reads only the shared install, its HOME and what its environment holds.
-            ensure_service_home(account, home, f"cubelab tracking server of team {team.name}")
-        else:
-            home.mkdir(parents=True, exist_ok=True)
-        return self.procs.start(
-            team.service,
-            argv,
-            env=env,
-            log=self.paths.logs / f"{team.service}.log",
-            user=account,
-            cwd=home,
-            fingerprint=fingerprint,
-        )
+        return Launch(
+            team.service, argv, env, self.paths.logs / f"{team.service}.log", home,
+            ports={service.port: f"tracking server of team {team.name!r}"}, user=account,
+            code=tuple(sorted(TRACKING_CODE.glob("*.py"))),  # new server code restarts the servers
+            before_start=make_home,
+        )  # fmt: skip
 
     def healthy(self, team: Team) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url(team)}/health", timeout=2) as resp:  # noqa: S310
-                return resp.status == 200
-        except OSError:
-            return False
+        service = plan.tracking_service(self.config, team, self.addresses())
+        return http_ok(f"http://127.0.0.1:{service.port}{service.health}")
