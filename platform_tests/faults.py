@@ -1,7 +1,8 @@
 """Killing a deployment's services for test_faults.py, the way the deployment's description says it can be done.
 
 - `{"kind": "local", "config": PATH}`: the embedded stack of that platform config. SIGKILL to the service's
-  recorded process; `cubelab up` brings it back. Only written by the test suite for a stack it started itself.
+  recorded process; the stack's supervisor brings it back with no command run (`cubelab up` does, where the
+  config turns supervision off). Only written by the test suite for a stack it started itself.
 - `{"kind": "docker", "socket": PATH, "services": {ROLE: COMPOSE SERVICE}}`: a compose deployment whose Docker
   (or podman) API socket the operator mounted into the platform-tests container (`docker compose run -v
   /var/run/docker.sock:/var/run/docker.sock --rm platform-tests`). SIGKILL to the service's container, then a
@@ -44,14 +45,28 @@ class LocalInjector:
         self.backend = LocalBackend(load(spec["config"]), progress=lambda _: None)
         self.names = {"postgres": "postgres", "hub": "hub", "s3": "s3", "tracking": f"mlflow-{team}"}
         self.roles = set(self.names)
+        self.killed = ("", 0)  # the service last killed, and its pid
 
     def kill(self, role: str) -> None:
-        record = self.backend.procs.running(self.names[role])
-        assert record is not None, f"{self.names[role]} is not running"
+        name = self.names[role]
+        record = self.backend.procs.running(name)
+        assert record is not None, f"{name} is not running"
         os.kill(record.pid, signal.SIGKILL)
+        self.killed = (name, record.pid)
 
     def restore(self) -> None:
-        self.backend.up()
+        if not self.backend.config.supervision.enabled:
+            self.backend.up()
+            return
+        name, pid = self.killed
+        deadline = time.monotonic() + 120
+        while True:  # no command: the supervisor's restart is what is tested
+            rows = {row.name: row for row in self.backend.status()}
+            if rows[name].healthy and rows[name].pid != pid:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the supervisor did not bring {name} back within 120 s: {rows[name]}")
+            time.sleep(0.5)
 
 
 class _UnixConnection(http.client.HTTPConnection):

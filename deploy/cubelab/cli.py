@@ -67,11 +67,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def _print_table(backend: LocalBackend) -> None:
     rows = backend.status()
-    print(f"{'SERVICE':<24} {'KIND':<9} {'TEAM':<14} {'URL':<28} {'PID':>7} {'HEALTH':<8} {'RSS MB':>7}")
+    print(f"{'SERVICE':<24} {'KIND':<10} {'TEAM':<14} {'URL':<28} {'PID':>7} {'HEALTH':<9} {'RSS MB':>7} RESTARTS")
     for r in rows:
         health = "healthy" if r.healthy else ("down" if r.pid is None else "unhealthy")
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "-"
-        print(f"{r.name:<24} {r.kind:<9} {r.team or '-':<14} {r.url:<28} {r.pid or '-':>7} {health:<8} {rss:>7}")
+        print(f"{r.name:<24} {r.kind:<10} {r.team or '-':<14} {r.url:<28} {r.pid or '-':>7} {health:<9} {rss:>7} "
+              f"{r.restarts:>8}")  # fmt: skip
+    for r in rows:
+        if r.note:
+            print(f"{r.name}: {r.note}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -150,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("apply", help=apply, description=apply).set_defaults(func=cmd_apply)
     sub.add_parser("down", help="stop every service (data is kept)").set_defaults(func=cmd_down)
-    st = sub.add_parser("status", help="each service with URL, pid, health and memory (exit 3 if any is unhealthy)")
+    status = "each service with URL, pid, health, memory and the supervisor's restarts (exit 3 if one is unhealthy)"
+    st = sub.add_parser("status", help=status, description=status)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
     lg = sub.add_parser("logs", help="show a service's log (postgres, s3, mlflow-TEAM)")

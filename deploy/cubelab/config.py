@@ -107,6 +107,18 @@ class Ports:
 
 
 @dataclass(frozen=True)
+class Supervision:
+    """The embedded stack's supervisor (cubelab.backends.local.supervisor); see platform.schema.json."""
+
+    enabled: bool = True
+    max_restarts: int = 5
+    window_seconds: int = 600
+    max_pause_seconds: float = 30
+    log_max_mb: float = 50
+    log_keep: int = 3
+
+
+@dataclass(frozen=True)
 class HubAuth:
     type: str = "local"
     client_id: str = ""
@@ -179,6 +191,7 @@ class PlatformConfig:
     teams: tuple[Team, ...]
     storage: Storage = field(default_factory=Storage)
     ports: Ports = field(default_factory=Ports)
+    supervision: Supervision = field(default_factory=Supervision)
     hub: Hub = field(default_factory=Hub)
     containers: Containers = field(default_factory=Containers)
 
@@ -469,6 +482,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         teams=tuple(teams),
         storage=storage,
         ports=ports,
+        supervision=Supervision(**data.get("supervision", {})),
         hub=hub,
         containers=_build_containers(data.get("containers", {})),
     )

@@ -175,10 +175,15 @@ def hub_env(install_dir: Path, progress: Progress) -> Path:
     )
 
 
+def proxy_binary(install_dir: Path) -> Path:
+    """Where proxy_command installs configurable-http-proxy."""
+    return install_dir / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
+
+
 def proxy_command(install_dir: Path, progress: Progress) -> Path:
     """configurable-http-proxy from npm, installed under install_dir/npm."""
     prefix = install_dir / "npm"
-    binary = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
+    binary = proxy_binary(install_dir)
     marker = prefix / ".cubelab-installed"
     if binary.exists() and marker.exists() and marker.read_text().strip() == PROXY_PACKAGE:
         return binary

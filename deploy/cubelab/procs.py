@@ -6,6 +6,8 @@ still leaves everything it started findable by `down`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -14,8 +16,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -54,6 +56,10 @@ class ProcessRecord:
     log: str
     stop_signal: int = signal.SIGTERM
     fingerprint: str = ""
+    # Kept across the supervisor's restarts (cubelab.backends.local.supervisor): how often it brought the service
+    # back, and why it stopped trying, if it did.
+    restarts: int = 0
+    given_up: str = ""
 
     def process(self) -> psutil.Process | None:
         """The live process this record describes, or None (gone, or the pid was reused)."""
@@ -126,6 +132,17 @@ class ProcessTable:
         tmp.write_text(json.dumps(asdict(record)))
         os.replace(tmp, self._path(record.name))
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the stack's processes: `up`, `down` and the supervisor never act at the same time."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def forget(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
@@ -138,6 +155,7 @@ class ProcessTable:
         environment, account, code or settings). Returns the new record, or None when nothing started."""
         fingerprint = launch.fingerprint()
         record = self.get(launch.name)
+        restarts = record.restarts if record else 0  # the supervisor's count outlives a restart by `up`
         if record and record.process():
             if record.fingerprint == fingerprint:
                 return None
@@ -148,7 +166,11 @@ class ProcessTable:
         for port, setting in launch.ports.items():
             if owner := port_owner(port):
                 raise StartError(launch.name, f"port {port} ({setting}) is in use by {owner}")
-        return self.start(launch, fingerprint)
+        started = self.start(launch, fingerprint)
+        if restarts:
+            started = replace(started, restarts=restarts)
+            self.put(started)
+        return started
 
     def start(self, launch: Launch, fingerprint: str = "") -> ProcessRecord:
         """Start the launch in a new session with output to its log; record it before returning."""
@@ -218,6 +240,27 @@ def _stop_group(proc: psutil.Process, sig: int, timeout: float) -> None:
                 pass
         psutil.wait_procs(alive, timeout=5)
     _reap(proc.pid)
+
+
+def kill_leftovers(record: ProcessRecord, marker: str) -> list[int]:
+    """SIGKILL what is left of a dead service's process group (its children, when the leader was killed).
+    Only processes of this stack (marker) started since the leader: a reused group id is someone else's."""
+    needle = f"CUBELAB_STACK={marker}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) != record.pid or proc.create_time() < record.create_time - 1.0:
+                continue
+            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+                if needle not in fh.read().split(b"\0"):
+                    continue
+            proc.kill()
+            found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    psutil.wait_procs(found, timeout=5)
+    _reap(record.pid)
+    return [p.pid for p in found]
 
 
 def _reap(pid: int) -> None:

@@ -59,7 +59,8 @@ class ScratchStacks:
         self.backends: list[LocalBackend] = []
         self.dirs: list[Path] = []
 
-    def config(self, teams: list[dict[str, Any]] | None = None, users: list[str] | None = None) -> Path:
+    def config(self, teams: list[dict[str, Any]] | None = None, users: list[str] | None = None, **extra: Any) -> Path:
+        """A new stack's config; `extra` adds top-level sections (supervision: {...})."""
         SCRATCH.mkdir(parents=True, exist_ok=True)
         os.chmod(SCRATCH.parent, 0o711)  # noqa: S103 - postgres must traverse
         folder = Path(tempfile.mkdtemp(prefix="stack-", dir=SCRATCH))
@@ -71,6 +72,7 @@ class ScratchStacks:
             "users": [{"name": u, "admin": u == "dave", "operator": u == "erin"} for u in (users or DEFAULT_USERS)],
             "teams": teams if teams is not None else DEFAULT_TEAMS,
             "ports": free_port_block(),
+            **extra,
         }
         path = folder / "cubelab.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))

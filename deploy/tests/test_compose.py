@@ -76,6 +76,8 @@ def test_healthchecks_and_start_order(tmp_path: Path) -> None:
     for name, service in services.items():
         if name not in one_shots:
             assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+            # compose's counterpart of the embedded stack's supervisor: a server that exits is started again.
+            assert service.get("profiles") or service["restart"] == "unless-stopped", name
         for dependency, condition in service.get("depends_on", {}).items():
             wanted = "service_completed_successfully" if dependency in one_shots else "service_healthy"
             assert condition == {"condition": wanted}, (name, dependency)

@@ -380,3 +380,25 @@ def test_every_address_names_a_service_the_release_has(release_chart: Path, tmp_
     hosts = {urlsplit(u).hostname for u in urls if urlsplit(u).hostname not in ("localhost",)}
     assert hosts and hosts <= known, hosts - known
     assert ("cubelab-s3" in known) == (services is BUNDLED) and "hub" in known
+
+
+def test_every_long_running_container_has_liveness_and_readiness_probes(release_chart: Path, tmp_path: Path) -> None:
+    """Compose and Helm restart services by their own means (restart policies, probes); on Kubernetes a server
+    that hangs is restarted only if it has a liveness probe. Every Deployment's and StatefulSet's container of the
+    release, zero-to-jupyterhub's hub and proxy included, has both kinds."""
+    docs = template(release_chart, team_values(tmp_path), {}, tmp_path)
+    checked = []
+    for doc in docs:
+        # z2jh's placeholder pods run `pause` only to hold room for users: nothing to probe.
+        if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["name"] != "user-placeholder":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                name = f"{doc['kind']}/{doc['metadata']['name']}/{container['name']}"
+                assert "livenessProbe" in container and "readinessProbe" in container, name
+                checked.append(name)
+    assert {
+        "Deployment/hub/hub",
+        "Deployment/proxy/chp",
+        "StatefulSet/cubelab-postgres/postgres",
+        "StatefulSet/cubelab-s3/seaweedfs",
+        "Deployment/cubelab-tracking-ocean/tracking",
+    } <= set(checked), checked

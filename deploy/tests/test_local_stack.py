@@ -63,6 +63,7 @@ def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
         ("hub", "hub", None),
         ("mlflow-ocean", "tracking", "ocean"),
         ("mlflow-land", "tracking", "land"),
+        ("supervisor", "supervisor", None),
     ]
     for row in rows:
         assert row.healthy, row
@@ -82,7 +83,8 @@ def test_status_json_from_the_cli(stack: LocalBackend) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
-    assert {tuple(sorted(s)) for s in services} == {("healthy", "kind", "name", "pid", "rss_mb", "team", "url")}
+    keys = ("healthy", "kind", "name", "note", "pid", "restarts", "rss_mb", "team", "url")
+    assert {tuple(sorted(s)) for s in services} == {keys}
     assert {s["name"]: s["team"] for s in services}["mlflow-land"] == "land"
 
 
@@ -332,6 +334,7 @@ def test_up_recovers_from_a_killed_hub_and_down_leaves_no_orphan(stack: LocalBac
 
     backend = LocalBackend(load(stack.config.path))
     root = backend.paths.root
+    backend.procs.stop("supervisor")  # it would bring the hub back before this test could look (test_supervisor)
     record = backend.procs.running("hub")
     assert record is not None
     culler = [p for p in stack_processes(root) if "jupyterhub_idle_culler" in " ".join(p.cmdline())]

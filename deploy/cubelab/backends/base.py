@@ -23,6 +23,8 @@ class ServiceStatus:
     pid: int | None
     healthy: bool
     rss_mb: float | None
+    restarts: int = 0  # by the supervisor, since the last `cubelab down`
+    note: str = ""  # why the supervisor left it down, if it did
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import psycopg2
 
 from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths
@@ -102,7 +103,23 @@ class LocalPostgres:
                "CUBELAB_STACK": str(self.paths.root)}  # fmt: skip
         # SIGINT is postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
         return Launch(NAME, argv, env, self.log, self.home, ports={self.port: "ports.postgres"}, user=self.run_as,
-                      stop_signal=signal.SIGINT)  # fmt: skip
+                      stop_signal=signal.SIGINT, before_start=self._clear_stale_lock)  # fmt: skip
+
+    def _clear_stale_lock(self) -> None:
+        """A killed postmaster leaves postmaster.pid. Postgres itself ignores it once that pid is gone, but not
+        while it is a zombie its parent (a long-running `cubelab` caller) has not yet collected: then a restart
+        by the supervisor would fail with "lock file already exists". A zombie holds no memory, port or file."""
+        lock = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return  # a live process: postgres decides
+        except psutil.NoSuchProcess:
+            pass
+        lock.unlink(missing_ok=True)
 
     def connect(self, dbname: str = "postgres") -> psycopg2.extensions.connection:
         return psycopg2.connect(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cubelab import procs as procs_module
 from cubelab.backends.base import Progress, ServiceStatus
-from cubelab.backends.local import hub, seaweed
+from cubelab.backends.local import hub, seaweed, supervisor
 from cubelab.backends.local import postgres as pg
 from cubelab.backends.local.hub import LocalHub
 from cubelab.backends.local.paths import StatePaths
@@ -18,11 +22,29 @@ from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
-from cubelab.install import hub_env, kernel_envs, proxy_command, services_env
-from cubelab.procs import Launch, ProcessTable, StartError, kill_marked, tree_memory_mb, wait_until
+from cubelab.install import hub_env, kernel_envs, proxy_binary, proxy_command, services_env
+from cubelab.procs import (
+    Launch,
+    ProcessRecord,
+    ProcessTable,
+    StartError,
+    kill_leftovers,
+    kill_marked,
+    tree_memory_mb,
+    wait_until,
+)
 from cubelab.secrets import write_private
 
 START_TIMEOUT = 90.0
+
+
+@dataclass(frozen=True)
+class Programs:
+    """What `up` installed that the services run."""
+
+    services: Path  # the services venv: mlflow, SeaweedFS's weed
+    hub: Path  # the hub venv
+    proxy: Path  # configurable-http-proxy
 
 
 class LocalBackend:
@@ -45,27 +67,65 @@ class LocalBackend:
         venv = services_env(self.paths.install, self.progress)
         hub_venv = hub_env(self.paths.install, self.progress)
         kernel_envs(self.paths.install, hub_venv, self.progress)
-        proxy = proxy_command(self.paths.install, self.progress)
-        weed = str(venv / "bin/weed")
+        programs = Programs(venv, hub_venv, proxy_command(self.paths.install, self.progress))
+        with self.procs.lock():  # the supervisor waits until everything is as `up` leaves it
+            self._start_all(programs)
+            self._stop_removed_teams()
+            self._supervise()
+        self._write_description()
+        self.progress(f"platform up in {time.monotonic() - started:.1f} s; hub at {self.hub.url}")
 
+    def _start_all(self, programs: Programs) -> None:
         self.postgres.prepare(self.progress)
-        self._bring_up([(self.postgres.launch(), self.postgres.healthy)])
+        self._bring_up([self._service(pg.NAME, programs)])
         identities_changed = self.s3.prepare(self.progress)
-        if not self._bring_up([(self.s3.launch(weed), self.s3.healthy)]) and identities_changed:
+        if not self._bring_up([self._service(seaweed.NAME, programs)]) and identities_changed:
             self.s3.reload()
         for team in self.config.teams:
             self.postgres.provision_team(team, self.tracking.db_password(team))
             self.s3.ensure_bucket(team)
         self.progress(f"provisioned {len(self.config.teams)} team(s): databases, roles, buckets, S3 identities")
         self.hub.provision(self.progress)
-
         # The hub and every tracking server start together and are waited for together: their start-ups overlap.
-        teams = [(self.tracking.launch(t, venv), partial(self.tracking.healthy, t)) for t in self.config.teams]
-        self._bring_up([*teams, (self.hub.launch(hub_venv, proxy, self.progress), self.hub.healthy)])
+        self._bring_up([self._service(name, programs) for name in (*(t.service for t in self.config.teams), hub.NAME)])
         self.hub.sync(self.progress)
-        self._stop_removed_teams()
-        self._write_description()
-        self.progress(f"platform up in {time.monotonic() - started:.1f} s; hub at {self.hub.url}")
+
+    def _service(self, name: str, programs: Programs) -> tuple[Launch, Callable[[], bool]]:
+        """How the named service runs, and its health check."""
+        if name == pg.NAME:
+            return self.postgres.launch(), self.postgres.healthy
+        if name == seaweed.NAME:
+            return self.s3.launch(str(programs.services / "bin/weed")), self.s3.healthy
+        if name == hub.NAME:
+            return self.hub.launch(programs.hub, programs.proxy, self.progress), self.hub.healthy
+        for team in self.config.teams:
+            if team.service == name:
+                return self.tracking.launch(team, programs.services), partial(self.tracking.healthy, team)
+        raise KeyError(f"{name} is not a service of this config")
+
+    def revive(self, name: str) -> tuple[ProcessRecord, Callable[[], bool]] | tuple[None, None]:
+        """Start a service whose process died, as `up` starts it, from what `up` installed (the supervisor's
+        restart; the caller holds the lock). Returns its new record and health check."""
+        if record := self.procs.get(name):
+            kill_leftovers(record, str(self.paths.root))  # children of a killed leader hold ports and files
+        install = self.paths.install
+        programs = Programs(install / "services", install / "hub", proxy_binary(install))
+        launch, healthy = self._service(name, programs)
+        started = self.procs.ensure(launch, self.progress)
+        return (started, healthy) if started else (None, None)
+
+    def _supervise(self) -> None:
+        if not self.config.supervision.enabled:
+            if self.procs.stop(supervisor.NAME):
+                self.progress("supervisor stopped (supervision.enabled is false)")
+            return
+        code = [*sorted(Path(__file__).parent.glob("*.py")), Path(procs_module.__file__)]  # new code: restart
+        env = {k: v for k, v in os.environ.items() if k.startswith("CUBELAB_") or k in ("PATH", "LANG")}
+        env["CUBELAB_STACK"] = str(self.paths.root)
+        launch = Launch(supervisor.NAME, [sys.executable, "-m", "cubelab.backends.local.supervisor",
+                                          str(self.config.path)], env, self.paths.logs / "supervisor.log",
+                        self.paths.root, code=tuple(code))  # fmt: skip
+        self._bring_up([(launch, lambda: True)])
 
     def apply(self) -> None:
         # Every step of `up` leaves running, unchanged services alone, so applying is bringing up again.
@@ -95,18 +155,20 @@ class LocalBackend:
 
     # -- taking things down -------------------------------------------------------------------
     def down(self) -> None:
-        records = self.procs.all()
-        # Tracking servers first, storage last: nothing writes to a store that is gone.
-        order = {hub.NAME: 1, seaweed.NAME: 2, pg.NAME: 3}
-        for record in sorted(records, key=lambda r: order.get(r.name, 0)):
-            if self.procs.stop(record.name):
-                self.progress(f"stopped {record.name} (pid {record.pid})")
-            if record.name == hub.NAME:
-                # The hub stops users' servers and its proxy itself; this catches any it could not.
-                if leftovers := kill_marked(str(self.paths.root)):
-                    self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
-        kill_marked(str(self.paths.root))
-        self.s3.unguard_internals()
+        with self.procs.lock():
+            records = self.procs.all()
+            # The supervisor first (it would bring back what follows), then the tracking servers, storage last:
+            # nothing writes to a store that is gone.
+            order = {supervisor.NAME: -1, hub.NAME: 1, seaweed.NAME: 2, pg.NAME: 3}
+            for record in sorted(records, key=lambda r: order.get(r.name, 0)):
+                if self.procs.stop(record.name):
+                    self.progress(f"stopped {record.name} (pid {record.pid})")
+                if record.name == hub.NAME:
+                    # The hub stops users' servers and its proxy itself; this catches any it could not.
+                    if leftovers := kill_marked(str(self.paths.root)):
+                        self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
+            kill_marked(str(self.paths.root))
+            self.s3.unguard_internals()
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -127,13 +189,17 @@ class LocalBackend:
                 )
             )
             known.add(team.service)
+        if self.config.supervision.enabled:
+            rows.append(self._row(supervisor.NAME, "supervisor", None, "", lambda: True))
+            known.add(supervisor.NAME)
         for record in self.procs.all():  # servers of teams since removed from the config
             if record.name not in known:
                 rows.append(self._row(record.name, "tracking", record.name.removeprefix("mlflow-"), "", lambda: False))
         return rows
 
     def _row(self, name: str, kind: str, team: str | None, url: str, check: Any) -> ServiceStatus:
-        proc = self.procs.running(name)
+        record = self.procs.get(name)
+        proc = record.process() if record else None
         return ServiceStatus(
             name=name,
             kind=kind,
@@ -142,6 +208,8 @@ class LocalBackend:
             pid=proc.pid if proc else None,
             healthy=bool(proc) and bool(check()),
             rss_mb=round(tree_memory_mb(proc), 1) if proc else None,
+            restarts=record.restarts if record else 0,
+            note=record.given_up if record else "",
         )
 
     def log_path(self, service: str) -> Path:
