@@ -78,13 +78,24 @@ def _print_table(backend: LocalBackend) -> None:
             print(f"{r.name}: {r.note}")
 
 
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args)
     rows = backend.status()
+    usage = backend.usage() if args.usage else None
     if args.json:
-        print(json.dumps({"services": [r.as_dict() for r in rows]}, indent=2))
+        print(json.dumps({"services": [r.as_dict() for r in rows]} | ({"usage": usage} if args.usage else {}),
+                         indent=2))  # fmt: skip
     else:
         _print_table(backend)
+        if usage is not None:
+            print(f"\n{'TEAM':<20} {'DATABASE MB':>12} {'BUCKET MB':>10} {'OBJECTS':>8}")
+            for u in usage:
+                print(f"{u['team']:<20} {_mb(u['database_bytes']):>12} {_mb(u['bucket_bytes']):>10} "
+                      f"{u['bucket_objects']:>8}")  # fmt: skip
     return 0 if all(r.healthy for r in rows) else 3
 
 
@@ -157,8 +168,9 @@ def parser() -> argparse.ArgumentParser:
     status = "each service with URL, pid, health, memory and the supervisor's restarts (exit 3 if one is unhealthy)"
     st = sub.add_parser("status", help=status, description=status)
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--usage", action="store_true", help="also each team's database size and bucket size")
     st.set_defaults(func=cmd_status)
-    lg = sub.add_parser("logs", help="show a service's log (postgres, s3, mlflow-TEAM)")
+    lg = sub.add_parser("logs", help="show a service's log (postgres, s3, hub, mlflow-TEAM, supervisor)")
     lg.add_argument("service")
     lg.add_argument("-n", "--lines", type=int, default=200, help="last N lines (0: all; default 200)")
     lg.set_defaults(func=cmd_logs)

@@ -237,6 +237,24 @@ def _check_something(tracking_uri: str, name: str, run_id: str) -> None:
     assert client.get_registered_model(f"{name}-model").latest_versions[0].run_id == run_id
 
 
+def test_status_usage_counts_each_teams_storage(stack: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {u["team"]: u for u in stack.usage()}
+    assert set(before) == {"ocean", "land"} and all(u["database_bytes"] > 1_000_000 for u in before.values())
+    _log_something(as_member(stack, "ocean", monkeypatch), f"usage-{time.time_ns()}")
+    after = {u["team"]: u for u in stack.usage()}
+    assert after["ocean"]["bucket_objects"] == before["ocean"]["bucket_objects"] + 1  # notes/readme.txt
+    assert after["ocean"]["bucket_bytes"] == before["ocean"]["bucket_bytes"] + len("hello cube")
+    assert after["land"] == before["land"]  # another team's logging is not counted as land's
+    done = subprocess.run([sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "status", "--usage",
+                           "--json"], capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {u["team"]: u["bucket_objects"] for u in json.loads(done.stdout)["usage"]} == {
+        t: u["bucket_objects"] for t, u in after.items()}  # fmt: skip
+    text = subprocess.run([sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "status", "--usage"],
+                          capture_output=True, text=True, check=False, timeout=120).stdout  # fmt: skip
+    assert "BUCKET MB" in text and any(line.startswith("ocean ") for line in text.splitlines())
+
+
 def _apply(path: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, "-m", "cubelab", "-c", str(path), "apply"],
                           capture_output=True, text=True, check=False, timeout=300)  # fmt: skip

@@ -212,6 +212,23 @@ class LocalBackend:
             note=record.given_up if record else "",
         )
 
+    def usage(self) -> list[dict[str, Any]]:
+        """Each team's storage: its database's size and its bucket's objects and bytes (`status --usage`)."""
+        out = []
+        s3 = self.s3.client(self.s3.admin_credentials())
+        with self.postgres.connect() as conn, conn.cursor() as cur:
+            for team in self.config.teams:
+                cur.execute("SELECT pg_database_size(%s)", (team.database,))
+                database = int(cur.fetchone()[0])
+                objects = size = 0
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.config.bucket(team)):
+                    objects += len(page.get("Contents", []))
+                    size += sum(o["Size"] for o in page.get("Contents", []))
+                bucket = self.config.bucket(team)
+                out.append({"team": team.name, "database": team.database, "database_bytes": database,
+                            "bucket": bucket, "bucket_objects": objects, "bucket_bytes": size})  # fmt: skip
+        return out
+
     def log_path(self, service: str) -> Path:
         names = {pg.NAME, seaweed.NAME, hub.NAME} | {t.service for t in self.config.teams}
         names |= {r.name for r in self.procs.all()}
