@@ -109,6 +109,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    for name in args.team or []:
+        if name not in {t.name for t in backend.config.teams}:
+            print(f"cubelab gc: no team {name!r} in {backend.config.path}", file=sys.stderr)
+            return 2
+    if args.older_than < 0:
+        print("cubelab gc: --older-than must not be negative", file=sys.stderr)
+        return 2
+    for report in backend.gc(args.team, args.older_than):
+        print(report)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
     print(f"{config.path}: valid; {len(config.users)} users, {len(config.teams)} teams")
@@ -174,6 +188,15 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("service")
     lg.add_argument("-n", "--lines", type=int, default=200, help="last N lines (0: all; default 200)")
     lg.set_defaults(func=cmd_logs)
+    gc = (
+        "permanently remove the runs and experiments members deleted (mlflow's deletes only mark them) and their "
+        "artefacts, per team with that team's own credentials; runs that are not deleted are never touched"
+    )
+    gcp = sub.add_parser("gc", help=gc, description=gc)
+    gcp.add_argument("--team", action="append", metavar="NAME", help="only this team (repeatable; default: all)")
+    gcp.add_argument("--older-than", type=float, default=0, metavar="DAYS",
+                     help="only what was deleted more than DAYS ago (default 0: all that is deleted)")  # fmt: skip
+    gcp.set_defaults(func=cmd_gc)
     sub.add_parser("check", help="validate the config and change nothing").set_defaults(func=cmd_check)
     rd = sub.add_parser(
         "render",

@@ -297,6 +297,8 @@ def describe_env(config: PlatformConfig, addr: Addresses, *, backend: str, hub_u
 # Postgres and SeaweedFS are third-party servers each target runs its own native way (Debian's binaries, the
 # official images, StatefulSets); the hub runs JupyterHub with `hub_settings`. Everything else is one of these.
 
+# Each team's clean-up of what its members deleted (cubelab gc; the chart's CronJob), in its tracking environment.
+GC_COMMAND = ("python3", "-m", "cubelab.tracking.gc")
 IDENTITIES_FILE = "/etc/seaweedfs/identities.json"  # where the containers' SeaweedFS reads its identities
 PROVISION_TIMEOUT = 300  # seconds the provisioning job waits for Postgres and S3 to answer
 

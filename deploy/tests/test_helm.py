@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cubelab import storage
+from cubelab import plan, storage
 from cubelab.backends import kubernetes
 from cubelab.config import load
 from cubelab.hub.kubernetes import TeamProfiles, expand, write_first_passwords
@@ -91,6 +91,25 @@ def test_lint_and_every_manifest_valid(chart: Path, tmp_path: Path, site: dict[s
     kinds = sorted({d["kind"] for d in docs})
     expected = ["Deployment", "Job", "NetworkPolicy", "Pod", "Secret", "Service"]
     assert kinds == sorted(expected + (["StatefulSet"] if site is BUNDLED else []))
+
+
+def test_gc_cronjobs_run_the_plans_command_in_each_teams_environment(chart: Path, tmp_path: Path) -> None:
+    values = team_values(tmp_path)
+    assert not any(d["kind"] == "CronJob" for d in template(chart, values, {}, tmp_path))  # off by default
+    docs = template(chart, values, {"gc": {"enabled": True, "olderThanDays": 7}}, tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    rendered = {t["name"]: t for t in yaml.safe_load(values.read_text())["teams"]}
+    for team in ("ocean", "land"):
+        pod = named["CronJob", f"cubelab-gc-{team}"]["spec"]["jobTemplate"]["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        assert container["command"] == [*plan.GC_COMMAND, "--older-than", "7"]
+        assert container["env"] == rendered[team]["trackingEnv"]  # the team's own credentials, no other's
+        assert pod["metadata"]["labels"]["cubelab.io/team"] == team
+    sources = named["NetworkPolicy", "cubelab-postgres"]["spec"]["ingress"][0]["from"]
+    assert {"app.kubernetes.io/instance": "cubelab", "app.kubernetes.io/component": "gc"} in [
+        s["podSelector"]["matchLabels"] for s in sources]  # fmt: skip
 
 
 def test_bundled_s3_admits_only_its_s3_api(chart: Path, tmp_path: Path) -> None:

@@ -255,6 +255,48 @@ def test_status_usage_counts_each_teams_storage(stack: LocalBackend, monkeypatch
     assert "BUCKET MB" in text and any(line.startswith("ocean ") for line in text.splitlines())
 
 
+def test_gc_removes_what_members_deleted_and_nothing_else(stack: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = as_member(stack, "ocean", monkeypatch)
+    client = mlflow.MlflowClient(uri)
+    tag = time.time_ns()
+
+    def run_with_file(experiment: str) -> str:
+        exp = client.create_experiment(f"gc-{experiment}-{tag}")
+        run = client.create_run(exp).info.run_id
+        client.log_metric(run, "loss", 0.5)
+        client.log_text(run, "to be collected", "notes/gc.txt")
+        return run
+
+    kept, deleted = run_with_file("kept"), run_with_file("deleted")
+    in_deleted_experiment = run_with_file("whole")
+    client.delete_run(deleted)
+    client.delete_experiment(client.get_run(in_deleted_experiment).info.experiment_id)
+    before = {u["team"]: u for u in stack.usage()}
+
+    def gc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cubelab", "-c", str(stack.config.path), "gc", *args],
+                              capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+
+    young = gc("--team", "ocean", "--older-than", "1")  # deleted a moment ago: kept
+    assert young.returncode == 0, young.stderr
+    assert "team ocean: 0 run(s) and 0 experiment(s)" in young.stdout
+    assert client.get_run(deleted).info.lifecycle_stage == "deleted"
+    done = gc("--team", "ocean")
+    assert done.returncode == 0, done.stderr
+    assert "team ocean: 2 run(s) and 1 experiment(s) permanently deleted" in done.stdout, done.stdout
+    for gone in (deleted, in_deleted_experiment):
+        with pytest.raises(mlflow.exceptions.MlflowException, match=r"RESOURCE_DOES_NOT_EXIST|not found"):
+            client.get_run(gone)
+    assert client.get_run(kept).data.metrics == {"loss": 0.5}
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.artifacts.load_text(f"runs:/{kept}/notes/gc.txt") == "to be collected"
+    after = {u["team"]: u for u in stack.usage()}
+    assert after["ocean"]["bucket_objects"] == before["ocean"]["bucket_objects"] - 2  # the two runs' files
+    assert after["land"] == before["land"]
+    unknown = gc("--team", "nosuch")
+    assert unknown.returncode == 2 and "no team 'nosuch'" in unknown.stderr
+
+
 def _apply(path: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, "-m", "cubelab", "-c", str(path), "apply"],
                           capture_output=True, text=True, check=False, timeout=300)  # fmt: skip

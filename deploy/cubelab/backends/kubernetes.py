@@ -160,7 +160,8 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
         "s3": {"bundled": config.containers.s3 is None, "endpoint": addr.s3},
         "trackingPort": plan.CONTAINER_PORTS["tracking"],
         # The chart's one-shot containers, rendered from the plan like the tracking servers.
-        "commands": {"provision": list(provision.command), "s3Identities": list(identities.command)},
+        "commands": {"provision": list(provision.command), "s3Identities": list(identities.command),
+                     "gc": list(plan.GC_COMMAND)},
         "env": {
             "provision": env_list(provision.env, sources),
             "s3Identities": env_list(identities.env, sources),

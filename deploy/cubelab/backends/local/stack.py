@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cubelab import plan
 from cubelab import procs as procs_module
 from cubelab.backends.base import Progress, ServiceStatus
 from cubelab.backends.local import hub, seaweed, supervisor
@@ -228,6 +230,24 @@ class LocalBackend:
                 out.append({"team": team.name, "database": team.database, "database_bytes": database,
                             "bucket": bucket, "bucket_objects": objects, "bucket_bytes": size})  # fmt: skip
         return out
+
+    def gc(self, teams: list[str] | None = None, older_than_days: float = 0) -> list[str]:
+        """Permanently remove the runs and experiments members deleted, and their artefacts: per team, in its
+        tracking server's environment and account (its database role and S3 keys only). Returns the reports."""
+        chosen = [self.config.team(name) for name in teams] if teams else list(self.config.teams)
+        venv = self.paths.install / "services"
+        reports = []
+        for team in chosen:
+            launch = self.tracking.launch(team, venv)
+            argv = [str(venv / "bin/python"), *plan.GC_COMMAND[1:], "--older-than", str(older_than_days)]
+            self.progress(f"gc: team {team.name}")
+            done = subprocess.run(argv, env=launch.env, user=launch.user, group=launch.user,
+                                  extra_groups=[] if launch.user else None, cwd=launch.cwd, capture_output=True,
+                                  text=True, timeout=3600, check=False)  # fmt: skip
+            if done.returncode != 0:
+                raise StartError(f"gc of team {team.name}", done.stderr.strip()[-2000:] or f"exit {done.returncode}")
+            reports.append(done.stdout.strip().splitlines()[-1])
+        return reports
 
     def log_path(self, service: str) -> Path:
         names = {pg.NAME, seaweed.NAME, hub.NAME} | {t.service for t in self.config.teams}
