@@ -11,7 +11,7 @@ from cubelab import install
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO / "deploy" / "requirements" / "constraints.txt"
-# A version fixed anywhere but the constraints file: `mlflow==3.17.2`, `mlflow-skinny ~= 3.17`.
+# A version fixed anywhere but the constraints file: mlflow or mlflow-skinny followed by ==, === or ~= and a number.
 PIN = re.compile(r"\bmlflow(?:-skinny)?\s*(?:===?|~=)\s*\d")
 # The steps of a Dockerfile that install a list of packages: each must read the constraints.
 LIST_INSTALL = re.compile(r"--requirement|pip install -r |env create")
