@@ -330,10 +330,11 @@ def port_owner(port: int, host: str = "127.0.0.1") -> str | None:
     return "another process"
 
 
-def tree_memory_mb(proc: psutil.Process, kind: str = "rss") -> float:
-    """Memory of a process and all its descendants, in MiB (rss, or pss which splits shared pages)."""
+def tree_memory_mb(proc: psutil.Process, kind: str = "rss", tree: bool = True) -> float:
+    """Memory of a process and all its descendants (tree=False: the process alone), in MiB (rss, or pss which
+    splits shared pages)."""
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in [proc, *(proc.children(recursive=True) if tree else [])]:
         try:
             info = p.memory_full_info() if kind == "pss" else p.memory_info()
             total += getattr(info, kind)

@@ -98,7 +98,12 @@ def test_a_killed_service_comes_back_by_itself(stack: LocalBackend) -> None:
     eventually(serving, 60, "the hub's restart")
     print(f"hub serving again {time.monotonic() - t0:.1f} s after SIGKILL")
     assert requests.get(f"{stack.hub.url}/hub/api/", timeout=10).status_code == 200
-    assert "hub (pid" in (stack.paths.logs / "supervisor.log").read_text()
+    log = (stack.paths.logs / "supervisor.log").read_text()
+    assert "hub (pid" in log and "Warning" not in log
+    rows = {r.name: r for r in stack.status()}
+    # The hub it restarted is its child now, but is counted on the hub's row, not twice.
+    assert rows["supervisor"].rss_mb is not None and rows["hub"].rss_mb is not None
+    assert rows["supervisor"].rss_mb < rows["hub"].rss_mb
 
 
 def test_logs_are_rotated_while_the_services_write_on(stack: LocalBackend) -> None:

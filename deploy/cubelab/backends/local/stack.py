@@ -121,12 +121,12 @@ class LocalBackend:
             if self.procs.stop(supervisor.NAME):
                 self.progress("supervisor stopped (supervision.enabled is false)")
             return
-        code = [*sorted(Path(__file__).parent.glob("*.py")), Path(procs_module.__file__)]  # new code: restart
+        code = [*sorted(Path(__file__).parent.glob("*.py")), Path(procs_module.__file__),
+                Path(procs_module.__file__).with_name("supervise.py")]  # new code: restart  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k.startswith("CUBELAB_") or k in ("PATH", "LANG")}
         env["CUBELAB_STACK"] = str(self.paths.root)
-        launch = Launch(supervisor.NAME, [sys.executable, "-m", "cubelab.backends.local.supervisor",
-                                          str(self.config.path)], env, self.paths.logs / "supervisor.log",
-                        self.paths.root, code=tuple(code))  # fmt: skip
+        launch = Launch(supervisor.NAME, [sys.executable, "-m", "cubelab.supervise", str(self.config.path)], env,
+                        self.paths.logs / "supervisor.log", self.paths.root, code=tuple(code))  # fmt: skip
         self._bring_up([(launch, lambda: True)])
 
     def apply(self) -> None:
@@ -209,7 +209,8 @@ class LocalBackend:
             url=url,
             pid=proc.pid if proc else None,
             healthy=bool(proc) and bool(check()),
-            rss_mb=round(tree_memory_mb(proc), 1) if proc else None,
+            # The supervisor's own memory only: the services it restarted are its children, counted on their rows.
+            rss_mb=round(tree_memory_mb(proc, tree=name != supervisor.NAME), 1) if proc else None,
             restarts=record.restarts if record else 0,
             note=record.given_up if record else "",
         )

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        raise SystemExit("usage: python -m cubelab.backends.local.supervisor CONFIG (started by `cubelab up`)")
+        raise SystemExit("usage: python -m cubelab.supervise CONFIG (started by `cubelab up`)")
 
     def say(message: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
