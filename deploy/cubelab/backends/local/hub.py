@@ -246,7 +246,9 @@ class LocalHub:
         record = self.procs.get(NAME)
         if record is None:
             raise StartError(NAME, "the hub is not running")
-        wait_until(lambda: self.api("GET", "/user") is not None, timeout, what="hub token checks", record=record)
+        wait_until(
+            lambda: self.api("GET", "/user") is not None, timeout, what="hub token checks", record=record, interval=0.5
+        )
 
     def sync(self, progress: Callable[[str], None]) -> None:
         """Make hub users and groups match the config through the hub's API (load_groups applies only at the
