@@ -13,6 +13,7 @@ from pathlib import Path
 from cubelab import __version__
 from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.paths import StateDirError
+from cubelab.backup.repository import BackupError
 from cubelab.config import ConfigError, load
 from cubelab.procs import StartError
 
@@ -123,6 +124,27 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    location = args.to or str(Path(backend.config.path).parent / "backups")
+    repo, sid, manifest = backend.backup(location, args.with_secrets)
+    teams = manifest["teams"]
+    objects = sum(t["objects"] for t in teams.values())
+    copied = sum(t["copied_bytes"] for t in teams.values())
+    print(f"backup {sid}: hub and {len(teams)} team(s), {objects} object(s), {_mb(copied)} MB new; "
+          f"in {repo.location}/snapshots/{sid}")  # fmt: skip
+    print(f"restore with: cubelab restore {repo.location}/snapshots/{sid}")
+    if args.with_secrets:
+        print("this backup holds the deployment's secrets (files 0600): keep it as safe as the deployment")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    manifest = _backend(args).restore(args.backup, args.team, args.force)
+    print(f"restored backup {manifest['id']} (taken {manifest['started']})")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
     print(f"{config.path}: valid; {len(config.users)} users, {len(config.teams)} teams")
@@ -197,6 +219,30 @@ def parser() -> argparse.ArgumentParser:
     gcp.add_argument("--older-than", type=float, default=0, metavar="DAYS",
                      help="only what was deleted more than DAYS ago (default 0: all that is deleted)")  # fmt: skip
     gcp.set_defaults(func=cmd_gc)
+    backup = (
+        "back up every team's database and bucket, the hub's database and users' password hashes, and the config, "
+        "into a folder or s3://BUCKET/PREFIX. Objects are stored once by digest: a second backup into the same "
+        "place copies only what changed. Secrets stay out unless --with-secrets"
+    )
+    bk = sub.add_parser("backup", help=backup, description=backup)
+    bk.add_argument("--to", metavar="DIR|s3://BUCKET/PREFIX",
+                    help="where to keep backups (default: backups/ beside the config; s3:// reads the AWS_* "
+                    "environment, AWS_ENDPOINT_URL for a non-AWS store)")  # fmt: skip
+    bk.add_argument("--with-secrets", action="store_true",
+                    help="also the generated secrets (passwords, keys, tokens), written 0600")  # fmt: skip
+    bk.set_defaults(func=cmd_backup)
+    restore = (
+        "bring a deployment back from a backup: starts what is stopped, then replaces the databases, buckets and "
+        "(without --team) the hub's database and password hashes with the backup's. Refuses to replace a team "
+        "that holds runs, models or objects unless --force"
+    )
+    rs = sub.add_parser("restore", help=restore, description=restore)
+    rs.add_argument("backup", metavar="BACKUP", help="a backup folder (its newest snapshot) or one snapshot in it; "
+                    "or s3://BUCKET/PREFIX[/snapshots/ID]")  # fmt: skip
+    rs.add_argument("--team", action="append", metavar="NAME",
+                    help="only this team (repeatable); others and the hub are not touched")  # fmt: skip
+    rs.add_argument("--force", action="store_true", help="replace teams that are not empty")
+    rs.set_defaults(func=cmd_restore)
     sub.add_parser("check", help="validate the config and change nothing").set_defaults(func=cmd_check)
     rd = sub.add_parser(
         "render",
@@ -222,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"cubelab: invalid config: {exc}", file=sys.stderr)
         code = 2
+    except BackupError as exc:
+        print(f"cubelab: {exc}", file=sys.stderr)
+        code = 1
     except (StartError, StateDirError) as exc:
         print(f"cubelab: {exc}", file=sys.stderr)
         code = 1

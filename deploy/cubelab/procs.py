@@ -133,10 +133,11 @@ class ProcessTable:
         os.replace(tmp, self._path(record.name))
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive use of the stack's processes: `up`, `down` and the supervisor never act at the same time."""
+    def lock(self, name: str = "processes") -> Iterator[None]:
+        """Exclusive use of the stack's processes: `up`, `down` and the supervisor never act at the same time.
+        Another name is another lock ("maintenance": backup, restore and gc never overlap)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / ".lock", "a") as fh:
+        with open(self.run_dir / (".lock" if name == "processes" else f".{name}.lock"), "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

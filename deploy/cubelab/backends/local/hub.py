@@ -97,11 +97,13 @@ class LocalHub:
         if changed:
             store.save(hashes)
         admins = self.config.admins
-        if admins:
-            first = self.secrets.path(f"users/{admins[0]}").read_text()
-            admin_file = self.secrets.path("admin-password")
-            if not admin_file.exists() or admin_file.read_text() != first:
-                write_private(admin_file, first)
+        admin_file = self.secrets.path("admin-password")
+        first = self.secrets.path(f"users/{admins[0]}") if admins else None
+        if first is None or not first.exists():
+            # No admin, or a restored one whose first password is not known here: no stale copy either.
+            admin_file.unlink(missing_ok=True)
+        elif not admin_file.exists() or admin_file.read_text() != first.read_text():
+            write_private(admin_file, first.read_text())
 
     def ensure_system_users(self, progress: Callable[[str], None]) -> None:
         if not self.system_users:

@@ -19,11 +19,12 @@ from cubelab.backends.base import Progress, ServiceStatus
 from cubelab.backends.local import hub, seaweed, supervisor
 from cubelab.backends.local import postgres as pg
 from cubelab.backends.local.hub import LocalHub
+from cubelab.backends.local.maintenance import Maintenance
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
-from cubelab.config import PlatformConfig
+from cubelab.config import PlatformConfig, Team
 from cubelab.install import hub_env, kernel_envs, proxy_binary, proxy_command, services_env
 from cubelab.procs import (
     Launch,
@@ -238,17 +239,28 @@ class LocalBackend:
         chosen = [self.config.team(name) for name in teams] if teams else list(self.config.teams)
         venv = self.paths.install / "services"
         reports = []
-        for team in chosen:
-            launch = self.tracking.launch(team, venv)
-            argv = [str(venv / "bin/python"), *plan.GC_COMMAND[1:], "--older-than", str(older_than_days)]
-            self.progress(f"gc: team {team.name}")
-            done = subprocess.run(argv, env=launch.env, user=launch.user, group=launch.user,
-                                  extra_groups=[] if launch.user else None, cwd=launch.cwd, capture_output=True,
-                                  text=True, timeout=3600, check=False)  # fmt: skip
-            if done.returncode != 0:
-                raise StartError(f"gc of team {team.name}", done.stderr.strip()[-2000:] or f"exit {done.returncode}")
-            reports.append(done.stdout.strip().splitlines()[-1])
+        with self.procs.lock("maintenance"):  # never while a backup copies what the dump refers to
+            for team in chosen:
+                reports.append(self._gc_team(team, venv, older_than_days))
         return reports
+
+    def _gc_team(self, team: Team, venv: Path, older_than_days: float) -> str:
+        launch = self.tracking.launch(team, venv)
+        argv = [str(venv / "bin/python"), *plan.GC_COMMAND[1:], "--older-than", str(older_than_days)]
+        self.progress(f"gc: team {team.name}")
+        done = subprocess.run(argv, env=launch.env, user=launch.user, group=launch.user,
+                              extra_groups=[] if launch.user else None, cwd=launch.cwd, capture_output=True,
+                              text=True, timeout=3600, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise StartError(f"gc of team {team.name}", done.stderr.strip()[-2000:] or f"exit {done.returncode}")
+        return done.stdout.strip().splitlines()[-1]
+
+    def backup(self, location: str, with_secrets: bool = False) -> tuple[Any, str, dict[str, Any]]:
+        """A snapshot of every database and bucket, the config and (if asked) the secrets: see maintenance.py."""
+        return Maintenance(self).backup(location, with_secrets)
+
+    def restore(self, location: str, teams: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+        return Maintenance(self).restore(location, teams, force)
 
     def log_path(self, service: str) -> Path:
         names = {pg.NAME, seaweed.NAME, hub.NAME} | {t.service for t in self.config.teams}
