@@ -127,7 +127,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     backend = _backend(args)
     location = args.to or str(Path(backend.config.path).parent / "backups")
-    repo, sid, manifest = backend.backup(location, args.with_secrets)
+    repo, manifest = backend.backup(location, args.with_secrets)
+    sid = manifest["id"]
     teams = manifest["teams"]
     objects = sum(t["objects"] for t in teams.values())
     copied = sum(t["copied_bytes"] for t in teams.values())

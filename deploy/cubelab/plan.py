@@ -251,9 +251,9 @@ def postgres_superuser(config: PlatformConfig) -> str:
     return config.containers.postgres.user if config.containers.postgres else "postgres"
 
 
-def provision_env(config: PlatformConfig, addr: Addresses, *, passwords_file: str | None) -> dict[str, str]:
-    """What `python -m cubelab.provision all` needs: the teams' databases and buckets, the hub's database where
-    the target runs the hub itself, and, given a passwords file, the local users' first passwords."""
+def database_env(config: PlatformConfig, addr: Addresses, *, hub: bool) -> dict[str, str]:
+    """Postgres as its superuser, each team's database password, buckets and S3 keys, and the hub's database
+    password where the target keeps the hub's database in this Postgres."""
     host, port = addr.postgres
     env = s3_identity_env(config, addr) | {
         "POSTGRES_HOST": host,
@@ -262,8 +262,16 @@ def provision_env(config: PlatformConfig, addr: Addresses, *, passwords_file: st
         "POSTGRES_PASSWORD": ref("POSTGRES_PASSWORD"),
     }
     env |= {TeamSecrets(t.name).db_password: ref(TeamSecrets(t.name).db_password) for t in config.teams}
-    if passwords_file is not None:
+    if hub:
         env[HUB_DB_PASSWORD] = ref(HUB_DB_PASSWORD)
+    return env
+
+
+def provision_env(config: PlatformConfig, addr: Addresses, *, passwords_file: str | None) -> dict[str, str]:
+    """What `python -m cubelab.provision all` needs: the teams' databases and buckets, the hub's database where
+    the target runs the hub itself, and, given a passwords file, the local users' first passwords."""
+    env = database_env(config, addr, hub=passwords_file is not None)
+    if passwords_file is not None:
         if config.hub.auth.type == "local":
             env["CUBELAB_USERS"] = " ".join(u.name for u in config.users)
             env["CUBELAB_PASSWORDS_FILE"] = passwords_file
@@ -335,6 +343,20 @@ def provision_service(config: PlatformConfig, addr: Addresses, *, passwords_file
     command = ("python3", "-m", "cubelab.provision", "all", "--timeout", str(PROVISION_TIMEOUT))
     env = provision_env(config, addr, passwords_file=passwords_file)
     return Service("provision", "tracking", command, env, after=("postgres", "s3"), job=True)
+
+
+BACKUP_COMMAND = ("python3", "-m", "cubelab.backup.job")
+
+
+def backup_service(config: PlatformConfig, addr: Addresses, *, to: str, passwords_file: str | None) -> Service:
+    """The container targets' backup job (cubelab.backup.job): every team's database and bucket, and the hub's
+    database and password hashes where the target keeps them. Its arguments pick backup or restore."""
+    env = database_env(config, addr, hub=passwords_file is not None)
+    env = {k: v for k, v in env.items() if not k.startswith("S3_ADMIN_")}  # the teams' own keys are enough
+    if passwords_file is not None:
+        env["CUBELAB_PASSWORDS_FILE"] = passwords_file
+    return Service("backup", "tracking", (*BACKUP_COMMAND, "backup", "--to", to), env, after=("postgres", "s3"),
+                   job=True)  # fmt: skip
 
 
 def s3_identities_service(config: PlatformConfig, addr: Addresses) -> Service:

@@ -21,7 +21,9 @@ import xarray as xr
 from mlflow.entities import ViewType
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
+from cubelab import plan
 from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.postgres import SUPERUSER
 from platform_tests.hubclient import login
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -187,8 +189,8 @@ def test_round_trip_into_a_new_state_directory_while_a_member_logs(
     # The backup folder: private, a manifest, no secrets unless asked.
     (snapshot,) = (backup_dir / "snapshots").iterdir()
     manifest = json.loads((snapshot / "manifest.json").read_text())
-    assert not manifest["secrets"] and not (snapshot / "secrets").exists()
-    assert stat.S_IMODE((snapshot / "hub" / "passwords.json").stat().st_mode) == 0o600
+    assert not manifest["secrets"] and not (snapshot / "files" / "secrets").exists()
+    assert stat.S_IMODE((snapshot / "files" / "passwords.json").stat().st_mode) == 0o600
     assert manifest["teams"]["ocean"]["objects"] >= len(objects_before["ocean"])
 
     target_config = stacks.config()
@@ -274,7 +276,7 @@ def test_secrets_only_when_asked_and_private(source: LocalBackend, tmp_path: Pat
     done = cli(source.config.path, "backup", "--to", str(tmp_path / "b"), "--with-secrets")
     assert done.returncode == 0, done.stderr
     (snapshot,) = (tmp_path / "b" / "snapshots").iterdir()
-    files = [p for p in (snapshot / "secrets").rglob("*") if p.is_file()]
+    files = [p for p in (snapshot / "files" / "secrets").rglob("*") if p.is_file()]
     assert any(p.name == "postgres-superuser" for p in files)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o700
@@ -289,3 +291,36 @@ def test_bad_backup_locations_are_named(source: LocalBackend, backup_dir: Path, 
     assert scheme.returncode == 1 and "folder or to s3://" in scheme.stderr
     unknown = cli(source.config.path, "restore", str(backup_dir), "--team", "nosuch")
     assert unknown.returncode == 1 and "team 'nosuch' is not in this backup" in unknown.stderr
+
+
+def test_the_container_job_backs_up_and_restores_with_the_plans_environment(
+    source: LocalBackend, tmp_path: Path
+) -> None:
+    """compose's backup service and the chart's CronJob run cubelab.backup.job with the plan's environment
+    (cubelab.plan.backup_service); here with the embedded stack's addresses and secrets."""
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text((source.paths.hub / "passwords.json").read_text())
+    service = plan.backup_service(source.config, source.tracking.addresses(), to=str(tmp_path / "repo"),
+                                  passwords_file=str(passwords))  # fmt: skip
+    secrets = source.hub.secret_values() | {"POSTGRES_PASSWORD": source.postgres.password()}
+    env = os.environ | plan.resolve(service.env, secrets.__getitem__) | {"POSTGRES_USER": SUPERUSER}
+
+    def job(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cubelab.backup.job", *args], env=env, capture_output=True,
+                              text=True, check=False, timeout=600)  # fmt: skip
+
+    done = job(*service.command[3:])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "complete" in done.stdout and secrets["POSTGRES_PASSWORD"] not in done.stdout + done.stderr
+    (snapshot,) = (tmp_path / "repo" / "snapshots").iterdir()
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    assert set(manifest["teams"]) == {"ocean", "land"} and "database" in manifest["hub"]
+    with Member(source, "carol", "land") as client:
+        extra = client.create_run(client.create_experiment(f"job-{time.time_ns()}")).info.run_id
+    refused = job("restore", str(tmp_path / "repo"), "--team", "land")
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    done = job("restore", str(tmp_path / "repo"), "--team", "land", "--force")
+    assert done.returncode == 0, done.stdout + done.stderr
+    source.up()  # the job's documented last step: start the servers again (here: reconnect)
+    with Member(source, "carol", "land") as client, pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_run(extra)

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from cubelab import storage
+from cubelab import plan, storage
 from cubelab.backends import compose
 from cubelab.cli import main as cli_main
 from cubelab.config import ConfigError, load
@@ -68,11 +68,22 @@ def test_the_validation_catches_a_broken_file(spec: jsonschema.Draft7Validator, 
     assert "intervall" in messages and "service_ready" in messages
 
 
+def test_backup_job_runs_by_hand_with_the_teams_own_keys(tmp_path: Path) -> None:
+    doc, _, _ = rendered(tmp_path)
+    backup = doc["services"]["backup"]
+    assert backup["profiles"] == ["maintenance"] and "depends_on" not in backup  # never started by `up`
+    assert backup["entrypoint"] + backup["command"] == [*plan.BACKUP_COMMAND, "backup", "--to", "/backups"]
+    assert "backups:/backups" in backup["volumes"] and "backups" in doc["volumes"]
+    env = backup["environment"]
+    assert {"POSTGRES_PASSWORD", "HUB_DB_PASSWORD", "TEAM_OCEAN_S3_ACCESS_KEY", "CUBELAB_PASSWORDS_FILE"} <= set(env)
+    assert not any(name.startswith("S3_ADMIN_") for name in env)
+
+
 def test_healthchecks_and_start_order(tmp_path: Path) -> None:
     doc, _, _ = rendered(tmp_path)
     services = doc["services"]
     one_shots = {name for name, s in services.items() if s.get("restart") == "no"}
-    assert one_shots == {"s3-identities", "provision", "platform-tests"}
+    assert one_shots == {"s3-identities", "provision", "platform-tests", "backup"}
     for name, service in services.items():
         if name not in one_shots:
             assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name

@@ -112,6 +112,36 @@ def test_gc_cronjobs_run_the_plans_command_in_each_teams_environment(chart: Path
         s["podSelector"]["matchLabels"] for s in sources]  # fmt: skip
 
 
+def test_backup_cronjob_runs_the_plans_job_onto_its_volume_or_s3(chart: Path, tmp_path: Path) -> None:
+    values = team_values(tmp_path)
+    docs = template(chart, values, {"backup": {"enabled": True}}, tmp_path)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    pod = named["CronJob", "cubelab-backup"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == [*plan.BACKUP_COMMAND, "backup", "--to", "/backups"]
+    names = {e["name"] for e in container["env"]}
+    assert {"POSTGRES_PASSWORD", "TEAM_OCEAN_DB_PASSWORD", "TEAM_LAND_S3_SECRET_KEY"} <= names
+    assert not any(n.startswith("S3_ADMIN_") for n in names)  # the teams' own keys only
+    assert container["volumeMounts"] == [{"name": "backups", "mountPath": "/backups"}]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "cubelab-backups"
+    claim = named["PersistentVolumeClaim", "cubelab-backups"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    sources = named["NetworkPolicy", "cubelab-postgres"]["spec"]["ingress"][0]["from"]
+    assert {"app.kubernetes.io/instance": "cubelab", "app.kubernetes.io/component": "backup"} in [
+        s["podSelector"]["matchLabels"] for s in sources]  # fmt: skip
+    extra = [{"name": "AWS_ENDPOINT_URL", "value": "https://s3.example.org"}]
+    to_s3 = template(chart, values, {"backup": {"enabled": True, "to": "s3://backups/cubelab", "env": extra}},
+                     tmp_path)  # fmt: skip
+    job = next(d for d in to_s3 if d["kind"] == "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "volumes" not in job and not any(d["kind"] == "PersistentVolumeClaim" for d in to_s3)
+    assert job["containers"][0]["command"][-1] == "s3://backups/cubelab" and job["containers"][0]["env"][-1] == extra[0]
+    bad = helm("template", "cubelab", str(chart), "-f", str(values), "--set", "backup.enabled=true",
+               "--set", "backup.to=relative/path")  # fmt: skip
+    assert bad.returncode != 0 and "/backup/to" in bad.stderr
+
+
 def test_bundled_s3_admits_only_its_s3_api(chart: Path, tmp_path: Path) -> None:
     """SeaweedFS runs with the arguments every target shares (cubelab.storage), and its NetworkPolicy admits the
     S3 port and nothing else: its internal servers and gRPC ports ignore the teams' identities."""

@@ -296,3 +296,34 @@ def test_tracking_image_provisions_a_new_team(podman_api: str, stack: LocalBacke
                       aws_secret_access_key=admin.secret_key, region_name="us-east-1")  # fmt: skip
     s3.head_bucket(Bucket=f"{prefix}{team}")
     assert PasswordFile(tmp_path / "passwords.json").check("erin", "first-password")
+
+
+def test_tracking_image_runs_the_backup_job(podman_api: str, stack: LocalBackend, tmp_path: Path) -> None:
+    """compose's `backup` service and the chart's CronJob: cubelab.backup.job in the tracking image (its pg_dump)
+    with the plan's environment, against real Postgres and S3, as the image's unprivileged user."""
+    from testcontainers.core.container import DockerContainer
+
+    from cubelab import plan
+    from cubelab.backends.local.postgres import SUPERUSER
+
+    image = containers.build("tracking")
+    service = plan.backup_service(stack.config, stack.tracking.addresses(), to="/backups", passwords_file=None)
+    values = stack.hub.secret_values() | {"POSTGRES_PASSWORD": stack.postgres.password()}
+    env = plan.resolve(service.env, values.__getitem__) | {"POSTGRES_USER": SUPERUSER}
+    tmp_path.chmod(0o777)  # the container's user (uid 1001) writes the backup here
+    container = (DockerContainer(image).with_kwargs(network_mode="host")
+                 .with_volume_mapping(str(tmp_path), "/backups", "rw")
+                 .with_command(" ".join(service.command)))  # fmt: skip
+    for key, value in env.items():
+        container = container.with_env(key, value)
+    with container:
+        result = container.get_wrapped_container().wait(timeout=300)
+        out, err = container.get_logs()
+    log = (out + err).decode()
+    assert result["StatusCode"] == 0, log[-3000:]
+    assert values["POSTGRES_PASSWORD"] not in log and "complete" in log
+    (snapshot,) = (tmp_path / "snapshots").iterdir()
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    assert set(manifest["teams"]) == {t.name for t in stack.config.teams}
+    for team in manifest["teams"].values():
+        assert (tmp_path / team["database"]["file"]).stat().st_size == team["database"]["bytes"] > 0

@@ -33,6 +33,7 @@ HUB_PORT, S3_PORT = PORTS["hub"], PORTS["s3"]
 # Secrets of an external service: the operator puts them into .env; cubelab cannot make them.
 EXTERNAL_VARS = {"postgres": ("POSTGRES_PASSWORD",), "s3": ("S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY")}
 PASSWORDS_FILE = "/srv/cubelab/passwords.json"
+BACKUPS = "/backups"
 IDENTITIES_DIR = str(Path(plan.IDENTITIES_FILE).parent)
 OIDC_SECRET = Path("/run/secrets/oidc-client-secret")  # compose mounts secrets under /run/secrets/
 PLATFORM_VARS = (*EXTERNAL_VARS["postgres"], *EXTERNAL_VARS["s3"], plan.HUB_DB_PASSWORD, plan.HUB_COOKIE_SECRET,
@@ -261,10 +262,21 @@ def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[
         "networks": ["backend", "users"],
         "restart": "no",
     }
+    # Never started by `up`: `docker compose run --rm backup` backs up into the backups volume,
+    # `docker compose run --rm backup restore /backups` puts the newest backup back (README: Backup and restore).
+    backup = plan.backup_service(config, addr, to=BACKUPS, passwords_file=PASSWORDS_FILE)
+    services["backup"] = _run(config, backup, services, jobs) | {
+        "entrypoint": list(plan.BACKUP_COMMAND),
+        "command": list(backup.command[len(plan.BACKUP_COMMAND) :]),
+        "profiles": ["maintenance"],
+        "volumes": [f"backups:{BACKUPS}", "hub-data:/srv/cubelab"],
+        "networks": ["backend"],
+    }
+    services["backup"].pop("depends_on", None)  # run by hand against a running deployment
     doc: dict[str, Any] = {
         "services": services,
         "networks": {"backend": {}, "users": {"name": "cubelab-users"}, "storage": {"internal": True}},
-        "volumes": {"postgres-data": {}, "s3-data": {}, "s3-config": {}, "hub-data": {}},
+        "volumes": {"postgres-data": {}, "s3-data": {}, "s3-config": {}, "hub-data": {}, "backups": {}},
     }
     if config.hub.auth.type == "oidc":
         # The provider's client secret, from the file the config names, at the path the hub settings give.

@@ -98,15 +98,55 @@ def dump_database(db: Database, repo: Repository, name: str) -> dict[str, Any]:
     return entry
 
 
-def restore_database(db: Database, repo: Repository, entry: dict[str, Any], recreate: Callable[[], None]) -> None:
-    """Replace the database with the dump: recreate() makes it again, empty and owned by its role; pg_restore
-    then loads everything in one transaction, as that role, so a failure leaves the empty database."""
+def _connect(db: Database, dbname: str) -> Any:
+    import psycopg2
+
+    return psycopg2.connect(host=db.host, port=db.port, user=db.user, password=db.password, dbname=dbname,
+                            connect_timeout=10)  # fmt: skip
+
+
+def recreate_database(db: Database, password: str) -> None:
+    """Drop the database (closing its sessions) and make it again, empty, owned by its role with this password."""
+    from psycopg2 import sql
+
+    from cubelab.provision import provision_database
+
+    conn = _connect(db, "postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.database)))
+        provision_database(conn, db.role, db.database, password)
+    finally:
+        conn.close()
+
+
+def table_counts(db: Database, queries: dict[str, str]) -> dict[str, int]:
+    """Each query's count, or nothing when the database has no mlflow tables yet."""
+    conn = _connect(db, db.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('public.runs') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return {}
+            out = {}
+            for what, query in queries.items():
+                cur.execute(query)
+                out[what] = int(cur.fetchone()[0])
+            return out
+    finally:
+        conn.close()
+
+
+def restore_database(db: Database, repo: Repository, entry: dict[str, Any], password: str) -> None:
+    """Replace the database with the dump: made again, empty and owned by its role (with the role's password);
+    pg_restore then loads everything in one transaction, as that role, so a failure leaves it empty."""
     local = repo.staging() / f"{db.label}-{os.getpid()}.restore"
     repo.get_file(entry["file"], local)
     try:
         if file_digest(local) != entry["sha256"]:
             raise BackupError(f"{entry['file']} does not match its digest in the manifest: the backup is damaged")
-        recreate()
+        recreate_database(db, password)
         argv = [db.tool("pg_restore"), *db.options(), "-d", db.database, "--no-owner", "--no-acl",
                 f"--role={db.role}", "--single-transaction", "--exit-on-error", str(local)]  # fmt: skip
         done = subprocess.run(argv, env=db.env(), capture_output=True, text=True, check=False)

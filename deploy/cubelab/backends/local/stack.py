@@ -255,7 +255,7 @@ class LocalBackend:
             raise StartError(f"gc of team {team.name}", done.stderr.strip()[-2000:] or f"exit {done.returncode}")
         return done.stdout.strip().splitlines()[-1]
 
-    def backup(self, location: str, with_secrets: bool = False) -> tuple[Any, str, dict[str, Any]]:
+    def backup(self, location: str, with_secrets: bool = False) -> tuple[Any, dict[str, Any]]:
         """A snapshot of every database and bucket, the config and (if asked) the secrets: see maintenance.py."""
         return Maintenance(self).backup(location, with_secrets)
 
