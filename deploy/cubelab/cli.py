@@ -146,6 +146,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    location = None if args.no_backup else args.to or str(Path(backend.config.path).parent / "backups")
+    for line in backend.upgrade(location):
+        print(line)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
     print(f"{config.path}: valid; {len(config.users)} users, {len(config.teams)} teams")
@@ -244,6 +252,16 @@ def parser() -> argparse.ArgumentParser:
                     help="only this team (repeatable); others and the hub are not touched")  # fmt: skip
     rs.add_argument("--force", action="store_true", help="replace teams that are not empty")
     rs.set_defaults(func=cmd_restore)
+    upgrade = (
+        "move a deployment to this release: install its environments, back up (unless --no-backup), migrate "
+        "every team's mlflow database and the hub's database with the servers stopped, then start everything. "
+        "A failed migration names the team and the restore command"
+    )
+    ug = sub.add_parser("upgrade", help=upgrade, description=upgrade)
+    ug.add_argument("--to", metavar="DIR|s3://BUCKET/PREFIX", help="where the backup goes (default: backups/ "
+                    "beside the config)")  # fmt: skip
+    ug.add_argument("--no-backup", action="store_true", help="migrate without a backup first (not advised)")
+    ug.set_defaults(func=cmd_upgrade)
     sub.add_parser("check", help="validate the config and change nothing").set_defaults(func=cmd_check)
     rd = sub.add_parser(
         "render",

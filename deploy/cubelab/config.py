@@ -14,12 +14,14 @@ import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import jsonschema
 import yaml
 
 from cubelab import storage
+
+if TYPE_CHECKING:  # imported where a config is validated: the tracking environment names teams without it
+    import jsonschema
 
 
 class ConfigError(Exception):
@@ -376,6 +378,8 @@ def parse(text: str, path: Path) -> PlatformConfig:
         line = lines.get(key_path) or lines.get(key_path[:-1])
         at = f" (line {line})" if line else ""
         return ConfigError(f"{path}: {_where(key_path)}{at}: {message}")
+
+    import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))

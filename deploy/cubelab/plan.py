@@ -346,6 +346,15 @@ def provision_service(config: PlatformConfig, addr: Addresses, *, passwords_file
 
 
 BACKUP_COMMAND = ("python3", "-m", "cubelab.backup.job")
+MIGRATE_COMMAND = ("python3", "-m", "cubelab.tracking.migrate")
+
+
+def migrate_service(config: PlatformConfig, addr: Addresses) -> Service:
+    """Each team's mlflow database migrated to the installed mlflow's schema before new servers start
+    (cubelab.tracking.migrate): Postgres's superuser, which acts as each team's role; nothing else."""
+    env = {k: v for k, v in database_env(config, addr, hub=False).items() if k.startswith("POSTGRES_")}
+    env["CUBELAB_TEAMS"] = " ".join(t.name for t in config.teams)
+    return Service("migrate", "tracking", MIGRATE_COMMAND, env, after=("postgres",), job=True)
 
 
 def backup_service(config: PlatformConfig, addr: Addresses, *, to: str, passwords_file: str | None) -> Service:

@@ -228,7 +228,7 @@ def _stop_group(proc: psutil.Process, sig: int, timeout: float) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         return
-    _, alive = psutil.wait_procs(members, timeout=timeout)
+    alive = _wait_gone(members, timeout)
     if alive:
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -239,8 +239,25 @@ def _stop_group(proc: psutil.Process, sig: int, timeout: float) -> None:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(alive, timeout=5)
+        _wait_gone(alive, 5)
     _reap(proc.pid)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; those still running after timeout. An exited process whose parent
+    has not collected it yet (a zombie: another process started it) holds nothing and counts as gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
 
 
 def kill_leftovers(record: ProcessRecord, marker: str) -> list[int]:

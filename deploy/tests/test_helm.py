@@ -142,6 +142,21 @@ def test_backup_cronjob_runs_the_plans_job_onto_its_volume_or_s3(chart: Path, tm
     assert bad.returncode != 0 and "/backup/to" in bad.stderr
 
 
+def test_a_pre_upgrade_hook_migrates_the_team_databases(chart: Path, tmp_path: Path) -> None:
+    docs = template(chart, team_values(tmp_path), {}, tmp_path)
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    job = named["Job", "cubelab-migrate"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"  # before the new tracking pods
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == list(plan.MIGRATE_COMMAND)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CUBELAB_TEAMS"]["value"] == "ocean land" and "POSTGRES_PASSWORD" in env
+    assert not any("S3" in name or name.endswith("_DB_PASSWORD") for name in env)  # Postgres's superuser only
+    sources = named["NetworkPolicy", "cubelab-postgres"]["spec"]["ingress"][0]["from"]
+    assert {"app.kubernetes.io/instance": "cubelab", "app.kubernetes.io/component": "migrate"} in [
+        s["podSelector"]["matchLabels"] for s in sources]  # fmt: skip
+
+
 def test_bundled_s3_admits_only_its_s3_api(chart: Path, tmp_path: Path) -> None:
     """SeaweedFS runs with the arguments every target shares (cubelab.storage), and its NetworkPolicy admits the
     S3 port and nothing else: its internal servers and gRPC ports ignore the teams' identities."""

@@ -145,6 +145,7 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
     provision = plan.provision_service(config, addr, passwords_file=None)
     identities = plan.s3_identities_service(config, addr)
     backup = plan.backup_service(config, addr, to="/backups", passwords_file=None)  # the chart adds its own --to
+    migrate = plan.migrate_service(config, addr)
     describe = plan.describe_env(config, addr, backend="helm", hub_url="http://proxy-public")
     return {
         # The chart refuses to install under another release name: the names above depend on it.
@@ -162,11 +163,13 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
         "trackingPort": plan.CONTAINER_PORTS["tracking"],
         # The chart's one-shot containers, rendered from the plan like the tracking servers.
         "commands": {"provision": list(provision.command), "s3Identities": list(identities.command),
-                     "gc": list(plan.GC_COMMAND), "backup": list(plan.BACKUP_COMMAND)},
+                     "gc": list(plan.GC_COMMAND), "backup": list(plan.BACKUP_COMMAND),
+                     "migrate": list(migrate.command)},
         "env": {
             "provision": env_list(provision.env, sources),
             "s3Identities": env_list(identities.env, sources),
             "backup": env_list(backup.env, sources),
+            "migrate": env_list(migrate.env, sources),
             "platformTests": env_list(plan.s3_identity_env(config, addr) | describe, sources),
         },
         "jupyterhub": {"hub": hub, "singleuser": singleuser, "cull": {"enabled": config.hub.cull_idle_seconds > 0,

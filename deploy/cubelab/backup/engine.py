@@ -218,9 +218,10 @@ def bucket_is_empty(s3: Any, bucket: str) -> bool:
 
 
 def restore_bucket(s3: Any, bucket: str, repo: Repository, index: list[dict[str, Any]], progress: Progress,
-                   label: str) -> dict[str, int]:  # fmt: skip
+                   label: str, present: Iterable[str]) -> dict[str, int]:  # fmt: skip
     """Put every indexed object back under its key, checking each one's digest, then remove the objects the
-    backup does not have (the bucket ends equal to the backup)."""
+    backup does not have from those present before (the bucket ends equal to the backup; its writers, the
+    team's tracking server, are stopped)."""
     meter = Meter(progress, label, len(index), sum(e["size"] for e in index))
     staging = repo.staging()
 
@@ -245,7 +246,7 @@ def restore_bucket(s3: Any, bucket: str, repo: Repository, index: list[dict[str,
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(put, index))
     wanted = {e["key"] for e in index}
-    extra = [o["key"] for o in list_bucket(s3, bucket) if o["key"] not in wanted]
+    extra = [key for key in present if key not in wanted]
     for start in range(0, len(extra), 1000):
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in extra[start : start + 1000]]})
     progress(meter.line() + (f"; {len(extra)} object(s) not in the backup removed" if extra else ""))

@@ -80,9 +80,9 @@ def restore(location: str, teams: list[str] | None, force: bool) -> None:
     manifest = snapshot.load(repo, sid)
     data = {t.name: t for t in _teams()}
     chosen = snapshot.chosen_teams(manifest, teams, set(data), "this deployment (CUBELAB_TEAMS)")
-    snapshot.refuse_non_empty([data[name] for name in chosen], force)
+    present = snapshot.refuse_non_empty([data[name] for name in chosen], force)
     for name in chosen:
-        snapshot.put_back_team(repo, manifest, data[name], _progress)
+        snapshot.put_back_team(repo, manifest, data[name], present[name], _progress)
     hub = _hub()
     if not teams and hub is not None and "database" in manifest["hub"]:
         snapshot.put_back_hub(repo, manifest, hub, _need("HUB_DB_PASSWORD"))

@@ -123,30 +123,36 @@ def chosen_teams(manifest: dict[str, Any], teams: list[str] | None, deployed: se
     return sorted(in_backup)
 
 
-def contents(team: TeamData) -> str:
-    """What the team holds now, in words; '' when it is empty (no runs, models, own experiments or objects)."""
+def contents(team: TeamData) -> tuple[str, list[str]]:
+    """What the team holds now, in words ('' when it is empty: no runs, models, own experiments or objects), and
+    the keys of its bucket's objects."""
     counts = engine.table_counts(team.database, {
         "runs": "SELECT count(*) FROM runs",
         "experiments": "SELECT count(*) FROM experiments WHERE experiment_id <> 0",
         "registered models": "SELECT count(*) FROM registered_models",
     })  # fmt: skip
-    counts["objects"] = len(engine.list_bucket(team.s3, team.bucket))
-    return ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+    keys = [o["key"] for o in engine.list_bucket(team.s3, team.bucket)]
+    counts["objects"] = len(keys)
+    return ", ".join(f"{n} {what}" for what, n in counts.items() if n), keys
 
 
-def refuse_non_empty(teams: list[TeamData], force: bool) -> None:
-    refused = [f"team {team.name}: {what}" for team in teams if (what := contents(team))]
+def refuse_non_empty(teams: list[TeamData], force: bool) -> dict[str, list[str]]:
+    """Stops with the list of what would be replaced, unless force; returns each team's present object keys."""
+    found = {team.name: contents(team) for team in teams}
+    refused = [f"team {name}: {what}" for name, (what, _keys) in found.items() if what]
     if refused and not force:
         raise BackupError("restore would replace what these teams hold now:\n  " + "\n  ".join(refused)
                           + "\nBack them up first if they matter, then add --force.")  # fmt: skip
+    return {name: keys for name, (_what, keys) in found.items()}
 
 
-def put_back_team(repo: Repository, manifest: dict[str, Any], team: TeamData, progress: Progress) -> None:
+def put_back_team(repo: Repository, manifest: dict[str, Any], team: TeamData, present: list[str],
+                  progress: Progress) -> None:  # fmt: skip
     entry = manifest["teams"][team.name]
     engine.restore_database(team.database, repo, entry["database"], team.db_password)
     progress(f"team {team.name}: database restored ({entry['database']['bytes'] / 2**20:.1f} MB dump)")
     engine.restore_bucket(team.s3, team.bucket, repo, engine.read_index(repo, entry["index"]), progress,
-                          f"team {team.name}")  # fmt: skip
+                          f"team {team.name}", present)  # fmt: skip
 
 
 def put_back_hub(repo: Repository, manifest: dict[str, Any], hub: Database, password: str) -> None:

@@ -4,6 +4,7 @@ and files are, and which of its services stop while data goes back (cubelab.back
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from cubelab.backup.engine import Database
 from cubelab.backup.repository import BackupError, FolderRepository, Repository, locate_snapshot, open_repository
 from cubelab.backup.snapshot import TeamData
 from cubelab.config import Team
+from cubelab.install import hub_env, proxy_binary, services_env
 from cubelab.passwords import PasswordFile, verify_password
 from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import write_private
@@ -89,16 +91,17 @@ class Maintenance:
         if manifest.get("secrets"):
             self._restore_secrets(repo, manifest, chosen, whole, force)
         # Storage running and every team provisioned: a fresh deployment starts empty, a stopped one starts.
-        backend.up()
+        if not all(row.healthy for row in backend.status()):
+            backend.up()
         with backend.procs.lock("maintenance"), backend.procs.lock():
             data = [self._team(backend.config.team(name)) for name in chosen]
-            snapshot.refuse_non_empty(data, force)
+            present = snapshot.refuse_non_empty(data, force)
             if backend.procs.stop(supervisor.NAME):
                 self.progress("supervisor stopped for the restore")
             for team in data:
                 if backend.procs.stop(backend.config.team(team.name).service):
                     self.progress(f"team {team.name}: tracking server stopped for the restore")
-                snapshot.put_back_team(repo, manifest, team, self.progress)
+                snapshot.put_back_team(repo, manifest, team, present[team.name], self.progress)
             if whole:
                 self._restore_hub(repo, manifest)
         backend.up()  # everything back, with the restored data
@@ -145,3 +148,49 @@ class Maintenance:
             restored += 1
         note = " (--force replaces them)" if kept and not force else ""
         self.progress(f"secrets: {restored} restored, {kept} existing kept{note}")
+
+    # -- upgrade --------------------------------------------------------------------------------
+    def upgrade(self, location: str | None) -> list[str]:
+        """New environments, a backup (unless location is None), every database migrated with the servers
+        stopped, then everything started. A failed migration stops with the team and the restore command."""
+        backend, install = self.backend, self.backend.paths.install
+        venv = services_env(install, self.progress)
+        hub_venv = hub_env(install, self.progress)
+        backend.start_storage()
+        restore = "a backup from before the upgrade"
+        if location is not None:
+            repo, manifest = self.backup(location)
+            restore = f"{repo.location}/snapshots/{manifest['id']}"
+        reports = []
+        with backend.procs.lock("maintenance"), backend.procs.lock():
+            for name in (supervisor.NAME, hub_module.NAME, *(t.service for t in backend.config.teams)):
+                if backend.procs.stop(name):
+                    self.progress(f"{name} stopped for the upgrade")
+            service = plan.migrate_service(backend.config, backend.tracking.addresses())
+            env = plan.resolve(service.env, {"POSTGRES_PASSWORD": backend.postgres.password()}.__getitem__)
+            env |= {"POSTGRES_USER": SUPERUSER, "HOME": str(backend.paths.home), "LANG": "C.UTF-8"}
+            for team in backend.config.teams:
+                argv = [str(venv / "bin/python"), *service.command[1:], team.name]
+                done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600, check=False)
+                if done.returncode != 0:
+                    why = (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1]
+                    raise BackupError(
+                        f"upgrade stopped: team {team.name}: {why}\nThe tracking servers and the hub are stopped; "
+                        "teams before it in the config are migrated. To put this team back as it was:\n"
+                        f"  cubelab restore {restore} --team {team.name} --force\n"
+                        "then run the old release's `cubelab up`, or fix the cause and run `cubelab upgrade` again."
+                    )  # fmt: skip
+                reports.append(done.stdout.strip().splitlines()[-1])
+                self.progress(reports[-1])
+            launch = backend.hub.launch(hub_venv, proxy_binary(install), self.progress)
+            argv = [launch.argv[0], "upgrade-db", *launch.argv[1:]]
+            done = subprocess.run(argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, timeout=600,
+                                  check=False)  # fmt: skip
+            if done.returncode != 0:
+                raise BackupError(f"upgrade stopped: the hub's database (jupyterhub upgrade-db): "
+                                  f"{done.stderr.strip()[-1500:]}\nThe team databases are migrated. To put "
+                                  f"everything back as it was: cubelab restore {restore} --force")  # fmt: skip
+            reports.append("hub database: current (jupyterhub upgrade-db)")
+            self.progress(reports[-1])
+        backend.up()
+        return reports

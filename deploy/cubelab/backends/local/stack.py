@@ -78,12 +78,24 @@ class LocalBackend:
         self._write_description()
         self.progress(f"platform up in {time.monotonic() - started:.1f} s; hub at {self.hub.url}")
 
-    def _start_all(self, programs: Programs) -> None:
+    def start_storage(self) -> None:
+        """Only Postgres and SeaweedFS, from what `up` installs: for maintenance that must not start the servers
+        (`cubelab upgrade` migrates the databases before any tracking server of the new release starts)."""
+        self.paths.create()
+        programs = Programs(services_env(self.paths.install, self.progress), self.paths.install / "hub",
+                            proxy_binary(self.paths.install))  # fmt: skip
+        with self.procs.lock():
+            self._start_storage(programs)
+
+    def _start_storage(self, programs: Programs) -> None:
         self.postgres.prepare(self.progress)
         self._bring_up([self._service(pg.NAME, programs)])
         identities_changed = self.s3.prepare(self.progress)
         if not self._bring_up([self._service(seaweed.NAME, programs)]) and identities_changed:
             self.s3.reload()
+
+    def _start_all(self, programs: Programs) -> None:
+        self._start_storage(programs)
         for team in self.config.teams:
             self.postgres.provision_team(team, self.tracking.db_password(team))
             self.s3.ensure_bucket(team)
@@ -261,6 +273,10 @@ class LocalBackend:
 
     def restore(self, location: str, teams: list[str] | None = None, force: bool = False) -> dict[str, Any]:
         return Maintenance(self).restore(location, teams, force)
+
+    def upgrade(self, location: str | None) -> list[str]:
+        """Back up (into location; None: no backup), migrate every database to the installed release, start."""
+        return Maintenance(self).upgrade(location)
 
     def log_path(self, service: str) -> Path:
         names = {pg.NAME, seaweed.NAME, hub.NAME} | {t.service for t in self.config.teams}
