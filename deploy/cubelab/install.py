@@ -149,10 +149,18 @@ def _package_files(roots: tuple[Path, ...]) -> list[Path]:
     return files
 
 
+SERVICES, HUB = "services", "hub"  # the environments' folders under the install dir
+
+
+def installed(install_dir: Path) -> tuple[Path, Path]:
+    """Where services_env and hub_env install (the supervisor restarts from these without installing)."""
+    return install_dir / SERVICES, install_dir / HUB
+
+
 def services_env(install_dir: Path, progress: Progress) -> Path:
     """As root the tracking servers run as their own system accounts: a copy on Debian's Python they can read."""
     root = os.geteuid() == 0
-    return python_env(install_dir, "services", SOURCE_DIR / "requirements" / "services.txt", progress,
+    return python_env(install_dir, SERVICES, SOURCE_DIR / "requirements" / "services.txt", progress,
                       python=user_python(), copy=root)  # fmt: skip
 
 
@@ -166,7 +174,7 @@ def user_python() -> str:
 def hub_env(install_dir: Path, progress: Progress) -> Path:
     return python_env(
         install_dir,
-        "hub",
+        HUB,
         SOURCE_DIR / "requirements" / "hub.txt",
         progress,
         python=user_python(),

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -23,16 +22,9 @@ from scratch import ScratchStacks  # deploy/tests/scratch.py
 from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.supervisor import restart_pause, rotate
 from cubelab.config import Supervision
+from cubelab.procs import wait_until
 
 POLICY = {"max_restarts": 3, "window_seconds": 600, "max_pause_seconds": 1, "log_max_mb": 0.05, "log_keep": 2}
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def test_a_service_that_cannot_come_back_is_left_down_with_its_reason(stack: Loc
         def given_up() -> bool:
             return bool(next(r for r in stack.status() if r.name == team.service).note)
 
-        eventually(given_up, 60, "giving up")
+        wait_until(given_up, 60, what="giving up", interval=0.3)
         took = time.monotonic() - t0
         row = next(r for r in stack.status() if r.name == team.service)
         assert row.restarts == 3 and row.pid is None and not row.healthy
@@ -95,7 +87,7 @@ def test_a_killed_service_comes_back_by_itself(stack: LocalBackend) -> None:
         row = next(r for r in stack.status() if r.name == "hub")
         return row.healthy and row.pid != record.pid
 
-    eventually(serving, 60, "the hub's restart")
+    wait_until(serving, 60, what="the hub's restart", interval=0.3)
     print(f"hub serving again {time.monotonic() - t0:.1f} s after SIGKILL")
     assert requests.get(f"{stack.hub.url}/hub/api/", timeout=10).status_code == 200
     log = (stack.paths.logs / "supervisor.log").read_text()
@@ -110,14 +102,15 @@ def test_logs_are_rotated_while_the_services_write_on(stack: LocalBackend) -> No
     log = stack.paths.logs / "hub.log"
     with open(log, "a") as fh:
         fh.write("filler line of an old log\n" * 4000)  # ~100 KB, twice log_max_mb
-    eventually(lambda: log.with_name("hub.log.1").exists() and log.stat().st_size < 52_000, 10, "rotation")
+    rotated = lambda: log.with_name("hub.log.1").exists() and log.stat().st_size < 52_000  # noqa: E731
+    wait_until(rotated, 10, what="rotation", interval=0.3)
     assert "filler line" in log.with_name("hub.log.1").read_text()
     marker = f"/hub/api/?after-rotation-{time.time_ns()}"
     requests.get(f"{stack.hub.url}{marker}", timeout=10)
-    eventually(lambda: marker.split("?")[1] in log.read_text(), 10, "the hub writing into its rotated log")
+    wait_until(lambda: marker.split("?")[1] in log.read_text(), 10, what="the hub writing into its log", interval=0.3)
     with open(log, "a") as fh:
         fh.write("second filler\n" * 8000)
-    eventually(lambda: log.with_name("hub.log.2").exists(), 10, "the second rotation")
+    wait_until(lambda: log.with_name("hub.log.2").exists(), 10, what="the second rotation", interval=0.3)
     assert not log.with_name("hub.log.3").exists()  # log_keep: 2
 
 

@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := set(names) - {*settings, "_MLFLOW_STATIC_PREFIX"}:
         raise SystemExit(f"cubelab: this mlflow reads settings cubelab does not set: {sorted(unknown)}")
 
-    # Creates the schema on a new database and runs migrations on an old one.
+    # Creates the schema on a new database. On an older one, mlflow migrates by itself only when the new release
+    # added tables, and otherwise refuses to start: `cubelab upgrade` (and Helm's pre-upgrade Job) migrate
+    # explicitly, after a backup, before a new server starts.
     initialize_backend_stores(store_uri, store_uri, "mlflow-artifacts:/")
 
     import uvicorn

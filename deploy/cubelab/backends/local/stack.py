@@ -25,7 +25,7 @@ from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig, Team
-from cubelab.install import hub_env, kernel_envs, proxy_binary, proxy_command, services_env
+from cubelab.install import hub_env, installed, kernel_envs, proxy_binary, proxy_command, services_env
 from cubelab.procs import (
     Launch,
     ProcessRecord,
@@ -82,8 +82,8 @@ class LocalBackend:
         """Only Postgres and SeaweedFS, from what `up` installs: for maintenance that must not start the servers
         (`cubelab upgrade` migrates the databases before any tracking server of the new release starts)."""
         self.paths.create()
-        programs = Programs(services_env(self.paths.install, self.progress), self.paths.install / "hub",
-                            proxy_binary(self.paths.install))  # fmt: skip
+        _services, hub_venv = installed(self.paths.install)
+        programs = Programs(services_env(self.paths.install, self.progress), hub_venv, proxy_binary(self.paths.install))
         with self.procs.lock():
             self._start_storage(programs)
 
@@ -124,7 +124,7 @@ class LocalBackend:
         if record := self.procs.get(name):
             kill_leftovers(record, str(self.paths.root))  # children of a killed leader hold ports and files
         install = self.paths.install
-        programs = Programs(install / "services", install / "hub", proxy_binary(install))
+        programs = Programs(*installed(install), proxy_binary(install))
         launch, healthy = self._service(name, programs)
         started = self.procs.ensure(launch, self.progress)
         return (started, healthy) if started else (None, None)
@@ -249,7 +249,7 @@ class LocalBackend:
         """Permanently remove the runs and experiments members deleted, and their artefacts: per team, in its
         tracking server's environment and account (its database role and S3 keys only). Returns the reports."""
         chosen = [self.config.team(name) for name in teams] if teams else list(self.config.teams)
-        venv = self.paths.install / "services"
+        venv, _hub = installed(self.paths.install)
         reports = []
         with self.procs.lock("maintenance"):  # never while a backup copies what the dump refers to
             for team in chosen:
