@@ -22,6 +22,9 @@ from pathlib import Path
 
 import psutil
 
+# How long a restart waits for the ports of the process it replaces to be released.
+PORT_GRACE = 10.0
+
 
 class StartError(Exception):
     """A service did not come up. Names the service, says why and carries the end of its log."""
@@ -164,6 +167,14 @@ class ProcessTable:
             self.stop(launch.name)
         if launch.before_start:  # first: it may clear what an earlier, crashed run left holding the ports
             launch.before_start()
+        if record is not None:
+            # The service ran until a moment ago (stopped above, died, or its leftovers just killed): what it
+            # started may still be closing its sockets. A port held for longer is someone else's.
+            try:
+                wait_until(lambda: not any(port_owner(p) for p in launch.ports), PORT_GRACE,
+                           what=f"{launch.name}'s ports to be released")  # fmt: skip
+            except StartError:
+                pass
         for port, setting in launch.ports.items():
             if owner := port_owner(port):
                 raise StartError(launch.name, f"port {port} ({setting}) is in use by {owner}")

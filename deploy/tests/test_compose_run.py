@@ -108,3 +108,31 @@ def test_users_containers_reach_the_s3_api_and_no_other_storage_port(deployment:
     storage_network = next(iter(_addresses(store)))
     from_inside = _probe(storage_network, [(store_ip, 8888)])
     assert from_inside == {f"{store_ip}:8888": "answered"}
+
+
+def test_backup_service_backs_up_and_restores_the_compose_deployment(deployment: Path) -> None:
+    """What README and docs/operations.md tell compose operators to run: a backup into the backups volume, then,
+    with the servers stopped, a restore of it; the deployment serves again afterwards. Last in this module:
+    it stops and starts the servers."""
+    env = compose.read_env(deployment / ".env")
+
+    def maintenance(*args: str) -> str:
+        done = compose_project.podman_compose(deployment, "--profile", "maintenance", "run", "--rm", *args,
+                                              timeout=600)  # fmt: skip
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-3000:]
+        assert env["POSTGRES_PASSWORD"] not in out and env["TEAM_OCEAN_DB_PASSWORD"] not in out
+        return out
+
+    out = maintenance("backup")
+    assert "databases dumped: hub and 2 team(s)" in out and "complete" in out, out[-2000:]
+    servers = ["tracking-ocean", "tracking-land", "hub"]
+    assert compose_project.podman_compose(deployment, "stop", *servers).returncode == 0
+    out = maintenance("backup", "restore", "/backups", "--force")
+    assert "hub database and users' password hashes restored" in out and "complete" in out, out[-2000:]
+    assert compose_project.podman_compose(deployment, "start", *servers).returncode == 0
+    for service in servers:
+        compose_project.wait_healthy(f"{deployment.name}_{service}_1")
+    hub = f"http://127.0.0.1:{env['CUBELAB_HTTP_PORT']}"
+    _, page = login(hub, "alice", env["USER_ALICE_PASSWORD"])
+    assert page.status_code == 302, page.text[:300]

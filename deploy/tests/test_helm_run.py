@@ -115,6 +115,9 @@ def release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         runs = {name: cluster.run("Deployment", name) for name in deployments}
         for name, run in runs.items():
             cluster.wait_ready("Deployment", name, run)
+        # The pre-upgrade hook, as the next `helm upgrade` runs it (here with the same image: nothing to migrate).
+        code, log = cluster.wait_exit(cluster.run("Job", f"{RELEASE}-migrate"))
+        assert code == 0 and "team ocean: mlflow" in log and "already current" in log, log[-4000:]
         # What users see as up: the hub and the teams' servers through the proxy's Service.
         webflows.run_script(cluster.network, built["tracking"], webflows.READY, "http://proxy-public", "ocean", "land",
                             hosts=cluster.hosts)  # fmt: skip
