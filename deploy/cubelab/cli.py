@@ -124,9 +124,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backups(args: argparse.Namespace, backend: LocalBackend) -> str:
+    """Where backups go: --to, else backups/ beside the config."""
+    return args.to or str(Path(backend.config.path).parent / "backups")
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    location = args.to or str(Path(backend.config.path).parent / "backups")
+    location = _backups(args, backend)
     repo, manifest = backend.backup(location, args.with_secrets)
     sid = manifest["id"]
     teams = manifest["teams"]
@@ -148,7 +153,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     backend = _backend(args)
-    location = None if args.no_backup else args.to or str(Path(backend.config.path).parent / "backups")
+    location = None if args.no_backup else _backups(args, backend)
     for line in backend.upgrade(location):
         print(line)
     return 0

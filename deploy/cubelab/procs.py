@@ -287,7 +287,7 @@ def kill_leftovers(record: ProcessRecord, marker: str) -> list[int]:
             found.append(proc)
         except (OSError, psutil.Error):
             continue
-    psutil.wait_procs(found, timeout=5)
+    _wait_gone(found, 5)
     _reap(record.pid)
     return [p.pid for p in found]
 
@@ -398,8 +398,7 @@ def kill_marked(marker: str, timeout: float = 10.0, spare: str | None = None, on
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(found, timeout=timeout)
-    for proc in alive:
+    for proc in _wait_gone(found, timeout):
         try:
             proc.kill()
         except psutil.NoSuchProcess:

@@ -213,10 +213,6 @@ def backup_bucket(s3: Any, bucket: str, repo: Repository, previous: Iterable[dic
     return index, counts
 
 
-def bucket_is_empty(s3: Any, bucket: str) -> bool:
-    return not s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents")
-
-
 def restore_bucket(s3: Any, bucket: str, repo: Repository, index: list[dict[str, Any]], progress: Progress,
                    label: str, present: Iterable[str]) -> dict[str, int]:  # fmt: skip
     """Put every indexed object back under its key, checking each one's digest, then remove the objects the

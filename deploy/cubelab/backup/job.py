@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cubelab.backup import snapshot
 from cubelab.backup.engine import Database
-from cubelab.backup.repository import BackupError, FolderRepository, locate_snapshot, open_repository
+from cubelab.backup.repository import BackupError, locate_snapshot, open_repository
 from cubelab.backup.snapshot import TeamData
 from cubelab.config import Team
 from cubelab.provision import HUB_DATABASE, HUB_ROLE, TeamSecrets
@@ -64,9 +64,7 @@ def _hub() -> Database | None:
 
 
 def backup(location: str) -> None:
-    repo = open_repository(location)
-    if isinstance(repo, FolderRepository):
-        repo.create()
+    repo = open_repository(location)  # a folder is made (0700) on the first write
     files = {}
     if (passwords := os.environ.get("CUBELAB_PASSWORDS_FILE")) and Path(passwords).exists():
         files[PASSWORDS] = (Path(passwords).read_text(), True)

@@ -14,10 +14,10 @@ from cubelab.backends.local import supervisor
 from cubelab.backends.local.postgres import SUPERUSER, server_bindir
 from cubelab.backup import snapshot
 from cubelab.backup.engine import Database
-from cubelab.backup.repository import BackupError, FolderRepository, Repository, locate_snapshot, open_repository
+from cubelab.backup.repository import BackupError, Repository, locate_snapshot, open_repository
 from cubelab.backup.snapshot import TeamData
 from cubelab.config import Team
-from cubelab.install import hub_env, proxy_binary, services_env
+from cubelab.install import hub_env, installed, proxy_binary
 from cubelab.passwords import PasswordFile, verify_password
 from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import write_private
@@ -53,9 +53,7 @@ class Maintenance:
         backend = self.backend
         if not backend.postgres.healthy() or not backend.s3.healthy():
             raise BackupError("Postgres and SeaweedFS must be running for a backup: run `cubelab up` first")
-        repo = open_repository(location)
-        if isinstance(repo, FolderRepository):
-            repo.create()
+        repo = open_repository(location)  # a folder is made (0700) on the first write
         files = {CONFIG: (Path(backend.config.path).read_text(), False)}
         passwords = backend.paths.hub / PASSWORDS
         if passwords.exists():
@@ -154,9 +152,9 @@ class Maintenance:
         """New environments, a backup (unless location is None), every database migrated with the servers
         stopped, then everything started. A failed migration stops with the team and the restore command."""
         backend, install = self.backend, self.backend.paths.install
-        venv = services_env(install, self.progress)
         hub_venv = hub_env(install, self.progress)
-        backend.start_storage()
+        backend.start_storage()  # installs the services environment too
+        venv, _hub = installed(install)
         restore = "a backup from before the upgrade"
         if location is not None:
             repo, manifest = self.backup(location)
