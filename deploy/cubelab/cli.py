@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +43,10 @@ def _backend(args: argparse.Namespace) -> LocalBackend:
 
 def cmd_up(args: argparse.Namespace) -> int:
     backend = _backend(args)
+    if getattr(args, "with_monitoring", False):
+        config = dataclasses.replace(backend.config, monitoring=dataclasses.replace(backend.config.monitoring,
+                                                                                     enabled=True))  # fmt: skip
+        backend = LocalBackend(config, progress=backend.progress)
     _progress(f"config {backend.config.path}; state in {backend.config.state_dir}")
     try:
         backend.up()
@@ -205,9 +210,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="install what is missing, start every service, provision every team").set_defaults(
-        func=cmd_up
-    )
+    up = sub.add_parser("up", help="install what is missing, start every service, provision every team")
+    up.add_argument("--with-monitoring", action="store_true",
+                    help="also run Prometheus, scraping the hub and every tracking server (for this `up`; set "
+                         "monitoring.enabled in the config to keep it: a later `up` or `apply` without either stops "
+                         "it)")  # fmt: skip
+    up.set_defaults(func=cmd_up)
     apply = (
         "make the running stack match the config: new teams get their database, bucket and server, membership "
         "changes go through the hub's API (no restart); the hub restarts only when teams, login or hub settings "

@@ -80,9 +80,10 @@ class Ports:
     s3: int = 18333
     tracking: int = 15100
     hub: int = 18000
+    prometheus: int = 19090
 
     # How many consecutive ports each shared service takes from its base port.
-    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3}
+    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3, "prometheus": 1}
     # SeaweedFS serves gRPC on each of its HTTP ports + 10000.
     GRPC_OFFSET: ClassVar[int] = storage.GRPC_OFFSET
 
@@ -118,6 +119,17 @@ class Supervision:
     max_pause_seconds: float = 30
     log_max_mb: float = 50
     log_keep: int = 3
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Metrics and Prometheus (cubelab.monitoring); see platform.schema.json."""
+
+    enabled: bool = False
+    scrape_interval_seconds: int = 15
+    retention_days: int = 15
+    sizes_every_seconds: int = 60
+    service_monitor: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,7 @@ class PlatformConfig:
     storage: Storage = field(default_factory=Storage)
     ports: Ports = field(default_factory=Ports)
     supervision: Supervision = field(default_factory=Supervision)
+    monitoring: Monitoring = field(default_factory=Monitoring)
     hub: Hub = field(default_factory=Hub)
     containers: Containers = field(default_factory=Containers)
 
@@ -487,6 +500,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         storage=storage,
         ports=ports,
         supervision=Supervision(**data.get("supervision", {})),
+        monitoring=Monitoring(**data.get("monitoring", {})),
         hub=hub,
         containers=_build_containers(data.get("containers", {})),
     )

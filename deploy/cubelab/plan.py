@@ -10,10 +10,12 @@ variables set from Secrets. The names are `cubelab.provision.TeamSecrets`' and `
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from cubelab import storage
 from cubelab.config import PlatformConfig, Team
@@ -27,6 +29,11 @@ CONTAINER_PORTS = {"hub": 8000, "hub_api": 8081, "tracking": 5000, "s3": storage
 # The hub's own secrets, for the targets that run the hub themselves (embedded, compose).
 ADMIN_TOKEN, HUB_DB_PASSWORD, HUB_COOKIE_SECRET, HUB_PROXY_TOKEN = (
     "CUBELAB_ADMIN_TOKEN", "HUB_DB_PASSWORD", "HUB_COOKIE_SECRET", "HUB_PROXY_TOKEN")  # fmt: skip
+# The token of the hub service render.METRICS_SERVICE (read:metrics only): what Prometheus scrapes with.
+METRICS_TOKEN = "CUBELAB_METRICS_TOKEN"  # noqa: S105 - a variable name
+# Where the metrics are served: the hub's own path (JupyterHub's), and each tracking server's, outside its
+# service prefix so the hub's proxy never routes to it.
+HUB_METRICS_PATH, TRACKING_METRICS_PATH = "/hub/metrics", "/metrics"
 S3_REGION = "us-east-1"
 
 
@@ -142,6 +149,10 @@ def tracking_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[st
         "CUBELAB_TEAM_NAME": team.name,
         # Team authentication (cubelab.tracking.auth): the hub decides who is a member.
         "CUBELAB_SERVICE_TOKEN": ref(t.hub_token),
+        # Metrics (cubelab.tracking.metrics): served at TRACKING_METRICS_PATH to this token only.
+        "CUBELAB_METRICS_TOKEN": ref(METRICS_TOKEN),
+        "CUBELAB_METRICS_PATH": TRACKING_METRICS_PATH,
+        "CUBELAB_SIZES_EVERY_SECONDS": str(config.monitoring.sizes_every_seconds),
         "CUBELAB_HUB_API_URL": addr.hub_api,
         "CUBELAB_HUB_PUBLIC_URL": addr.public_url,
         "CUBELAB_SERVICE_URL": render.service_url(config, team, addr.public_url),
@@ -198,6 +209,7 @@ def hub_settings(config: PlatformConfig, addr: Addresses, files: HubFiles) -> di
     tokens = {t.name: ref(TeamSecrets(t.name).hub_token) for t in config.teams}
     services = render.team_services(config, dict(addr.tracking), tokens, addr.public_url)
     services.append({"name": render.ADMIN_SERVICE, "api_token": ref(ADMIN_TOKEN)})
+    services.append({"name": render.METRICS_SERVICE, "api_token": ref(METRICS_TOKEN)})
     culler = files.culler is not None and config.hub.cull_idle_seconds > 0
     if culler:
         services.append(files.culler)
@@ -217,6 +229,46 @@ def hub_settings(config: PlatformConfig, addr: Addresses, files: HubFiles) -> di
         config, passwords_file=files.passwords, client_secret_file=files.client_secret,
         callback_url=f"{addr.public_url}/hub/oauth_callback",
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One metrics endpoint: Prometheus's job and labels for it, and its URL as the target reaches it."""
+
+    job: str
+    url: str
+    labels: Mapping[str, str]
+
+
+def scrape_targets(config: PlatformConfig, addr: Addresses) -> list[ScrapeTarget]:
+    """Every metrics endpoint of a deployment, all read with the METRICS_TOKEN: the hub's (straight, not through
+    its proxy, so a proxy outage does not hide the hub) and each team's tracking server's."""
+    hub = addr.hub_api.removesuffix("/api").removesuffix("/hub")
+    out = [ScrapeTarget("hub", f"{hub}{HUB_METRICS_PATH}", {})]
+    out += [ScrapeTarget("tracking", f"{addr.tracking[t.name]}{TRACKING_METRICS_PATH}", {"team": t.name})
+            for t in config.teams]  # fmt: skip
+    return out
+
+
+def prometheus_config(config: PlatformConfig, addr: Addresses, token_file: str) -> dict[str, Any]:
+    """Prometheus's configuration for a deployment's targets: one scrape job per kind of endpoint, each target
+    labelled with its team, the bearer token read from token_file."""
+    interval = f"{config.monitoring.scrape_interval_seconds}s"
+    jobs: dict[str, dict[str, Any]] = {}
+    for target in scrape_targets(config, addr):
+        parts = urlsplit(target.url)
+        job = jobs.setdefault(target.job, {
+            "job_name": target.job, "scheme": parts.scheme, "metrics_path": parts.path,
+            "scrape_interval": interval, "scrape_timeout": f"{min(10, config.monitoring.scrape_interval_seconds)}s",
+            "authorization": {"type": "Bearer", "credentials_file": token_file}, "static_configs": [],
+        })  # fmt: skip
+        job["static_configs"].append({"targets": [parts.netloc], "labels": dict(target.labels)})
+    return {"global": {"scrape_interval": interval}, "scrape_configs": list(jobs.values())}
+
+
+def metrics_description(config: PlatformConfig, addr: Addresses) -> dict[str, Any]:
+    """The metrics part of a deployment description (platform_tests scrape every target); no token."""
+    return {"targets": [{"job": t.job, "url": t.url, "labels": dict(t.labels)} for t in scrape_targets(config, addr)]}
 
 
 def hub_state(addr: Addresses) -> dict[str, str]:
@@ -291,6 +343,8 @@ def describe_env(config: PlatformConfig, addr: Addresses, *, backend: str, hub_u
         "CUBELAB_ADMINS": " ".join(config.admins),
         "CUBELAB_ARTIFACT_PREFIX": config.storage.artifact_prefix,
         "CUBELAB_USERS": " ".join(u.name for u in config.users),
+        "CUBELAB_METRICS_TOKEN": ref(METRICS_TOKEN),
+        "CUBELAB_METRICS_TARGETS": json.dumps(metrics_description(config, addr)["targets"]),
     }
     for team in config.teams:
         t = TeamSecrets(team.name)

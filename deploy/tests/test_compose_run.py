@@ -28,7 +28,7 @@ from platform_tests.hubclient import login
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = [
     f"platform_tests/test_{name}.py"
-    for name in ("tracking", "storage", "access", "artifacts", "hub", "isolation", "faults")
+    for name in ("tracking", "storage", "access", "artifacts", "metrics", "hub", "isolation", "faults")
 ]
 
 

@@ -466,3 +466,41 @@ def test_every_long_running_container_has_liveness_and_readiness_probes(release_
         "StatefulSet/cubelab-s3/seaweedfs",
         "Deployment/cubelab-tracking-ocean/tracking",
     } <= set(checked), checked
+
+
+def test_service_monitors_read_the_plans_endpoints_with_the_metrics_token(release_chart: Path, tmp_path: Path) -> None:
+    """Off by default; on, one ServiceMonitor for the tracking servers and one for zero-to-jupyterhub's hub, both
+    selecting Services this release has, on ports those Services name, with the hub Secret's metrics token."""
+    values = team_values(tmp_path)
+    assert not any(d["kind"] == "ServiceMonitor" for d in template(release_chart, values, {}, tmp_path))
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    site = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "scrapers": [scraper]}}
+    docs = template(release_chart, values, site, tmp_path)
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    token = {"name": "cubelab-hub", "key": "metrics-token"}
+    assert "metrics-token" in named["Secret", "cubelab-hub"]["data"]
+    for name, path, services in (("cubelab-tracking", plan.TRACKING_METRICS_PATH,
+                                  ["cubelab-tracking-ocean", "cubelab-tracking-land"]),
+                                 ("cubelab-hub", plan.HUB_METRICS_PATH, ["hub"])):  # fmt: skip
+        monitor = named["ServiceMonitor", name]
+        assert (
+            monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["labels"]["release"] == "prom"
+        )
+        endpoint = monitor["spec"]["endpoints"][0]
+        assert endpoint["path"] == path and endpoint["authorization"] == {"type": "Bearer", "credentials": token}
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"
+                    and selector.items() <= d["metadata"]["labels"].items()]  # fmt: skip
+        assert sorted(selected) == sorted(services)
+        for service in services:
+            assert endpoint["port"] in [p["name"] for p in named["Service", service]["spec"]["ports"]]
+    for team in ("ocean", "land"):
+        container = named["Deployment", f"cubelab-tracking-{team}"]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env[plan.METRICS_TOKEN]["valueFrom"]["secretKeyRef"] == token
+        assert env["CUBELAB_METRICS_PATH"]["value"] == plan.TRACKING_METRICS_PATH
+        assert scraper in named["NetworkPolicy", f"cubelab-tracking-{team}"]["spec"]["ingress"][0]["from"]
+    settings = json.loads(
+        yaml.safe_load(values.read_text())["jupyterhub"]["hub"]["extraEnv"]["CUBELAB_HUB_SETTINGS_JSON"]
+    )
+    assert {"name": "cubelab-metrics", "api_token": plan.ref(plan.METRICS_TOKEN)} in settings["services"]

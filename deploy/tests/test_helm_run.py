@@ -41,7 +41,7 @@ HELM = Path(sys.prefix) / "tools" / "helm"
 Z2JH_CHART = ROOT.parent / "shared" / "reference" / "charts" / "jupyterhub-4.4.0.tgz"
 RELEASE = "cubelab"
 # What the release's test pod runs here: platform_tests that need no user server (see the module docstring).
-SUITE = [f"platform_tests/test_{name}.py" for name in ("tracking", "storage", "access", "artifacts")]
+SUITE = [f"platform_tests/test_{name}.py" for name in ("tracking", "storage", "access", "artifacts", "metrics")]
 # z2jh's helpers for a real cluster's scheduling and image pulls: nothing to do without one. And deleting a hub
 # user makes KubeSpawner delete the user's volume claim through the API server, which is not here.
 SITE = {"jupyterhub": {"prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},

@@ -37,7 +37,7 @@ BACKUPS = "/backups"
 IDENTITIES_DIR = str(Path(plan.IDENTITIES_FILE).parent)
 OIDC_SECRET = Path("/run/secrets/oidc-client-secret")  # compose mounts secrets under /run/secrets/
 PLATFORM_VARS = (*EXTERNAL_VARS["postgres"], *EXTERNAL_VARS["s3"], plan.HUB_DB_PASSWORD, plan.HUB_COOKIE_SECRET,
-                 plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN)  # fmt: skip
+                 plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN, plan.METRICS_TOKEN)  # fmt: skip
 
 
 def _ref(name: str, operators: bool = False) -> str:
@@ -62,7 +62,8 @@ def secret_names(config: PlatformConfig) -> dict[str, Any]:
     hex_token = lambda: secrets.token_hex(32)  # noqa: E731
     names: dict[str, Any] = dict.fromkeys(PLATFORM_VARS, new_password)
     names["S3_ADMIN_ACCESS_KEY"] = new_access_key
-    names[plan.HUB_COOKIE_SECRET] = names[plan.HUB_PROXY_TOKEN] = names[plan.ADMIN_TOKEN] = hex_token
+    for name in (plan.HUB_COOKIE_SECRET, plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN, plan.METRICS_TOKEN):
+        names[name] = hex_token
     for service in _external(config):
         for name in EXTERNAL_VARS[service]:
             del names[name]

@@ -31,6 +31,7 @@ def secret_sources(config: PlatformConfig, release: str) -> dict[str, tuple[str,
     """Each secret variable of the plan -> (Kubernetes Secret, key) it comes from. The chart generates these
     Secrets, except RELEASE-postgres and RELEASE-s3-admin for an external Postgres or S3 (you create them)."""
     sources = {plan.ADMIN_TOKEN: (f"{release}-hub", "admin-token"),
+               plan.METRICS_TOKEN: (f"{release}-hub", "metrics-token"),
                "POSTGRES_PASSWORD": (f"{release}-postgres", "password"),
                "S3_ADMIN_ACCESS_KEY": (f"{release}-s3-admin", "access-key"),
                "S3_ADMIN_SECRET_KEY": (f"{release}-s3-admin", "secret-key")}  # fmt: skip
@@ -161,6 +162,9 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
                      "user": plan.postgres_superuser(config)},
         "s3": {"bundled": config.containers.s3 is None, "endpoint": addr.s3},
         "trackingPort": plan.CONTAINER_PORTS["tracking"],
+        "monitoring": {"trackingPath": plan.TRACKING_METRICS_PATH, "hubPath": plan.HUB_METRICS_PATH,
+                       "serviceMonitor": {"enabled": config.monitoring.service_monitor,
+                                          "interval": f"{config.monitoring.scrape_interval_seconds}s"}},
         # The chart's one-shot containers, rendered from the plan like the tracking servers.
         "commands": {"provision": list(provision.command), "s3Identities": list(identities.command),
                      "gc": list(plan.GC_COMMAND), "backup": list(plan.BACKUP_COMMAND),

@@ -8,6 +8,9 @@ from cubelab import urls
 from cubelab.config import PlatformConfig, Team
 
 ADMIN_SERVICE = "cubelab"
+# The scraper's identity: a hub service whose only scope is read:metrics. Its token opens /hub/metrics and every
+# tracking server's /metrics, and nothing else.
+METRICS_SERVICE = "cubelab-metrics"
 # What an operator may do: JupyterHub's admin page, reading users, servers and groups, stopping servers. Not
 # `tokens` (a token of a member opens the team's data), not `admin:users` or `groups` (membership is access).
 OPERATOR_SCOPES = ["admin-ui", "list:users", "read:users", "read:servers", "delete:servers", "list:groups",
@@ -55,6 +58,12 @@ def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
         "description": "cubelab itself: syncs users and groups, issues tokens for tests",
         "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "list:users", "read:users"],
         "services": [ADMIN_SERVICE],
+    })  # fmt: skip
+    out.append({
+        "name": METRICS_SERVICE,
+        "description": "Prometheus: read the hub's metrics (the tracking servers accept the same token)",
+        "scopes": ["read:metrics"],
+        "services": [METRICS_SERVICE],
     })  # fmt: skip
     if config.operators:
         out.append({

@@ -52,6 +52,9 @@ MAX_JSON_BODY = int(os.environ.get("CUBELAB_MAX_JSON_BODY", str(16 << 20)))
 # Artefact uploads: mlflow's WSGI bridge holds a whole upload in memory; bigger files need multipart uploads.
 MAX_UPLOAD_BODY = int(os.environ.get("CUBELAB_MAX_UPLOAD_BODY", str(2 << 30)))
 THREAD_BODY = 256 << 10
+# Where the handler a request was classified to is written for cubelab.tracking.metrics, which counts requests by
+# it: a dict the metrics middleware puts into the scope (shared by the copies of the scope made here).
+ROUTE_KEY = "cubelab.route"
 
 
 class IdentityUnavailable(Exception):
@@ -363,10 +366,15 @@ class TeamAuthMiddleware:
         scope = {**scope, "method": str(scope.get("method", "GET")).upper()}
         path = scope.get("path", "")
         local = path[len(self.settings.prefix) :] if path.startswith(self.settings.prefix) else path
+        counted = scope.get(ROUTE_KEY)
         if local == "/oauth_callback":
+            if counted is not None:
+                counted["handler"] = "oauth_callback"
             await self._oauth_callback(scope, send)
             return
         route = classify(self.routing_app, scope)
+        if counted is not None:
+            counted["handler"] = route.handler
         if route.rule is Rule.PUBLIC:
             await self.app(scope, receive, send)
             return

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         served = wrap(app)
     else:
         print("cubelab: CUBELAB_HUB_API_URL is not set: this tracking server runs WITHOUT authentication", flush=True)
+    from cubelab.tracking import metrics
+
+    served = metrics.wrap(served, store_uri)
     uvicorn.run(served, host=args.host, port=args.port, workers=1, access_log=False)
 
 

@@ -23,11 +23,12 @@ class FirewallError(Exception):
 
 
 class LoopbackGuard:
-    """An iptables chain, named after the stack's state directory, that only `allowed_uids` get through."""
+    """An iptables chain, named after the stack's state directory (and `part`, for a second set of ports with
+    other allowed accounts), that only `allowed_uids` get through."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, part: str = "") -> None:
         ident = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
-        self.chain = f"CUBELAB-{ident}"
+        self.chain = f"CUBELAB-{ident}" + (f"-{part[:9]}" if part else "")  # iptables allows 28 characters
 
     @staticmethod
     def needed() -> bool:

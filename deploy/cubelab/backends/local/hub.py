@@ -133,6 +133,7 @@ class LocalHub:
             plan.HUB_DB_PASSWORD: self.secrets.get("hub-db-password"),
             plan.HUB_COOKIE_SECRET: self.secrets.get("hub-cookie-secret", _token),
             plan.HUB_PROXY_TOKEN: self.secrets.get("hub-proxy-token", _token),
+            plan.METRICS_TOKEN: self.tracking.metrics_token(),
         }
         for team in self.config.teams:
             values |= self.tracking.secret_values(team)

@@ -16,10 +16,11 @@ from typing import Any
 from cubelab import plan
 from cubelab import procs as procs_module
 from cubelab.backends.base import Progress, ServiceStatus
-from cubelab.backends.local import hub, seaweed, supervisor
+from cubelab.backends.local import hub, monitoring, seaweed, supervisor
 from cubelab.backends.local import postgres as pg
 from cubelab.backends.local.hub import LocalHub
 from cubelab.backends.local.maintenance import Maintenance
+from cubelab.backends.local.monitoring import LocalPrometheus
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
@@ -62,6 +63,7 @@ class LocalBackend:
         self.s3 = LocalS3(config, self.paths, self.procs)
         self.tracking = LocalTracking(config, self.paths, self.procs, self.postgres, self.s3)
         self.hub = LocalHub(config, self.paths, self.procs, self.postgres, self.s3, self.tracking)
+        self.prometheus = LocalPrometheus(config, self.paths, self.tracking.metrics_token, self.tracking.addresses)
 
     # -- bringing things up -------------------------------------------------------------------
     def up(self) -> None:
@@ -74,6 +76,7 @@ class LocalBackend:
         with self.procs.lock():  # the supervisor waits until everything is as `up` leaves it
             self._start_all(programs)
             self._stop_removed_teams()
+            self._monitor(programs)
             self._supervise()
         self._write_description()
         self.progress(f"platform up in {time.monotonic() - started:.1f} s; hub at {self.hub.url}")
@@ -113,6 +116,11 @@ class LocalBackend:
             return self.s3.launch(str(programs.services / "bin/weed")), self.s3.healthy
         if name == hub.NAME:
             return self.hub.launch(programs.hub, programs.proxy, self.progress), self.hub.healthy
+        if name == monitoring.NAME:
+            program = monitoring.binary()
+            if program is None:
+                raise StartError(name, "the prometheus program is gone; `cubelab up` installs it again")
+            return self.prometheus.launch(program), self.prometheus.healthy
         for team in self.config.teams:
             if team.service == name:
                 return self.tracking.launch(team, programs.services), partial(self.tracking.healthy, team)
@@ -141,6 +149,16 @@ class LocalBackend:
         launch = Launch(supervisor.NAME, [sys.executable, "-m", "cubelab.supervise", str(self.config.path)], env,
                         self.paths.logs / "supervisor.log", self.paths.root, code=tuple(code))  # fmt: skip
         self._bring_up([(launch, lambda: True)])
+
+    def _monitor(self, programs: Programs) -> None:
+        """Prometheus beside the services when monitoring.enabled; stopped (its samples kept) when not."""
+        if not self.config.monitoring.enabled:
+            if self.procs.stop(monitoring.NAME):
+                self.progress("prometheus stopped (monitoring.enabled is false; its samples are kept)")
+            self.prometheus.unguard()
+            return
+        monitoring.ensure_installed(self.progress)
+        self._bring_up([self._service(monitoring.NAME, programs)])
 
     def apply(self) -> None:
         # Every step of `up` leaves running, unchanged services alone, so applying is bringing up again.
@@ -184,6 +202,7 @@ class LocalBackend:
                         self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
             kill_marked(str(self.paths.root))
             self.s3.unguard_internals()
+            self.prometheus.unguard()
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -204,6 +223,9 @@ class LocalBackend:
                 )
             )
             known.add(team.service)
+        if self.config.monitoring.enabled or self.procs.get(monitoring.NAME):
+            rows.append(self._row(monitoring.NAME, "monitoring", None, self.prometheus.url, self.prometheus.healthy))
+            known.add(monitoring.NAME)
         if self.config.supervision.enabled:
             rows.append(self._row(supervisor.NAME, "supervisor", None, "", lambda: True))
             known.add(supervisor.NAME)
@@ -279,7 +301,7 @@ class LocalBackend:
         return Maintenance(self).upgrade(location)
 
     def log_path(self, service: str) -> Path:
-        names = {pg.NAME, seaweed.NAME, hub.NAME} | {t.service for t in self.config.teams}
+        names = {pg.NAME, seaweed.NAME, hub.NAME, monitoring.NAME} | {t.service for t in self.config.teams}
         names |= {r.name for r in self.procs.all()}
         path = self.paths.logs / f"{service}.log"
         if service not in names and not path.exists():
@@ -312,6 +334,9 @@ class LocalBackend:
             "private_paths": [str(self.paths.secrets), str(self.paths.hub / "settings.json")],
             "users_isolated": self.hub.system_users,
             "teams": teams,
+            # Every metrics endpoint and the token that reads them (platform_tests/test_metrics.py).
+            "metrics": {"token": self.tracking.metrics_token()}
+            | plan.metrics_description(self.config, self.tracking.addresses()),
         }
 
     def _user_entry(self, name: str) -> dict[str, Any]:

@@ -77,6 +77,10 @@ class LocalTracking:
         """The server's hub service token (also its OAuth client secret)."""
         return self.secrets.get(f"teams/{team.name}/hub-service-token", lambda: secrets.token_hex(32))
 
+    def metrics_token(self) -> str:
+        """The token of the hub's metrics service (read:metrics): Prometheus scrapes the hub and the servers with it."""
+        return self.secrets.get("metrics-token", lambda: secrets.token_hex(32))
+
     def db_password(self, team: Team) -> str:
         return self.secrets.get(f"teams/{team.name}/db-password")
 
@@ -92,10 +96,11 @@ class LocalTracking:
         return plan.local_addresses(self.config, {t.name: self.port(t) for t in self.config.teams})
 
     def secret_values(self, team: Team) -> dict[str, str]:
-        """The team's secrets under the plan's names (cubelab.plan.team_secret_keys)."""
+        """The team's secrets under the plan's names (cubelab.plan.team_secret_keys), and the metrics token."""
         t, creds = TeamSecrets(team.name), self.s3.team_credentials(team)
         return {t.db_password: self.db_password(team), t.s3_access_key: creds.access_key,
-                t.s3_secret_key: creds.secret_key, t.hub_token: self.service_token(team)}  # fmt: skip
+                t.s3_secret_key: creds.secret_key, t.hub_token: self.service_token(team),
+                plan.METRICS_TOKEN: self.metrics_token()}  # fmt: skip
 
     def launch(self, team: Team, venv: Path) -> Launch:
         # The plan's service, as the containers run it, on the services venv's Python; secrets never in argv.
