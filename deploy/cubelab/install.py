@@ -4,7 +4,9 @@
 - hub: JupyterHub, JupyterLab and the users' default kernel, built with Debian's /usr/bin/python3 when
   cubelab runs as root (users' servers run as their own accounts, which cannot read root's Python);
 - npm: configurable-http-proxy, the hub's proxy.
-A second `up` finds every marker current and skips all of it in milliseconds.
+Each Python environment is installed with uv from its lock file (cubelab.locks) when the lock is current and fits
+this Python, else with pip from the environment files; the environments and npm's install run in parallel
+(install_all). A second `up` finds every marker current and skips all of it in milliseconds.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from cubelab import locks
+from cubelab.locks import kernel_requirements
 from cubelab.procs import StartError, log_tail
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent
@@ -38,62 +43,92 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _run_all(steps: list[list[str]], log: Path, progress: Progress, name: str) -> None:
+def _run_all(steps: list[list[str]], log: Path, progress: Progress, name: str, env: dict[str, str] | None = None
+             ) -> None:  # fmt: skip
     with open(log, "w") as out:
         for argv in steps:
-            if _run_logged(argv, out, progress) != 0:
+            if _run_logged(argv, out, progress, env=env) != 0:
                 out.flush()
                 raise StartError("install", f"{name}: `{' '.join(argv)}` failed:\n{log_tail(log)}")
 
 
-def _run_logged(argv: list[str], out: TextIO, progress: Progress, every: float = 5.0) -> int:
+# Lines of pip's and uv's output that say how far an install is.
+MILESTONES = ("Collecting ", "Installing collected", "Resolved ", "Prepared ", "Installed ")
+
+
+def _run_logged(argv: list[str], out: TextIO, progress: Progress, every: float = 5.0,
+                env: dict[str, str] | None = None) -> int:  # fmt: skip
     """Run argv with its output into out; every few seconds, say which package it is at."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     last = time.monotonic()
     for line in proc.stdout:
         out.write(line)
-        if line.startswith(("Collecting ", "Installing collected")) and time.monotonic() - last > every:
+        if line.startswith(MILESTONES) and time.monotonic() - last > every:
             progress(f"  ... {line.strip()[:100]}")
             last = time.monotonic()
     return proc.wait()
 
 
-def kernel_requirements(environment_yml: Path) -> tuple[str, list[str]]:
-    """The display name and the pip requirements of a kernel's environment.yml (the single source)."""
-    import yaml
+def kernel_specs() -> list[Path]:
+    return sorted((REPO_DIR / "kernels").glob("*/environment.yml"))
 
-    spec = yaml.safe_load(environment_yml.read_text())
-    pip: list[str] = []
-    for dep in spec.get("dependencies", []):
-        if isinstance(dep, dict) and "pip" in dep:
-            pip += [str(p) for p in dep["pip"]]
-    return str(spec.get("display_name", spec["name"])), pip
+
+def kernel_env(install_dir: Path, spec_file: Path, progress: Progress) -> Path:
+    """The venv of one folder of kernels/, with the toolkit."""
+    name = spec_file.parent.name
+    _display, pip = kernel_requirements(spec_file)
+    requirements = install_dir / f"kernel-{name}.txt"
+    text = "\n".join(pip) + "\n"
+    if not requirements.exists() or requirements.read_text() != text:
+        install_dir.mkdir(parents=True, exist_ok=True)
+        requirements.write_text(text)
+    return python_env(install_dir, f"kernel-{name}", requirements, progress, python=user_python(),
+                      editable=(TOOLKIT_DIR,), copy=True)  # fmt: skip
+
+
+def register_kernel(install_dir: Path, spec_file: Path, venv: Path, hub_venv: Path, progress: Progress) -> str:
+    """The kernel's kernelspec in the hub's prefix (where JupyterLab finds it)."""
+    name = spec_file.parent.name
+    display, _pip = kernel_requirements(spec_file)
+    kernel = f"cubelab-{name}"
+    spec_dir = hub_venv / "share" / "jupyter" / "kernels" / kernel
+    if not (spec_dir / "kernel.json").exists() or display not in (spec_dir / "kernel.json").read_text():
+        _run_all(
+            [[str(venv / "bin/python"), "-m", "ipykernel", "install", "--prefix", str(hub_venv),
+              "--name", kernel, "--display-name", display]],
+            install_dir / f"install-kernel-{name}.log", progress, kernel,
+        )  # fmt: skip
+    return kernel
 
 
 def kernel_envs(install_dir: Path, hub_venv: Path, progress: Progress) -> list[str]:
     """One venv per folder of kernels/, each with the toolkit; kernelspecs installed into the hub's prefix."""
-    names = []
-    for spec_file in sorted((REPO_DIR / "kernels").glob("*/environment.yml")):
-        name = spec_file.parent.name
-        display, pip = kernel_requirements(spec_file)
-        requirements = install_dir / f"kernel-{name}.txt"
-        text = "\n".join(pip) + "\n"
-        if not requirements.exists() or requirements.read_text() != text:
-            install_dir.mkdir(parents=True, exist_ok=True)
-            requirements.write_text(text)
-        venv = python_env(install_dir, f"kernel-{name}", requirements, progress, python=user_python(),
-                          editable=(TOOLKIT_DIR,), copy=True)  # fmt: skip
-        kernel = f"cubelab-{name}"
-        spec_dir = hub_venv / "share" / "jupyter" / "kernels" / kernel
-        if not (spec_dir / "kernel.json").exists() or display not in (spec_dir / "kernel.json").read_text():
-            _run_all(
-                [[str(venv / "bin/python"), "-m", "ipykernel", "install", "--prefix", str(hub_venv),
-                  "--name", kernel, "--display-name", display]],
-                install_dir / f"install-kernel-{name}.log", progress, kernel,
-            )  # fmt: skip
-        names.append(kernel)
-    return names
+    return [register_kernel(install_dir, spec, kernel_env(install_dir, spec, progress), hub_venv, progress)
+            for spec in kernel_specs()]  # fmt: skip
+
+
+def install_all(install_dir: Path, progress: Progress) -> tuple[Path, Path, list[str], Path]:
+    """Every environment `up` needs, at once: the services', the hub's, each kernel's and the proxy. Returns the
+    services venv, the hub venv, the kernels' names and the proxy. Each install that fails is reported after
+    all have ended (their logs complete)."""
+    jobs: dict[str, Future[Any]] = {}
+    with ThreadPoolExecutor(max_workers=4 + len(kernel_specs())) as pool:
+        jobs["services"] = pool.submit(services_env, install_dir, progress)
+        jobs["hub"] = pool.submit(hub_env, install_dir, progress)
+        jobs["proxy"] = pool.submit(proxy_command, install_dir, progress)
+        for spec in kernel_specs():
+            jobs[spec.parent.name] = pool.submit(kernel_env, install_dir, spec, progress)
+    failed = [(name, job.exception()) for name, job in jobs.items() if job.exception() is not None]
+    if failed:
+        first = failed[0][1]
+        if len(failed) > 1:
+            progress(f"installs that failed: {', '.join(name for name, _ in failed)}")
+        raise first  # type: ignore[misc]
+    hub_venv = jobs["hub"].result()
+    kernels = [register_kernel(install_dir, spec, jobs[spec.parent.name].result(), hub_venv, progress)
+               for spec in kernel_specs()]  # fmt: skip
+    return jobs["services"].result(), hub_venv, kernels, jobs["proxy"].result()
 
 
 def python_env(
@@ -112,7 +147,9 @@ def python_env(
     venv = install_dir / name
     marker, editable_marker = venv / ".cubelab-installed", venv / ".cubelab-editable"
     version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
-    digest = _digest(requirements.read_bytes(), CONSTRAINTS.read_bytes(), version.stdout.encode())
+    lock = locks.lock_for(name, version.stdout)
+    digest = _digest(requirements.read_bytes(), CONSTRAINTS.read_bytes(), version.stdout.encode(),
+                     lock.read_bytes() if lock else b"pip")  # fmt: skip
     editable_digest = _digest(*((p / "pyproject.toml").read_bytes() for p in editable))
     if copy:  # copies go stale when any source file changes, not only the metadata
         editable_digest = _digest(editable_digest.encode(), *(f.read_bytes() for f in _package_files(editable)))
@@ -121,22 +158,42 @@ def python_env(
         return venv
     install_dir.mkdir(parents=True, exist_ok=True)
     log = install_dir / f"install-{name}.log"
-    pip = [str(venv / "bin/pip"), "install", "--disable-pip-version-check"]
+    uv = locks.uv_binary()
+    if lock and uv:
+        env = _uv_env(install_dir)
+        target = ["--python", str(venv / "bin/python")]
+        install = [uv, "pip", "install", *target, *locks.pip_sources()]
+        create = [[uv, "venv", "--seed", "--python", python, str(venv)],
+                  [uv, "pip", "sync", *target, *locks.pip_sources(), str(lock)]]  # fmt: skip
+        how = f"with uv from {lock.relative_to(locks.REPO_DIR)}"
+        mode = ["--reinstall"] if copy else ["-e"]
+    else:
+        env = None
+        install = [str(venv / "bin/pip"), "install", "--disable-pip-version-check"]
+        create = [[python, "-m", "venv", str(venv)], [*install, "-r", str(requirements), "-c", str(CONSTRAINTS)]]
+        how = "with pip from the environment files"
+        mode = ["--force-reinstall"] if copy else ["-e"]
     steps = []
-    if not current:  # new requirements or Python: build the environment again
+    if not current:  # new requirements, lock or Python: build the environment again
         if venv.exists():
             shutil.rmtree(venv)
-        progress(f"installing the {name} environment into {venv} (about a minute); log: {log}")
-        steps += [[python, "-m", "venv", str(venv)], [*pip, "-r", str(requirements), "-c", str(CONSTRAINTS)]]
+        progress(f"installing the {name} environment into {venv} {how}; log: {log}")
+        steps += create
     # cubelab's own packages (entry points, metadata) are cheap to refresh on their own.
-    mode = ["--force-reinstall"] if copy else ["-e"]
-    steps += [[*pip, "--no-deps", *mode, str(p)] for p in editable]
-    _run_all(steps, log, progress, name)
+    steps += [[*install, "--no-deps", *mode, str(p)] for p in editable]
+    _run_all(steps, log, progress, name, env)
     marker.write_text(digest + "\n")
     editable_marker.write_text(editable_digest + "\n")
     if not current:
         progress(f"{name} environment installed")
     return venv
+
+
+def _uv_env(install_dir: Path) -> dict[str, str]:
+    """uv's cache beside the environments (same filesystem: files are hard-linked, not copied), and never a Python
+    of uv's own."""
+    return {**os.environ, "UV_CACHE_DIR": str(install_dir / "uv-cache"), "UV_PYTHON_DOWNLOADS": "never",
+            "UV_NO_PROGRESS": "1"}  # fmt: skip
 
 
 def _package_files(roots: tuple[Path, ...]) -> list[Path]:

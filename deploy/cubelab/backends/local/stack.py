@@ -26,7 +26,7 @@ from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig, Team
-from cubelab.install import hub_env, installed, kernel_envs, proxy_binary, proxy_command, services_env
+from cubelab.install import install_all, installed, proxy_binary, services_env
 from cubelab.procs import (
     Launch,
     ProcessRecord,
@@ -69,10 +69,8 @@ class LocalBackend:
     def up(self) -> None:
         started = time.monotonic()
         self.paths.create()
-        venv = services_env(self.paths.install, self.progress)
-        hub_venv = hub_env(self.paths.install, self.progress)
-        kernel_envs(self.paths.install, hub_venv, self.progress)
-        programs = Programs(venv, hub_venv, proxy_command(self.paths.install, self.progress))
+        venv, hub_venv, _kernels, proxy = install_all(self.paths.install, self.progress)
+        programs = Programs(venv, hub_venv, proxy)
         with self.procs.lock():  # the supervisor waits until everything is as `up` leaves it
             self._start_all(programs)
             self._stop_removed_teams()
