@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from cubelab import __version__
+from cubelab import __version__, gpus
 from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.paths import StateDirError
 from cubelab.backup.repository import BackupError
@@ -92,11 +92,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     backend = _backend(args)
     rows = backend.status()
     usage = backend.usage() if args.usage else None
+    found = gpus.detect()
     if args.json:
-        print(json.dumps({"services": [r.as_dict() for r in rows]} | ({"usage": usage} if args.usage else {}),
-                         indent=2))  # fmt: skip
+        out = {"services": [r.as_dict() for r in rows], "gpus": [g.as_dict() for g in found]}
+        print(json.dumps(out | ({"usage": usage} if args.usage else {}), indent=2))
     else:
         _print_table(backend)
+        print(f"\n{gpus.describe(found)}")
         if usage is not None:
             print(f"\n{'TEAM':<20} {'DATABASE MB':>12} {'BUCKET MB':>10} {'OBJECTS':>8}")
             for u in usage:

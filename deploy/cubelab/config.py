@@ -122,6 +122,13 @@ class Supervision:
 
 
 @dataclass(frozen=True)
+class Kernels:
+    """The embedded stack's kernels; see platform.schema.json."""
+
+    cuda: bool | str = "auto"
+
+
+@dataclass(frozen=True)
 class Monitoring:
     """Metrics and Prometheus (cubelab.monitoring); see platform.schema.json."""
 
@@ -207,6 +214,7 @@ class PlatformConfig:
     ports: Ports = field(default_factory=Ports)
     supervision: Supervision = field(default_factory=Supervision)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    kernels: Kernels = field(default_factory=Kernels)
     hub: Hub = field(default_factory=Hub)
     containers: Containers = field(default_factory=Containers)
 
@@ -501,6 +509,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         ports=ports,
         supervision=Supervision(**data.get("supervision", {})),
         monitoring=Monitoring(**data.get("monitoring", {})),
+        kernels=Kernels(**data.get("kernels", {})),
         hub=hub,
         containers=_build_containers(data.get("containers", {})),
     )

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from cubelab import locks
+from cubelab import gpus, locks
 from cubelab.locks import kernel_requirements
 from cubelab.procs import StartError, log_tail
 
@@ -74,10 +74,12 @@ def kernel_specs() -> list[Path]:
     return sorted((REPO_DIR / "kernels").glob("*/environment.yml"))
 
 
-def kernel_env(install_dir: Path, spec_file: Path, progress: Progress) -> Path:
-    """The venv of one folder of kernels/, with the toolkit."""
+def kernel_env(install_dir: Path, spec_file: Path, progress: Progress, cuda: bool = False) -> Path:
+    """The venv of one folder of kernels/, with the toolkit (and its framework's CUDA build, with cuda)."""
     name = spec_file.parent.name
     _display, pip = kernel_requirements(spec_file)
+    if cuda:
+        pip = gpus.cuda_requirements(pip) or pip
     requirements = install_dir / f"kernel-{name}.txt"
     text = "\n".join(pip) + "\n"
     if not requirements.exists() or requirements.read_text() != text:
@@ -87,10 +89,13 @@ def kernel_env(install_dir: Path, spec_file: Path, progress: Progress) -> Path:
                       editable=(TOOLKIT_DIR,), copy=True)  # fmt: skip
 
 
-def register_kernel(install_dir: Path, spec_file: Path, venv: Path, hub_venv: Path, progress: Progress) -> str:
-    """The kernel's kernelspec in the hub's prefix (where JupyterLab finds it)."""
+def register_kernel(install_dir: Path, spec_file: Path, venv: Path, hub_venv: Path, progress: Progress,
+                    cuda: bool = False) -> str:  # fmt: skip
+    """The kernel's kernelspec in the hub's prefix (where JupyterLab finds it); a CUDA build is named as such."""
     name = spec_file.parent.name
-    display, _pip = kernel_requirements(spec_file)
+    display, pip = kernel_requirements(spec_file)
+    if cuda and gpus.cuda_requirements(pip) is not None:
+        display = gpus.gpu_display_name(display)
     kernel = f"cubelab-{name}"
     spec_dir = hub_venv / "share" / "jupyter" / "kernels" / kernel
     if not (spec_dir / "kernel.json").exists() or display not in (spec_dir / "kernel.json").read_text():
@@ -108,17 +113,17 @@ def kernel_envs(install_dir: Path, hub_venv: Path, progress: Progress) -> list[s
             for spec in kernel_specs()]  # fmt: skip
 
 
-def install_all(install_dir: Path, progress: Progress) -> tuple[Path, Path, list[str], Path]:
-    """Every environment `up` needs, at once: the services', the hub's, each kernel's and the proxy. Returns the
-    services venv, the hub venv, the kernels' names and the proxy. Each install that fails is reported after
-    all have ended (their logs complete)."""
+def install_all(install_dir: Path, progress: Progress, cuda: bool = False) -> tuple[Path, Path, list[str], Path]:
+    """Every environment `up` needs, at once: the services', the hub's, each kernel's (with CUDA builds, with cuda)
+    and the proxy. Returns the services venv, the hub venv, the kernels' names and the proxy. Each install that
+    fails is reported after all have ended (their logs complete)."""
     jobs: dict[str, Future[Any]] = {}
     with ThreadPoolExecutor(max_workers=4 + len(kernel_specs())) as pool:
         jobs["services"] = pool.submit(services_env, install_dir, progress)
         jobs["hub"] = pool.submit(hub_env, install_dir, progress)
         jobs["proxy"] = pool.submit(proxy_command, install_dir, progress)
         for spec in kernel_specs():
-            jobs[spec.parent.name] = pool.submit(kernel_env, install_dir, spec, progress)
+            jobs[spec.parent.name] = pool.submit(kernel_env, install_dir, spec, progress, cuda)
     failed = [(name, job.exception()) for name, job in jobs.items() if job.exception() is not None]
     if failed:
         first = failed[0][1]
@@ -126,7 +131,7 @@ def install_all(install_dir: Path, progress: Progress) -> tuple[Path, Path, list
             progress(f"installs that failed: {', '.join(name for name, _ in failed)}")
         raise first  # type: ignore[misc]
     hub_venv = jobs["hub"].result()
-    kernels = [register_kernel(install_dir, spec, jobs[spec.parent.name].result(), hub_venv, progress)
+    kernels = [register_kernel(install_dir, spec, jobs[spec.parent.name].result(), hub_venv, progress, cuda)
                for spec in kernel_specs()]  # fmt: skip
     return jobs["services"].result(), hub_venv, kernels, jobs["proxy"].result()
 
@@ -147,7 +152,7 @@ def python_env(
     venv = install_dir / name
     marker, editable_marker = venv / ".cubelab-installed", venv / ".cubelab-editable"
     version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True)
-    lock = locks.lock_for(name, version.stdout)
+    lock = locks.lock_for(name, version.stdout, requirements.read_text())
     digest = _digest(requirements.read_bytes(), CONSTRAINTS.read_bytes(), version.stdout.encode(),
                      lock.read_bytes() if lock else b"pip")  # fmt: skip
     editable_digest = _digest(*((p / "pyproject.toml").read_bytes() for p in editable))

@@ -97,15 +97,16 @@ def uv_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("uv")
 
 
-def lock_for(name: str, python_version: str) -> Path | None:
-    """The lock to install environment `name` from, for an interpreter of python_version (sys.version's text), or
-    None when it must be pip: no uv, CUBELAB_INSTALLER=pip, another Python or machine, a missing or stale lock."""
+def lock_for(name: str, python_version: str, requirements: str) -> Path | None:
+    """The lock to install environment `name` with these requirements from, for an interpreter of python_version
+    (sys.version's text), or None when it must be pip: no uv, CUBELAB_INSTALLER=pip, another Python or machine, a
+    missing lock, or one made from other requirements (stale, or a kernel's CUDA variant, which has no lock)."""
     if os.environ.get("CUBELAB_INSTALLER", "auto") == "pip" or uv_binary() is None:
         return None
     if not python_version.startswith(PYTHON + ".") or platform.machine() != "x86_64" or sys.platform != "linux":
         return None
-    env = next((e for e in environments() if e.name == name), None)
-    if env is None or recorded_digest(env.lock) != env.digest():
+    env = Environment(name, requirements, "")
+    if recorded_digest(env.lock) != env.digest():
         return None
     return env.lock
 

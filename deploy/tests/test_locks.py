@@ -26,8 +26,10 @@ def test_a_changed_input_makes_its_lock_stale(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(locks, "environments", changed)
     assert locks.stale() == ["kernel-sklearn"]
-    assert locks.lock_for("kernel-sklearn", "3.11.7 (main)") is None  # so `up` installs it with pip
-    assert locks.lock_for("services", "3.11.7 (main)") == locks.LOCK_DIR / "services.txt"
+    sklearn = next(e for e in changed() if e.name == "kernel-sklearn")
+    assert locks.lock_for("kernel-sklearn", "3.11.7 (main)", sklearn.requirements) is None  # `up` uses pip
+    services = next(e for e in real if e.name == "services")
+    assert locks.lock_for("services", "3.11.7 (main)", services.requirements) == locks.LOCK_DIR / "services.txt"
 
 
 def pins(lock: Path) -> dict[str, str]:
@@ -53,14 +55,15 @@ def pins_of(requirements: str) -> dict[str, str]:
 
 
 def test_locks_are_used_only_where_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert locks.lock_for("hub", "3.11.2 (main, Mar 2023)") == locks.LOCK_DIR / "hub.txt"
-    assert locks.lock_for("hub", "3.12.1 (main)") is None  # another Python: pip from the environment file
-    assert locks.lock_for("no-such-env", "3.11.2") is None
+    hub = next(e for e in locks.environments() if e.name == "hub").requirements
+    assert locks.lock_for("hub", "3.11.2 (main, Mar 2023)", hub) == locks.LOCK_DIR / "hub.txt"
+    assert locks.lock_for("hub", "3.12.1 (main)", hub) is None  # another Python: pip from the environment file
+    assert locks.lock_for("no-such-env", "3.11.2", hub) is None
     monkeypatch.setenv("CUBELAB_INSTALLER", "pip")
-    assert locks.lock_for("hub", "3.11.2") is None
+    assert locks.lock_for("hub", "3.11.2", hub) is None
     monkeypatch.setenv("CUBELAB_INSTALLER", "auto")
     monkeypatch.setattr(locks, "uv_binary", lambda: None)
-    assert locks.lock_for("hub", "3.11.2") is None
+    assert locks.lock_for("hub", "3.11.2", hub) is None
 
 
 def test_the_installer_and_the_locks_read_the_same_kernel_files() -> None:

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cubelab import plan
+from cubelab import gpus, plan
 from cubelab import procs as procs_module
 from cubelab.backends.base import Progress, ServiceStatus
 from cubelab.backends.local import hub, monitoring, seaweed, supervisor
@@ -69,7 +69,12 @@ class LocalBackend:
     def up(self) -> None:
         started = time.monotonic()
         self.paths.create()
-        venv, hub_venv, _kernels, proxy = install_all(self.paths.install, self.progress)
+        found = gpus.detect()
+        cuda = gpus.use_cuda(self.config.kernels.cuda, found)
+        if found or cuda:
+            self.progress(f"{gpus.describe(found)}; PyTorch and TensorFlow kernels: "
+                          f"{'CUDA builds' if cuda else 'CPU builds (kernels.cuda: false)'}")  # fmt: skip
+        venv, hub_venv, _kernels, proxy = install_all(self.paths.install, self.progress, cuda)
         programs = Programs(venv, hub_venv, proxy)
         with self.procs.lock():  # the supervisor waits until everything is as `up` leaves it
             self._start_all(programs)
