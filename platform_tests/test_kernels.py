@@ -4,6 +4,7 @@ logging to the team's tracking server with no credentials in the code."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import mlflow
@@ -50,3 +51,53 @@ def test_each_kernel_runs_its_framework_and_logs_to_the_team(
         run = mlflow.MlflowClient(team["tracking_uri"]).get_run(result["run_id"])
     assert run.info.user_id == team_server.user
     assert run.data.params["framework_version"] == result["version"]
+
+
+# What DeepESDL's ML notebooks import besides the framework: ml4xcube's datasets and trainers for it, and
+# global_land_mask.
+DEEPESDL = {
+    "cubelab-sklearn": "ml4xcube.training.sklearn",
+    "cubelab-pytorch": "ml4xcube.datasets.pytorch, ml4xcube.training.pytorch",
+    "cubelab-tensorflow": "ml4xcube.datasets.tensorflow, ml4xcube.training.tensorflow",
+}
+DEEPESDL_PROBE = """
+import ml4xcube.datasets.xr_dataset, ml4xcube.datasets.multiproc_sampler, ml4xcube.splits, ml4xcube.preprocessing
+import {modules}
+from global_land_mask import globe
+print("land", bool(globe.is_land(50.9, 11.6)), bool(globe.is_land(0.0, -30.0)))
+"""
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_each_kernel_has_what_deepesdl_notebooks_import(team_server: UserServer, kernel: str) -> None:
+    out = team_server.run(DEEPESDL_PROBE.format(modules=DEEPESDL[kernel]), timeout=240, kernel_name=kernel)
+    assert out.strip().splitlines()[-1] == "land True False"  # Thuringia is land, the mid-Atlantic is not
+
+
+PYTORCH_LOG_MODEL = """
+import json, mlflow, mlflow.pytorch, torch
+model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+mlflow.set_experiment("deepesdl-style")
+with mlflow.start_run() as run:
+    info = mlflow.pytorch.log_model(model, "model")  # as ml4xcube's trainer and DeepESDL's notebooks call it
+back = mlflow.pytorch.load_model(info.model_uri)
+x = torch.randn(5, 3)
+print("RESULT", json.dumps({"model_id": info.model_id, "same": bool(torch.equal(back(x), model(x)))}))
+"""
+
+
+def test_a_plain_pytorch_log_model_works_in_the_pytorch_kernel(
+    deployment: dict[str, Any], team_server: UserServer
+) -> None:
+    """mlflow 3.17's default (pt2) needs an input example: without cubelab_toolkit.compat this call fails and the
+    logged model ends UPLOAD_FAILED."""
+    out = team_server.run(PYTORCH_LOG_MODEL, timeout=300, kernel_name="cubelab-pytorch")
+    found = re.findall(r"RESULT (\{.*\})", out)  # mlflow's progress bars share the line
+    assert found, out[-3000:]
+    result = json.loads(found[-1])
+    assert result["same"] is True
+    team = deployment["teams"][0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, team["members"][0]))
+        logged = mlflow.MlflowClient(team["tracking_uri"]).get_logged_model(result["model_id"])
+    assert str(logged.status).endswith("READY"), logged.status

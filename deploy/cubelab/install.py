@@ -32,6 +32,7 @@ TOOLKIT_DIR = REPO_DIR / "kernels" / "toolkit"
 # Versions every environment shares (mlflow), given once; each pip install below reads it.
 CONSTRAINTS = SOURCE_DIR / "requirements" / "constraints.txt"
 PROXY_PACKAGE = "configurable-http-proxy@5.3.0"
+COMPAT_PTH = "cubelab-toolkit-compat.pth"  # cubelab_toolkit.compat.PTH_NAME: written by the kernel's own Python
 
 Progress = Callable[[str], None]
 
@@ -85,8 +86,13 @@ def kernel_env(install_dir: Path, spec_file: Path, progress: Progress, cuda: boo
     if not requirements.exists() or requirements.read_text() != text:
         install_dir.mkdir(parents=True, exist_ok=True)
         requirements.write_text(text)
-    return python_env(install_dir, f"kernel-{name}", requirements, progress, python=user_python(),
+    venv = python_env(install_dir, f"kernel-{name}", requirements, progress, python=user_python(),
                       editable=(TOOLKIT_DIR,), copy=True)  # fmt: skip
+    if not list(venv.glob(f"lib/python*/site-packages/{COMPAT_PTH}")):
+        # What DeepESDL's notebooks expect of mlflow (cubelab_toolkit.compat), at every start of the kernel.
+        _run_all([[str(venv / "bin/python"), "-c", "import cubelab_toolkit.compat as c; c.write_pth()"]],
+                 install_dir / f"install-compat-{name}.log", progress, f"kernel-{name}")  # fmt: skip
+    return venv
 
 
 def register_kernel(install_dir: Path, spec_file: Path, venv: Path, hub_venv: Path, progress: Progress,
