@@ -1,4 +1,4 @@
-"""A synthetic Earth System Data Cube following ESDC v3.0 conventions, and opening cubes by URL.
+"""A synthetic Earth System Data Cube following ESDC v3.0 conventions (or v2.1.1's), and opening cubes by URL.
 
 The real ESDC cannot be downloaded here, so tests and notebooks use a faithful stand-in with known physics:
 
@@ -10,6 +10,10 @@ The real ESDC cannot be downloaded here, so tests and notebooks use a faithful s
 - land_surface_temperature (K) = LST_SLOPE * t2m + LST_OFFSET + 273.15 + noise (sd = LST_NOISE_K), with cloud
   gaps (NaN) and NaN over the ocean, so a model's best possible test RMSE is known;
 - more predictors (net radiation, precipitation, kNDVI) and a land mask.
+
+`layout="v2.1.1"` gives what DeepESDL's notebooks written for ESDC v2.1.1 expect instead: air temperature in
+K, latitude descending (north first, so `lat=slice(90, 0)` selects the north), and v2.1.1's chunk sizes for
+`chunked` (184 time steps x 270 x 270 cells, or whole maps); the same data otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ LST_SLOPE = 1.1
 LST_OFFSET = 2.0
 LST_NOISE_K = 0.8
 CHUNKINGS = ("map", "timeseries")
+LAYOUTS = ("v3", "v2.1.1")
+# ESDC v2.1.1's time-series chunks (esdc-8d-0.083deg-184x270x270-2.1.1.zarr): 184 steps, 270 x 270 cells.
+V2_TIMESERIES_CHUNKS = {"time": 184, "lat": 270, "lon": 270}
 
 
 def esdc_time_axis(start_year: int, years: int) -> pd.DatetimeIndex:
@@ -63,8 +70,12 @@ def synthetic_cube(
     lon_range: tuple[float, float] = (-180.0, 180.0),
     cloud_fraction: float = 0.25,
     seed: int = 0,
+    layout: str = "v3",
 ) -> xr.Dataset:
-    """An in-memory ESDC-like cube (numpy-backed); chunk it with `chunked` or write it with `write_cube`."""
+    """An in-memory ESDC-like cube (numpy-backed); chunk it with `chunked` or write it with `write_cube`.
+    layout: "v3" (ESDC v3.0: t2m in deg C, latitude ascending) or "v2.1.1" (t2m in K, latitude descending)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     rng = np.random.default_rng(seed)
     time = esdc_time_axis(start_year, years)
     lat = cell_centres(*lat_range, resolution)
@@ -127,17 +138,28 @@ def synthetic_cube(
             "lst_model": f"LST = {LST_SLOPE} * t2m + {LST_OFFSET} + 273.15 + N(0, {LST_NOISE_K}^2) [K]",
             "lst_noise_k": LST_NOISE_K,
             "seed": seed,
+            "esdc_layout": layout,
         },
     )
+    if layout == "v2.1.1":
+        t2m_k = (ds["air_temperature_2m"] + np.float32(273.15)).astype("float32")
+        ds["air_temperature_2m"] = t2m_k.assign_attrs(ds["air_temperature_2m"].attrs | {"units": "K"})
+        ds = ds.isel(lat=slice(None, None, -1))
+        ds.attrs["title"] = "cubelab synthetic Earth System Data Cube (ESDC v2.1.1 conventions)"
+        ds.attrs["lst_model"] = (
+            f"LST = {LST_SLOPE} * (t2m - 273.15) + {LST_OFFSET} + 273.15 + N(0, {LST_NOISE_K}^2) [K]"
+        )
     return ds
 
 
 def chunked(ds: xr.Dataset, chunking: str = "map", block: int = 64) -> xr.Dataset:
     """Chunk like the ESDC's two layouts: whole maps per time step ("map") or long series per cell block
-    ("timeseries", block x block cells)."""
+    ("timeseries": block x block cells; a v2.1.1-layout cube takes v2.1.1's 184 x 270 x 270)."""
     if chunking == "map":
         return ds.chunk({"time": 1, "lat": -1, "lon": -1})
     if chunking == "timeseries":
+        if ds.attrs.get("esdc_layout") == "v2.1.1":
+            return ds.chunk({dim: min(size, ds.sizes[dim]) for dim, size in V2_TIMESERIES_CHUNKS.items()})
         return ds.chunk({"time": -1, "lat": block, "lon": block})
     raise ValueError(f"chunking must be one of {CHUNKINGS}, not {chunking!r}")
 

@@ -79,3 +79,25 @@ def test_both_chunkings_and_a_lossless_round_trip(cube: xr.Dataset, tmp_path: Pa
     back = open_cube(url)
     assert back.air_temperature_2m.chunks is not None
     xr.testing.assert_identical(back.load(), cube)
+
+
+def test_the_v2_layout_is_what_esdc_v2_notebooks_expect() -> None:
+    """ESDC v2.1.1, which DeepESDL's notebooks open: t2m in K, latitude north first, 184 x 270 x 270 chunks; the
+    same data as the v3 layout otherwise (so the LST relation holds in K)."""
+    v3 = synthetic_cube(years=1, resolution=2.0, seed=3)
+    v2 = synthetic_cube(years=1, resolution=2.0, seed=3, layout="v2.1.1")
+    assert v2["air_temperature_2m"].attrs["units"] == "K" and v3["air_temperature_2m"].attrs["units"] == "degC"
+    assert (np.diff(v2.lat) < 0).all() and (np.diff(v3.lat) > 0).all()
+    same = v2.sortby("lat")
+    np.testing.assert_allclose(same["air_temperature_2m"] - 273.15, v3["air_temperature_2m"], atol=1e-4)
+    xr.testing.assert_identical(same["land_surface_temperature"], v3["land_surface_temperature"])
+    north = v2.sel(lat=slice(90, 0))  # as the v2.1.1 notebooks select
+    assert north.sizes["lat"] == v2.sizes["lat"] // 2 and (north.lat > 0).all()
+    lst = v2["land_surface_temperature"]
+    predicted = LST_SLOPE * (v2["air_temperature_2m"] - 273.15) + LST_OFFSET + 273.15
+    residual = (lst - predicted).values[np.isfinite(lst.values)]
+    assert abs(residual.std() - LST_NOISE_K) < 0.05
+    chunks = chunked(v2, "timeseries").chunks
+    assert chunks["time"][0] == min(184, v2.sizes["time"]) and chunks["lat"][0] == min(270, v2.sizes["lat"])
+    with pytest.raises(ValueError, match="layout"):
+        synthetic_cube(layout="v4")
