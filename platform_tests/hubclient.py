@@ -64,6 +64,21 @@ class UserServer:
         resp.raise_for_status()
         return dict(resp.json()["kernelspecs"])
 
+    def wait_for_tensorboard_run(self, prefix: str, timeout: float = 150) -> list[str]:
+        """Until this server's TensorBoard lists a run starting with prefix (the first request starts TensorBoard,
+        which reloads every 5 s; cubelab.hub.tbsync copies new logs to the team's bucket every 10 s)."""
+        url = f"{self.hub_url}/user/{self.user}/tensorboard/data/runs"
+        deadline = time.monotonic() + timeout
+        runs: list[str] = []
+        while time.monotonic() < deadline:
+            resp = requests.get(url, headers=self.headers, timeout=60)
+            if resp.status_code == 200:
+                runs = resp.json()
+                if found := [r for r in runs if r.startswith(prefix)]:
+                    return found
+            time.sleep(2)
+        raise AssertionError(f"no run {prefix}* in TensorBoard's runs {runs}")
+
     def run(self, code: str, timeout: float = 120, kernel_name: str = "python3") -> str:
         """Run code in a new kernel over the kernel websocket; return what it printed (raise on an error)."""
         return self.run_cells([code], timeout, kernel_name)[0]

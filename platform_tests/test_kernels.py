@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from typing import Any
 
 import mlflow
@@ -101,3 +102,37 @@ def test_a_plain_pytorch_log_model_works_in_the_pytorch_kernel(
         mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, team["members"][0]))
         logged = mlflow.MlflowClient(team["tracking_uri"]).get_logged_model(result["model_id"])
     assert str(logged.status).endswith("READY"), logged.status
+
+
+KERAS_TENSORBOARD = """
+import os, numpy as np, keras
+logdir = os.path.join(os.environ["TENSORBOARD_LOGDIR"], "RUN")
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+model.compile(optimizer="adam", loss="mse")
+x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+model.fit(x, x[:, :1], epochs=2, verbose=0, callbacks=[keras.callbacks.TensorBoard(log_dir=logdir)])
+print(sorted(os.listdir(logdir)))
+"""
+TORCH_TENSORBOARD = """
+import os
+from torch.utils.tensorboard import SummaryWriter
+writer = SummaryWriter(os.path.join(os.environ["TENSORBOARD_LOGDIR"], "RUN"))
+for step in range(3):
+    writer.add_scalar("loss", 1.0 / (step + 1), step)
+writer.close()
+print("written")
+"""
+
+
+def test_keras_and_pytorch_write_tensorboard_logs_teammates_see(team_server: UserServer) -> None:
+    """Keras's TensorBoard callback cannot write s3://; $TENSORBOARD_LOGDIR is a folder both frameworks write, and
+    the session's TensorBoard shows the runs from the team's bucket, where cubelab.hub.tbsync copies them."""
+    keras_run, torch_run = f"keras-{uuid.uuid4().hex[:8]}", f"torch-{uuid.uuid4().hex[:8]}"
+    out = team_server.run(KERAS_TENSORBOARD.replace("RUN", keras_run), timeout=300, kernel_name="cubelab-tensorflow")
+    assert "train" in out.strip().splitlines()[-1], out[-2000:]
+    out = team_server.run(TORCH_TENSORBOARD.replace("RUN", torch_run), timeout=300, kernel_name="cubelab-pytorch")
+    assert out.strip().splitlines()[-1] == "written", out[-2000:]
+    assert team_server.wait_for_tensorboard_run(f"{team_server.user}/{keras_run}/")  # Keras: .../train, .../validation
+    assert team_server.wait_for_tensorboard_run(f"{team_server.user}/{torch_run}") == [
+        f"{team_server.user}/{torch_run}"
+    ]

@@ -43,12 +43,14 @@ def test_environment_follows_the_session_and_forgets_the_last_team() -> None:
     hook(bob)
     env = bob.environment
     assert env["MLFLOW_TRACKING_URI"] == "http://t/land" and env["CUBELAB_TEAM"] == "land"
-    assert env["TENSORBOARD_LOGDIR"] == "s3://cubelab-land/tensorboard"
+    assert env["TENSORBOARD_LOGDIR"] == "tensorboard/land"  # a folder; cubelab.hub.tbsync copies it to the bucket
+    assert env["CUBELAB_TENSORBOARD_SHARED"] == "s3://cubelab-land/tensorboard"
     assert env["MLFLOW_TRACKING_TOKEN"](bob) == "tok"
     bob.user.groups = []  # bob left both teams; the same spawner object starts again
     bob.user_options = {}
     hook(bob)
-    assert not {"MLFLOW_TRACKING_URI", "AWS_X", "CUBELAB_TEAM", "MLFLOW_TRACKING_TOKEN"} & set(bob.environment)
+    assert not {"MLFLOW_TRACKING_URI", "AWS_X", "CUBELAB_TEAM", "MLFLOW_TRACKING_TOKEN",
+                "CUBELAB_TENSORBOARD_SHARED"} & set(bob.environment)  # fmt: skip
     assert bob.environment["TENSORBOARD_LOGDIR"] == "tensorboard"
 
 

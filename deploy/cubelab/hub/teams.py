@@ -8,6 +8,8 @@ from typing import Any
 
 from tornado import web
 
+from cubelab.hub.tbsync import SHARED as TENSORBOARD_SHARED
+
 
 def user_teams(spawner: Any, team_env: dict[str, Any]) -> list[str]:
     return sorted(g.name for g in spawner.user.groups if g.name in team_env)
@@ -67,6 +69,7 @@ class TeamEnvironment:
         for key in {k for team_env in self.team_env.values() for k in team_env} | {
             "CUBELAB_TEAM",
             "MLFLOW_TRACKING_TOKEN",
+            TENSORBOARD_SHARED,
         }:
             env.pop(key, None)
         env["HUB_USER"] = spawner.user.name
@@ -78,7 +81,10 @@ class TeamEnvironment:
             return
         env.update(self.team_env[team])
         env["CUBELAB_TEAM"] = team
-        env["TENSORBOARD_LOGDIR"] = f"s3://{self.team_env[team]['S3_USER_STORAGE_BUCKET']}/tensorboard"
+        # A folder every framework can write (relative: cubelab.hub.tbsync makes it absolute under the server's
+        # home), copied to the team's bucket, which the session's TensorBoard reads with the teammates' runs.
+        env["TENSORBOARD_LOGDIR"] = f"{self.home_logdir}/{team}"
+        env[TENSORBOARD_SHARED] = f"s3://{self.team_env[team]['S3_USER_STORAGE_BUCKET']}/tensorboard"
         # The server's own hub token: the tracking server accepts it for members of the team.
         env["MLFLOW_TRACKING_TOKEN"] = lambda s: s.api_token
 
