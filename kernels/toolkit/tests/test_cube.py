@@ -101,3 +101,12 @@ def test_the_v2_layout_is_what_esdc_v2_notebooks_expect() -> None:
     assert chunks["time"][0] == min(184, v2.sizes["time"]) and chunks["lat"][0] == min(270, v2.sizes["lat"])
     with pytest.raises(ValueError, match="layout"):
         synthetic_cube(layout="v4")
+
+
+def test_a_v2_cube_round_trips_through_zarr_format_2(tmp_path: Path) -> None:
+    """What xcube (zarr < 3) writes and reads: zarr format 2, here written and opened by the toolkit on zarr 3."""
+    v2 = synthetic_cube(years=1, resolution=4.0, seed=5, layout="v2.1.1")
+    url = write_cube(v2, str(tmp_path / "esdc-v2.zarr"), chunking="timeseries", zarr_format=2)
+    assert (tmp_path / "esdc-v2.zarr" / ".zmetadata").exists()  # format 2's consolidated metadata
+    back = open_cube(url)
+    xr.testing.assert_identical(back.load(), v2)
