@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 QUERY = "index,name,memory.total,driver_version"
-# The environment files' CPU pins -> the same release's CUDA build (PyPI's default torch on Linux is CUDA's;
-# TensorFlow's CUDA libraries come with its and-cuda extra).
-CUDA_BUILDS = ((re.compile(r"^torch==([^+\s]+)\+cpu$"), r"torch==\1"),
+# The environment files' CPU pins -> the same release's CUDA build. PyPI's torch for Linux is the CUDA build
+# (2.13.0: CUDA 13.0, which needs an NVIDIA driver >= 580); `===` asks for exactly that version, without a local
+# label, since `==2.13.0` also matches a +cpu wheel a package source may hold. TensorFlow's CUDA libraries come
+# with its and-cuda extra.
+CUDA_BUILDS = ((re.compile(r"^torch==([^+\s]+)\+cpu$"), r"torch===\1"),
                (re.compile(r"^tensorflow-cpu==(\S+)$"), r"tensorflow[and-cuda]==\1"))  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_cuda_builds_replace_the_cpu_pins_of_the_same_release() -> None:
     _, tf = kernel_requirements(specs["tensorflow"])
     _, sk = kernel_requirements(specs["sklearn"])
     cuda_torch, cuda_tf = gpus.cuda_requirements(torch), gpus.cuda_requirements(tf)
-    assert cuda_torch and "torch==2.13.0" in cuda_torch and not any("+cpu" in r for r in cuda_torch)
+    assert cuda_torch and "torch===2.13.0" in cuda_torch and not any("+cpu" in r for r in cuda_torch)
     assert cuda_tf and "tensorflow[and-cuda]==2.21.0" in cuda_tf and "tensorflow-cpu==2.21.0" not in cuda_tf
     assert [r for r in cuda_torch if "torch" not in r] == [r for r in torch if "torch" not in r]  # nothing else
     assert gpus.cuda_requirements(sk) is None  # no GPU framework: the same kernel either way
@@ -120,3 +121,41 @@ def test_cubelab_status_shows_the_gpus(nvidia_smi, tmp_path: Path) -> None:
     assert [g["name"] for g in json.loads(done.stdout)["gpus"]] == ["NVIDIA H200", "NVIDIA H200"]
     text = subprocess.run(cli, capture_output=True, text=True, check=False).stdout
     assert "GPUs: 0: NVIDIA H200, 143771 MiB" in text
+
+
+def _dockerfile_args(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", path.read_text(), re.M))
+
+
+def test_the_cuda_image_installs_the_releases_the_kernel_files_pin() -> None:
+    """images/notebook/cuda swaps in CUDA builds of the releases kernels/*/environment.yml pin, as the embedded
+    stack does (cubelab.gpus): a pin moved in one place and not the other fails here."""
+    args = _dockerfile_args(ROOT / "images/notebook/cuda/Dockerfile")
+    specs = {p.parent.name: p for p in install.kernel_specs()}
+    torch = gpus.cuda_requirements(kernel_requirements(specs["pytorch"])[1]) or []
+    tf = gpus.cuda_requirements(kernel_requirements(specs["tensorflow"])[1]) or []
+    assert f"torch==={args['TORCH_VERSION']}" in torch
+    assert f"tensorflow[and-cuda]=={args['TENSORFLOW_VERSION']}" in tf
+    assert args["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/cu")
+
+
+@pytest.mark.parametrize("kernel", ["pytorch", "tensorflow"])
+def test_the_cuda_builds_exist_for_linux_and_python_311(kernel: str, tmp_path: Path) -> None:
+    """The GPU kernels' requirements resolve from the package sources for CPython 3.11 on x86_64 Linux, with the
+    CUDA runtime libraries among them (uv reads the packages' metadata; nothing is installed). PyTorch's own CUDA
+    index, which the image uses, cannot be reached here: this checks PyPI's build of the same release."""
+    uv = locks.uv_binary()
+    assert uv, "uv is a dependency of cubelab"
+    spec = next(p for p in install.kernel_specs() if p.parent.name == kernel)
+    requirements = tmp_path / "cuda.in"
+    requirements.write_text("\n".join(gpus.cuda_requirements(kernel_requirements(spec)[1]) or []) + "\n")
+    done = subprocess.run(
+        [uv, "pip", "compile", str(requirements), "--constraint", str(locks.CONSTRAINTS), "--python-version",
+         locks.PYTHON, "--python-platform", locks.PLATFORM, "--no-header", "--no-annotate", *locks.pip_sources()],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runtime = [line for line in done.stdout.splitlines() if line.startswith("nvidia-cuda-runtime")]
+    assert runtime, done.stdout[-2000:]
+    assert "+cpu" not in done.stdout  # never the CPU build a package source also holds
+    print(f"{kernel}: {runtime[0]}")
