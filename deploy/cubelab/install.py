@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cubelab import gpus, locks
-from cubelab.locks import kernel_requirements
+from cubelab.locks import kernel_requirements, kernel_specs
 from cubelab.procs import StartError, log_tail
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent
@@ -71,10 +71,6 @@ def _run_logged(argv: list[str], out: TextIO, progress: Progress, every: float =
     return proc.wait()
 
 
-def kernel_specs() -> list[Path]:
-    return sorted((REPO_DIR / "kernels").glob("*/environment.yml"))
-
-
 def kernel_env(install_dir: Path, spec_file: Path, progress: Progress, cuda: bool = False) -> Path:
     """The venv of one folder of kernels/, with the toolkit (and its framework's CUDA build, with cuda)."""
     name = spec_file.parent.name
@@ -82,7 +78,7 @@ def kernel_env(install_dir: Path, spec_file: Path, progress: Progress, cuda: boo
     if cuda:
         pip = gpus.cuda_requirements(pip) or pip
     requirements = install_dir / f"kernel-{name}.txt"
-    text = "\n".join(pip) + "\n"
+    text = locks.requirements_text(pip)
     if not requirements.exists() or requirements.read_text() != text:
         install_dir.mkdir(parents=True, exist_ok=True)
         requirements.write_text(text)

@@ -49,6 +49,17 @@ def kernel_requirements(environment_yml: Path) -> tuple[str, list[str]]:
     return str(spec.get("display_name", spec["name"])), pip
 
 
+def kernel_specs() -> list[Path]:
+    """Every kernel's environment file: one kernel per folder of kernels/."""
+    return sorted((REPO_DIR / "kernels").glob("*/environment.yml"))
+
+
+def requirements_text(pip: list[str]) -> str:
+    """A kernel's pip list as the requirements file it is installed from and locked for (the lock's digest is of
+    this text, so the installer and the locks must write it alike)."""
+    return "\n".join(pip) + "\n"
+
+
 @dataclass(frozen=True)
 class Environment:
     """One environment cubelab installs: its name (its folder under the install dir) and its requirements."""
@@ -71,9 +82,9 @@ class Environment:
 def environments() -> list[Environment]:
     out = [Environment(name, (REQUIREMENTS / f"{name}.txt").read_text(), f"deploy/requirements/{name}.txt")
            for name in ("services", "hub")]  # fmt: skip
-    for spec in sorted((REPO_DIR / "kernels").glob("*/environment.yml")):
+    for spec in kernel_specs():
         _display, pip = kernel_requirements(spec)
-        out.append(Environment(f"kernel-{spec.parent.name}", "\n".join(pip) + "\n", str(spec.relative_to(REPO_DIR))))
+        out.append(Environment(f"kernel-{spec.parent.name}", requirements_text(pip), str(spec.relative_to(REPO_DIR))))
     return out
 
 

@@ -249,8 +249,9 @@ def cross_site(method: str, headers: dict[str, str]) -> bool:
     return urllib.parse.urlsplit(source).netloc.lower() != headers.get("host", "").lower()
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    base = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                   content_type: bytes = b"application/json") -> None:  # fmt: skip
+    base = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": base + (headers or [])})
     await send({"type": "http.response.body", "body": body})
 

@@ -14,6 +14,7 @@ them older than CUBELAB_SIZES_EVERY_SECONDS; a scrape never waits long for them.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import threading
@@ -26,12 +27,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cubelab.tracking.auth import ROUTE_KEY, ASGIApp, Receive, Scope, Send, credentials
+from cubelab.tracking.auth import ROUTE_KEY, ASGIApp, Receive, Scope, Send, _headers, _respond, credentials
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Latency buckets (seconds): from a cached read to a large artefact upload.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+TEXT = b"text/plain; charset=utf-8"
 
 
 def route_label(handler: str) -> str:
@@ -178,8 +180,7 @@ class MetricsMiddleware:
             self.latency.labels(self.team, name, method).observe(time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, send: Send) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        token, from_cookie = credentials(headers, "")
+        token, from_cookie = credentials(_headers(scope), "")
         if scope.get("method") not in ("GET", "HEAD"):
             await _plain(send, 405, b"metrics are read with GET\n")
             return
@@ -190,17 +191,13 @@ class MetricsMiddleware:
             await _plain(send, 403, b"this token may not read metrics\n")
             return
         if self.sizes is not None:
-            import asyncio
-
             await asyncio.to_thread(self.sizes.refresh)
         body = generate_latest(self.registry)
         await _plain(send, 200, b"" if scope.get("method") == "HEAD" else body, CONTENT_TYPE)
 
 
-async def _plain(send: Send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _plain(send: Send, status: int, body: bytes, content_type: bytes = TEXT) -> None:
+    await _respond(send, status, body, content_type=content_type)
 
 
 def wrap(app: ASGIApp, store_uri: str) -> ASGIApp:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cubelab.backends.local.accounts import ensure_service_home, service_account
 from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
 from cubelab.backends.local.paths import StatePaths
 from cubelab.config import PlatformConfig
+from cubelab.prereqs import _apt_command, _apt_install
 from cubelab.procs import Launch, StartError, http_ok
 from cubelab.secrets import write_private
 
@@ -36,11 +36,9 @@ def ensure_installed(progress: Callable[[str], None]) -> str:
     """The prometheus program, installed with apt-get first when missing and cubelab runs as root."""
     if found := binary():
         return found
-    command = f"apt-get update && apt-get install -y --no-install-recommends {PACKAGE}"
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise StartError(NAME, f"monitoring.enabled needs Prometheus; install it as root: {command}")
+        raise StartError(NAME, f"monitoring.enabled needs Prometheus; install it as root: {_apt_command([PACKAGE])}")
     progress(f"installing Debian's {PACKAGE} for monitoring (apt-get)...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # The package would start its own Prometheus (port 9090, /etc/prometheus) where an init system runs: Debian's
     # policy-rc.d, while it is there, tells the package scripts not to start anything.
     policy = Path("/usr/sbin/policy-rc.d")
@@ -49,12 +47,12 @@ def ensure_installed(progress: Callable[[str], None]) -> str:
         policy.write_text("#!/bin/sh\n# cubelab: no service starts while it installs Prometheus\nexit 101\n")
         policy.chmod(0o755)
     try:
-        done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, check=False)
+        status = _apt_install([PACKAGE])  # shows apt's output when it fails
     finally:
         if ours:
             policy.unlink(missing_ok=True)
-    if done.returncode != 0 or not (found := binary()):
-        raise StartError(NAME, f"`{command}` failed: {(done.stdout + done.stderr)[-2000:]}")
+    if status != 0 or not (found := binary()):
+        raise StartError(NAME, f"`{_apt_command([PACKAGE])}` failed (exit {status}; apt's output above)")
     return found
 
 
