@@ -38,8 +38,8 @@ status: $(VENV)/.installed
 	@$(CUBELAB) status
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check deploy platform_tests kernels benchmarks conftest.py
-	$(VENV)/bin/ruff format --check --exclude "*.ipynb" deploy platform_tests kernels benchmarks conftest.py
+	$(VENV)/bin/ruff check deploy platform_tests kernels benchmarks images conftest.py
+	$(VENV)/bin/ruff format --check --exclude "*.ipynb" deploy platform_tests kernels benchmarks images conftest.py
 
 # The test suite starts its own stacks (own state dirs, free ports) and stops them afterwards.
 test: $(VENV)/.installed-test lint

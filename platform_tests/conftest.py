@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -35,6 +37,16 @@ def issue_token(deployment: dict[str, Any], user: str, expires_in: int = 900) ->
     )
     resp.raise_for_status()
     return str(resp.json()["token"])
+
+
+@contextmanager
+def client_as(deployment: dict[str, Any], team: dict[str, Any], user: str) -> Iterator[Any]:
+    """An mlflow client of the team's server holding user's fresh token (for the time of the with block)."""
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, user))
+        yield mlflow.MlflowClient(team["tracking_uri"])
 
 
 @pytest.fixture

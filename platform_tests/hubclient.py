@@ -79,6 +79,14 @@ class UserServer:
             time.sleep(2)
         raise AssertionError(f"no run {prefix}* in TensorBoard's runs {runs}")
 
+    def run_notebook(self, path: Any, timeout: float = 600) -> dict[str, Any]:
+        """Run a notebook's code cells in a new kernel of the kind its metadata names; the JSON summary its last
+        cell prints last."""
+        nb = json.loads(path.read_text())
+        cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+        outputs = self.run_cells(cells, timeout, kernel_name=nb["metadata"]["kernelspec"]["name"])
+        return dict(json.loads(outputs[-1].strip().splitlines()[-1]))
+
     def run(self, code: str, timeout: float = 120, kernel_name: str = "python3") -> str:
         """Run code in a new kernel over the kernel websocket; return what it printed (raise on an error)."""
         return self.run_cells([code], timeout, kernel_name)[0]

@@ -49,9 +49,14 @@ def kernel_requirements(environment_yml: Path) -> tuple[str, list[str]]:
     return str(spec.get("display_name", spec["name"])), pip
 
 
-def kernel_specs() -> list[Path]:
-    """Every kernel's environment file: one kernel per folder of kernels/."""
-    return sorted((REPO_DIR / "kernels").glob("*/environment.yml"))
+def kernel_specs(*, conda_only: bool = False) -> list[Path]:
+    """The kernels' environment files, one kernel per folder of kernels/: those pip can install (the embedded
+    stack's, the venv build of the notebook image's, the locked ones), or with conda_only=True every one, those
+    marked `conda_only: true` (conda-forge packages, built into the images by conda) included."""
+    import yaml
+
+    specs = sorted((REPO_DIR / "kernels").glob("*/environment.yml"))
+    return [s for s in specs if conda_only or not yaml.safe_load(s.read_text()).get("conda_only", False)]
 
 
 def requirements_text(pip: list[str]) -> str:

@@ -79,8 +79,8 @@ def up(
     stand_ins = {"postgres": images["postgres"], "s3-store": images["seaweedfs"]}
     for name in ("tracking", "hub", "platform-tests"):
         containers.build(name)
-    # What DockerSpawner starts for users: the stand-in with images/notebook's server side.
-    containers.build_file(containers.STANDINS / "notebook" / "Dockerfile", "localhost/cubelab/notebook:test")
+    # What DockerSpawner starts for users: images/notebook itself, its kernels built from the lock files.
+    containers.build_notebook()
     project = tmp_path_factory.mktemp("compose")
     config = yaml.safe_load((ROOT / "cubelab.example.yaml").read_text())
     port = free_tcp_port()

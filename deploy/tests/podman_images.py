@@ -17,8 +17,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 from cubelab.prereqs import IMAGE_TESTS, PODMAN_STATE, describe_missing, missing_requirements, podman_environment
 
@@ -94,6 +96,33 @@ def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:
     return image
 
 
+def build_notebook(tag: str = "test") -> str:
+    """images/notebook built as on a host without conda-forge (KERNEL_ENVS=venv) on the debootstrap base: uv
+    installs the kernels from the lock files, with this machine's package sources (local mirrors mounted at the
+    same paths) and the embedded stack's uv cache (mounted, so nothing is downloaded twice)."""
+    import scratch
+
+    from cubelab import locks
+
+    scratch.use_shared_installs()
+    cache = Path(os.environ["CUBELAB_INSTALL_DIR"]) / "uv-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    sources = locks.pip_sources()
+    if "--index-strategy" in sources:  # build.sh sets it
+        at = sources.index("--index-strategy")
+        sources = sources[:at] + sources[at + 2 :]
+    mounts = sorted({p.removeprefix("file://").rstrip("/").rsplit("/simple", 1)[0] for p in sources
+                     if p.startswith(("/", "file:///")) and Path(p.removeprefix("file://")).exists()})  # fmt: skip
+    image, started = f"localhost/cubelab/notebook:{tag}", time.monotonic()
+    volumes = [arg for m in mounts for arg in ("--volume", f"{m}:{m}:ro")]
+    podman("build", "--format", "docker", "--network", "host", "--volume", f"{cache}:/uv-cache",
+           *volumes, "--build-arg", f"BASE_IMAGE={ensure_base_image()}", "--build-arg", "KERNEL_ENVS=venv",
+           "--build-arg", "TORCH_INDEX=", "--build-arg", f"UV_ARGS={' '.join(['--native-tls', *sources])}",
+           "-f", str(ROOT / "images/notebook/Dockerfile"), "-t", image, str(ROOT), timeout=1800)  # fmt: skip
+    print(f"[images] {image} (kernels from the lock files) built in {time.monotonic() - started:.0f} s", flush=True)
+    return image
+
+
 def build(name: str, tag: str = "test") -> str:
     """Build images/<name> (context: the repository)."""
     return build_file(ROOT / "images" / name / "Dockerfile", f"localhost/cubelab/{name}:{tag}")
@@ -146,3 +175,15 @@ def docker_api() -> Iterator[str]:
                 os.environ[key] = value
         service.terminate()
         service.wait(timeout=20)
+
+
+def wait_for(url: str, container: Any, timeout: float = 120, **kwargs: Any) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(url, timeout=3, **kwargs)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                out, err = container.get_logs()
+                raise AssertionError(f"{url} not answering; container log:\n{(out + err).decode()[-3000:]}") from None
+            time.sleep(0.5)

@@ -4,11 +4,11 @@ here) and platform_tests/ run unchanged inside it by the platform-tests service.
 Two departures from `docker compose up`, both because of what this machine has: Postgres and SeaweedFS are
 stand-in images built here (deploy/tests/standins: no registry), and podman 4.3 cannot wait on healthchecks, so
 `depends_on` is removed from the file it runs and this test starts the services in the order the conditions
-give, waiting for each healthcheck (run by hand: podman's timers need systemd). The users' image is a stand-in
-too (images/notebook's server side and one Python kernel: docker-stacks' base and conda-forge are not
-reachable), started by the hub's DockerSpawner through podman's Docker API, so the hub tests of platform_tests
-(login, spawn, a kernel logging to the team's server, isolation, TensorBoard, team choice) run for real; the
-kernels and notebooks tests, which need the three conda kernels, do not.
+give, waiting for each healthcheck (run by hand: podman's timers need systemd). The users' image is
+images/notebook built with KERNEL_ENVS=venv (docker-stacks' base and conda-forge are not reachable: the same
+kernels at the same prefixes, from the lock files), started by the hub's DockerSpawner through podman's Docker API,
+so the hub tests of platform_tests (login, spawn, a kernel logging to the team's server, isolation, TensorBoard,
+team choice) run for real, and every notebook of kernels/ runs in its kernel in a user's container.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from platform_tests.hubclient import login
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = [
     f"platform_tests/test_{name}.py"
-    for name in ("tracking", "storage", "access", "artifacts", "metrics", "hub", "isolation", "faults")
+    for name in "tracking storage access artifacts metrics hub isolation faults notebooks deepesdl".split()
 ]
 
 

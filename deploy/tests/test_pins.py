@@ -15,8 +15,9 @@ CONSTRAINTS = REPO / "deploy" / "requirements" / "constraints.txt"
 OLD_RELEASE = REPO / "deploy" / "tests" / "old_mlflow" / "requirements.txt"
 # A version fixed anywhere but the constraints file: mlflow or mlflow-skinny followed by ==, === or ~= and a number.
 PIN = re.compile(r"\bmlflow(?:-skinny)?\s*(?:===?|~=)\s*\d")
-# The steps of a Dockerfile that install a list of packages: each must read the constraints.
-LIST_INSTALL = re.compile(r"--requirement|pip install -r |env create")
+# The steps of a Dockerfile that install a list of packages, or run an image's build script (which does): each
+# must read the constraints.
+LIST_INSTALL = re.compile(r"--requirement|pip install -r |env create|cubelab-build-")
 
 
 def tracked(*patterns: str) -> list[Path]:
@@ -72,7 +73,30 @@ def test_every_image_build_installs_with_the_constraints() -> None:
                 checked += 1
                 assert "PIP_CONSTRAINT=/tmp/constraints.txt" in step, f"{dockerfile.relative_to(REPO)}: {step[:120]}"
                 assert "COPY" in dockerfile.read_text() and "constraints.txt" in dockerfile.read_text()
-    assert checked >= 5  # tracking, hub, platform-tests, notebook (server and kernels), the stand-in notebook
+    assert checked >= 4  # tracking, hub, platform-tests, notebook (its build script)
+
+
+def test_image_build_scripts_pass_the_constraints_to_uv() -> None:
+    """pip and mamba read PIP_CONSTRAINT, which the Dockerfile sets for its build script; uv does not, so each uv
+    install of a requirements list in a script names it (uv's installs from lock files need not)."""
+    checked = 0
+    for script in tracked("images/*.sh"):
+        for step in script_steps(script):
+            if "uv pip install" in step and "--requirement" in step:
+                checked += 1
+                assert '--constraint "${PIP_CONSTRAINT}"' in step, f"{script.relative_to(REPO)}: {step[:160]}"
+    assert checked >= 1  # images/notebook/build.sh, server side of the venv build
+
+
+def script_steps(path: Path) -> list[str]:
+    """A shell script's commands, continuation lines joined."""
+    steps, current = [], ""
+    for line in path.read_text().splitlines():
+        current += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            steps.append(current)
+            current = ""
+    return steps
 
 
 def test_the_embedded_stacks_installs_read_the_constraints() -> None:

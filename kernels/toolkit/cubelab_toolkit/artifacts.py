@@ -31,6 +31,8 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
 from mlflow.utils.uri import validate_path_is_safe
 
+from cubelab_toolkit import zarrformat
+
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
 _ENDPOINT = "/mlflow-artifacts/artifacts"
 
@@ -120,13 +122,20 @@ def _zarr_encoding(dataset: xr.Dataset, zarr_format: int) -> dict[str, dict[str,
 
 
 def log_zarr(
-    dataset: xr.Dataset, artifact_path: str, *, zarr_format: int = 3, run_id: str | None = None, direct: bool = True
+    dataset: xr.Dataset,
+    artifact_path: str,
+    *,
+    zarr_format: int | None = None,
+    run_id: str | None = None,
+    direct: bool = True,
 ) -> str:
     """Write dataset as a zarr store (chunks as they are) under artifact_path of the run; returns where it went.
+    zarr_format: 2 or 3; by default 3, or 2 where zarr-python 2 is installed (cubelab_toolkit.zarrformat).
 
     Straight to the run's S3 location when the session may (see direct_location), else through the tracking
     server. Either way the layout has no folder holding a lone same-named file (see the module doc)."""
     run_id = _active_run_id(run_id)
+    zarr_format = zarrformat.resolve(zarr_format)
     encoding = _zarr_encoding(dataset, zarr_format)
     target = direct_location(run_id, artifact_path) if direct else None
     if target:

@@ -170,9 +170,13 @@ def write_cube(
     *,
     chunking: str = "map",
     storage_options: Mapping[str, Any] | None = None,
-    zarr_format: int = 3,
+    zarr_format: int | None = None,
 ) -> str:
-    """Write ds chunked as asked to a local path or an s3:// URL; returns the URL."""
+    """Write ds chunked as asked to a local path or an s3:// URL; returns the URL. zarr_format: 2 or 3; by default
+    3, or 2 where zarr-python 2 is installed (cubelab_toolkit.zarrformat)."""
+    from cubelab_toolkit import zarrformat
+
+    zarr_format = zarrformat.resolve(zarr_format)
     out = chunked(ds, chunking)
     for name in out.variables:
         out[name].encoding.pop("chunks", None)
