@@ -18,13 +18,15 @@ $(VENV)/.installed: deploy/pyproject.toml | prereqs
 	@$(PIP) install -e deploy 2>&1 | grep -v "is ignored: it is neither" || true
 	@$(VENV)/bin/python -c "import cubelab" && touch $@
 
-# Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest, Playwright) on top,
+# Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest, Playwright) on top, with
+# uv (cubelab's dependency; with this machine's pip sources) since pip takes minutes to resolve them,
 # Debian's Chromium for the browser tests, podman/runc/debootstrap for the image tests (as root), helm and
 # the compose specification's schema for the deployment tests.
 $(VENV)/.installed-test: $(VENV)/.installed deploy/pyproject.toml kernels/toolkit/pyproject.toml deploy/requirements/constraints.txt
 	@$(PYTHON) deploy/cubelab/prereqs.py --for-tests
 	@echo "[cubelab] installing test dependencies and the in-kernel toolkit into $(VENV)"
-	@$(PIP) install -c deploy/requirements/constraints.txt -e 'deploy[test]' -e kernels/toolkit 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python $$($(VENV)/bin/python -m cubelab.locks --sources) \
+		-c deploy/requirements/constraints.txt -e 'deploy[test]' -e kernels/toolkit
 	@$(VENV)/bin/python deploy/cubelab/prereqs.py --tools $(VENV)/tools
 	@$(VENV)/bin/python -c "import mlflow, pytest, xarray, zarr, sklearn, cubelab_toolkit, testcontainers" && touch $@
 

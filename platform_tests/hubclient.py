@@ -85,7 +85,10 @@ class UserServer:
         nb = json.loads(path.read_text())
         cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
         outputs = self.run_cells(cells, timeout, kernel_name=nb["metadata"]["kernelspec"]["name"])
-        return dict(json.loads(outputs[-1].strip().splitlines()[-1]))
+        # The summary is the last line with a JSON object; a progress bar (tqdm on stderr, which arrives
+        # interleaved with stdout and may lack its newline) can stand before it on that line.
+        line = [text for text in outputs[-1].splitlines() if "{" in text][-1]
+        return dict(json.JSONDecoder().raw_decode(line[line.index("{") :])[0])
 
     def run(self, code: str, timeout: float = 120, kernel_name: str = "python3") -> str:
         """Run code in a new kernel over the kernel websocket; return what it printed (raise on an error)."""

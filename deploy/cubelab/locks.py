@@ -177,7 +177,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--check", action="store_true", help="only say which locks are stale (exit 1 if any)")
     parser.add_argument("--all", action="store_true", help="resolve every lock again, current or not")
+    parser.add_argument(
+        "--sources",
+        action="store_true",
+        help="print pip's package sources here as uv options (the Makefile's uv installs use them)",
+    )
     args = parser.parse_args(argv)
+    if args.sources:
+        print(" ".join(shlex.quote(option) for option in pip_sources()))
+        return 0
     old = stale()
     if args.check:
         for name in old:

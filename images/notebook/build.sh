@@ -72,12 +72,11 @@ for spec in "${kernels}"/*/environment.yml; do
         --display-name "$(field "${spec}" display_name)"
 done
 
-# Every notebook of kernels/ (each kernel's, and kernels/deepesdl's compatibility notebooks).
+# Every notebook of kernels/ (each kernel's, and kernels/deepesdl's compatibility notebooks), side by side in
+# the home: a folder named like a package (tensorflow/, sklearn/) there would shadow it for a kernel started in
+# the home.
 mkdir -p /home/jovyan/work
-for notebook in "${kernels}"/*/*.ipynb; do
-    mkdir -p "/home/jovyan/$(basename "$(dirname "${notebook}")")"
-    cp "${notebook}" "/home/jovyan/$(basename "$(dirname "${notebook}")")/"
-done
+cp "${kernels}"/*/*.ipynb /home/jovyan/
 
 rm -rf /tmp/uv /root/.cache/pip
 if [ "${mode}" = conda ]; then
