@@ -57,6 +57,26 @@ def samples(mw: MetricsMiddleware) -> dict[tuple[str, frozenset], float]:
             for family in text_string_to_metric_families(body.decode()) for s in family.samples}  # fmt: skip
 
 
+def test_a_request_is_counted_before_its_answer_is_complete() -> None:
+    """A client that scrapes right after its request finds it counted (CI once saw a scrape overtake the counting
+    of the request before it when counting came after the last byte)."""
+    mw = MetricsMiddleware(app, "ocean", TOKEN)
+    seen: list[float] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            seen.append(mw.requests.labels("ocean", "create_run", "POST", "201")._value.get())
+
+    scope = {"type": "http", "path": "/create", "method": "POST", "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    asyncio.run(mw(scope, receive, send))
+    asyncio.run(mw(scope, receive, send))
+    assert seen == [1, 2]
+
+
 def test_requests_are_counted_by_route_method_and_status() -> None:
     mw = MetricsMiddleware(app, "ocean", TOKEN)
     for _ in range(3):

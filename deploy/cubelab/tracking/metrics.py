@@ -163,21 +163,30 @@ class MetricsMiddleware:
         method = method if method in METHODS else "other"
         status = 500  # what the client gets when the app fails before it answers
         started = time.perf_counter()
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.in_flight.labels(self.team).dec()
+                name = route_label(route["handler"])
+                self.requests.labels(self.team, name, method, str(status)).inc()
+                self.latency.labels(self.team, name, method).observe(time.perf_counter() - started)
 
         async def sending(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the client can have the whole answer: a scrape it makes next sees this request
             await send(message)
 
         self.in_flight.labels(self.team).inc()
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.in_flight.labels(self.team).dec()
-            name = route_label(route["handler"])
-            self.requests.labels(self.team, name, method, str(status)).inc()
-            self.latency.labels(self.team, name, method).observe(time.perf_counter() - started)
+            record()
 
     async def _serve(self, scope: Scope, send: Send) -> None:
         token, from_cookie = credentials(_headers(scope), "")
