@@ -87,11 +87,24 @@ def ensure_base_image() -> str:
     return BASE_IMAGE
 
 
+def image_id(name: str) -> str | None:
+    done = podman("image", "inspect", "--format", "{{.Id}}", name, check=False)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def build_image(image: str, *args: str, timeout: float = 900) -> None:
+    """podman build -t image ARGS, then remove the image the tag named before if the build replaced it (unless a
+    container still uses it): every run of the suite rebuilds, and the notebook image is GBs."""
+    before = image_id(image)
+    podman("build", "--format", "docker", "--network", "host", "-t", image, *args, timeout=timeout)
+    if before and before != image_id(image):
+        podman("rmi", before, check=False)
+
+
 def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:
     """Build a Dockerfile on the debootstrap base; podman's layer cache makes a rebuild quick."""
     started = time.monotonic()
-    podman("build", "--format", "docker", "--network", "host", "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
-           "-f", str(dockerfile), "-t", image, str(context))  # fmt: skip
+    build_image(image, "--build-arg", f"BASE_IMAGE={ensure_base_image()}", "-f", str(dockerfile), str(context))
     print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
     return image
 
@@ -115,10 +128,10 @@ def build_notebook(tag: str = "test") -> str:
                      if p.startswith(("/", "file:///")) and Path(p.removeprefix("file://")).exists()})  # fmt: skip
     image, started = f"localhost/cubelab/notebook:{tag}", time.monotonic()
     volumes = [arg for m in mounts for arg in ("--volume", f"{m}:{m}:ro")]
-    podman("build", "--format", "docker", "--network", "host", "--volume", f"{cache}:/uv-cache",
-           *volumes, "--build-arg", f"BASE_IMAGE={ensure_base_image()}", "--build-arg", "KERNEL_ENVS=venv",
-           "--build-arg", "TORCH_INDEX=", "--build-arg", f"UV_ARGS={' '.join(['--native-tls', *sources])}",
-           "-f", str(ROOT / "images/notebook/Dockerfile"), "-t", image, str(ROOT), timeout=1800)  # fmt: skip
+    build_image(image, "--volume", f"{cache}:/uv-cache", *volumes, "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
+                "--build-arg", "KERNEL_ENVS=venv", "--build-arg", "TORCH_INDEX=",
+                "--build-arg", f"UV_ARGS={' '.join(['--system-certs', *sources])}",
+                "-f", str(ROOT / "images/notebook/Dockerfile"), str(ROOT), timeout=1800)  # fmt: skip
     print(f"[images] {image} (kernels from the lock files) built in {time.monotonic() - started:.0f} s", flush=True)
     return image
 
