@@ -53,16 +53,20 @@ def test_no_other_file_fixes_mlflows_version() -> None:
     )
 
 
-def dockerfile_steps(path: Path) -> list[str]:
-    """The RUN instructions of a Dockerfile, continuation lines joined."""
+def script_steps(path: Path) -> list[str]:
+    """A shell script's (or Dockerfile's) commands, continuation lines joined."""
     steps, current = [], ""
     for line in path.read_text().splitlines():
-        if current or line.startswith("RUN "):
-            current += line.rstrip("\\") + " "
-            if not line.endswith("\\"):
-                steps.append(current)
-                current = ""
+        current += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            steps.append(current)
+            current = ""
     return steps
+
+
+def dockerfile_steps(path: Path) -> list[str]:
+    """The RUN instructions of a Dockerfile, continuation lines joined."""
+    return [step for step in script_steps(path) if step.startswith("RUN ")]
 
 
 def test_every_image_build_installs_with_the_constraints() -> None:
@@ -86,17 +90,6 @@ def test_image_build_scripts_pass_the_constraints_to_uv() -> None:
                 checked += 1
                 assert '--constraint "${PIP_CONSTRAINT}"' in step, f"{script.relative_to(REPO)}: {step[:160]}"
     assert checked >= 1  # images/notebook/build.sh, server side of the venv build
-
-
-def script_steps(path: Path) -> list[str]:
-    """A shell script's commands, continuation lines joined."""
-    steps, current = [], ""
-    for line in path.read_text().splitlines():
-        current += line.rstrip("\\") + " "
-        if not line.endswith("\\"):
-            steps.append(current)
-            current = ""
-    return steps
 
 
 def test_the_embedded_stacks_installs_read_the_constraints() -> None:
