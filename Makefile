@@ -45,7 +45,7 @@ lint: $(VENV)/.installed-test
 
 # The test suite starts its own stacks (own state dirs, free ports) and stops them afterwards.
 test: $(VENV)/.installed-test lint
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=30
 
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_platform.py --json benchmarks/results.json

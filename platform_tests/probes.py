@@ -20,10 +20,11 @@ for endpoint in ENDPOINTS:
             # The filer lists every bucket to anyone who asks; any HTTP answer at all counts as reached.
             conn.sendall(b"GET /buckets/?pretty=y HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
             conn.settimeout(15)
-            if conn.recv(64):
-                results[endpoint] = "answered"
-        except OSError:
+            results[endpoint] = "answered" if conn.recv(64) else "hung up"
+        except TimeoutError:
             pass
+        except OSError:
+            results[endpoint] = "hung up"
 for path in glob.glob(SOCKETS) if SOCKETS else []:
     try:
         with socket.socket(socket.AF_UNIX) as conn:
@@ -33,10 +34,11 @@ for path in glob.glob(SOCKETS) if SOCKETS else []:
         results[path] = type(exc).__name__
 print(json.dumps(results))
 """
-REACHED = ("open", "answered")  # what a probe result says when the target let the prober in
+REACHED = ("open", "answered", "hung up")  # what a probe result says when the target let the prober in
 
 
 def reach(endpoints: list[str], sockets: str = "") -> str:
     """Python code that connects to each "host:port" (and each unix socket matching the glob sockets) and prints
-    JSON {target: "answered" | "open" | the error's name}."""
+    JSON {target: "answered" | "open" (no answer in 15 s) | "hung up" (closed
+    without answering) | the error's name}."""
     return f"ENDPOINTS = {json.dumps(endpoints)}\nSOCKETS = {sockets!r}\n{_REACH}"

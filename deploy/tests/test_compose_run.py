@@ -14,6 +14,7 @@ team choice) run for real, and every notebook of kernels/ runs in its kernel in 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,7 +104,17 @@ def test_users_containers_reach_the_s3_api_and_no_other_storage_port(deployment:
     relay_ip = _addresses(relay)["cubelab-users"]
     targets = [(store_ip, p) for p in sorted(store_ports)] + [(relay_ip, 8333), ("s3", 8333)]
     from_users = _probe("cubelab-users", targets)
-    assert from_users.pop(f"{relay_ip}:8333") == "answered" and from_users.pop("s3:8333") == "answered"
+    api = {f"{relay_ip}:8333": "answered", "s3:8333": "answered"}
+    # The S3 API must answer through the relay (by address and by name). That is the positive control; on a
+    # loaded machine a first answer can be late, so it gets two more tries (the closed ports get none).
+    for _ in range(2):
+        if {k: from_users[k] for k in api} == api:
+            break
+        time.sleep(5)
+        from_users |= _probe("cubelab-users", [(relay_ip, 8333), ("s3", 8333)])
+    logs = containers.podman("logs", "--tail", "20", relay, check=False)
+    relay_log = logs.stdout + logs.stderr
+    assert {k: from_users.pop(k) for k in api} == api, f"{from_users}\nrelay log:\n{relay_log}"
     assert all(v not in probes.REACHED for v in from_users.values()), from_users
     storage_network = next(iter(_addresses(store)))
     from_inside = _probe(storage_network, [(store_ip, 8888)])
