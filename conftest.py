@@ -42,6 +42,14 @@ def stacks() -> Iterator[ScratchStacks]:
     factory.close()
 
 
+# Dask gateway limits of the shared stack's teams that platform_tests/test_gateway.py can reach in a test: a member
+# of ocean may run 3 workers in all, 2 per cluster; land's clusters stop after 20 idle seconds.
+GATEWAY_LIMITS = {
+    "ocean": {"max_workers_per_cluster": 2, "max_workers_per_user": 3, "max_clusters_per_user": 2},
+    "land": {"idle_timeout_seconds": 20},
+}
+
+
 @pytest.fixture(scope="session")
 def deployment() -> Iterator[dict[str, Any]]:
     """The deployment under test: $CUBELAB_DEPLOYMENT (a description file from `cubelab describe`, or one
@@ -49,11 +57,12 @@ def deployment() -> Iterator[dict[str, Any]]:
     if path := os.environ.get("CUBELAB_DEPLOYMENT"):
         yield json.loads(Path(path).read_text())
         return
-    from scratch import ScratchStacks
+    from scratch import DEFAULT_TEAMS, ScratchStacks
 
     factory = ScratchStacks(progress=_print)
+    teams = [team | {"dask_gateway": GATEWAY_LIMITS[team["name"]]} for team in DEFAULT_TEAMS]
     try:
-        backend = factory.backend(factory.config())
+        backend = factory.backend(factory.config(teams=teams, dask_gateway={"enabled": True}))
         backend.up()
         # A stack of its own: the fault tests may kill its services (platform_tests/faults.py).
         yield backend.description() | {"faults": {"kind": "local", "config": str(backend.config.path)}}

@@ -49,12 +49,48 @@ class User:
 
 
 @dataclass(frozen=True)
+class ClusterLimits:
+    """What a team's members may ask of the Dask gateway; see platform.schema.json (dask_gateway.clusters)."""
+
+    worker_cores_min: int = 1
+    worker_cores_max: int = 2
+    worker_cores: int = 1
+    worker_memory_gib_min: float = 0.5
+    worker_memory_gib_max: float = 4
+    worker_memory_gib: float = 2
+    max_workers_per_cluster: int = 4
+    max_workers_per_user: int = 8
+    max_clusters_per_user: int = 2
+    idle_timeout_seconds: int = 1800
+
+    def problem(self) -> str:
+        """Why these limits contradict themselves, or ''."""
+        for key in ("worker_cores", "worker_memory_gib"):
+            low, value, high = getattr(self, f"{key}_min"), getattr(self, key), getattr(self, f"{key}_max")
+            if not low <= value <= high:
+                return f"{key} {value} is not between {key}_min {low} and {key}_max {high}"
+        if self.max_workers_per_cluster > self.max_workers_per_user:
+            return (f"max_workers_per_cluster {self.max_workers_per_cluster} is more than max_workers_per_user "
+                    f"{self.max_workers_per_user}")  # fmt: skip
+        return ""
+
+
+@dataclass(frozen=True)
+class DaskGateway:
+    """dask-gateway for every team (cubelab.gateway); see platform.schema.json."""
+
+    enabled: bool = False
+    clusters: ClusterLimits = field(default_factory=ClusterLimits)
+
+
+@dataclass(frozen=True)
 class Team:
     name: str
     members: tuple[str, ...]
     admins: tuple[str, ...] = ()
     port: int | None = None
     gpu: bool = False
+    dask: ClusterLimits = field(default_factory=lambda: ClusterLimits())
 
     @property
     def ident(self) -> str:
@@ -81,9 +117,22 @@ class Ports:
     tracking: int = 15100
     hub: int = 18000
     prometheus: int = 19090
+    dask_gateway: int = 18100
 
     # How many consecutive ports each shared service takes from its base port.
-    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3, "prometheus": 1}
+    SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3, "prometheus": 1,
+                                       "dask_gateway": 3}  # fmt: skip
+
+    @property
+    def dask_gateway_tls(self) -> int:
+        """The gateway's TLS port (schedulers, by SNI): the port after ports.dask_gateway."""
+        return self.dask_gateway + 1
+
+    @property
+    def dask_gateway_api(self) -> int:
+        """The gateway's private API (its proxy forwards there; schedulers send heartbeats there): two after."""
+        return self.dask_gateway + 2
+
     # SeaweedFS serves gRPC on each of its HTTP ports + 10000.
     GRPC_OFFSET: ClassVar[int] = storage.GRPC_OFFSET
 
@@ -214,6 +263,7 @@ class PlatformConfig:
     ports: Ports = field(default_factory=Ports)
     supervision: Supervision = field(default_factory=Supervision)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    dask_gateway: DaskGateway = field(default_factory=DaskGateway)
     kernels: Kernels = field(default_factory=Kernels)
     hub: Hub = field(default_factory=Hub)
     containers: Containers = field(default_factory=Containers)
@@ -245,6 +295,13 @@ class PlatformConfig:
             if team.name == name:
                 return team
         raise KeyError(name)
+
+
+def embedded_only(config: PlatformConfig, target: str) -> None:
+    """Refuse what only the embedded stack runs yet, before a container target renders a half deployment."""
+    if config.dask_gateway.enabled:
+        raise ConfigError(f"{config.path}: dask_gateway.enabled: the Dask gateway runs on the embedded stack only "
+                          f"so far; {target} cannot deploy it yet (set it to false to render {target})")  # fmt: skip
 
 
 def schema() -> dict[str, Any]:
@@ -434,6 +491,10 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
     teams: list[Team] = []
     used_ports = ports.reserved()
     oidc = data.get("hub", {}).get("auth", {}).get("type") == "oidc"
+    gateway = DaskGateway(enabled=data.get("dask_gateway", {}).get("enabled", False),
+                          clusters=ClusterLimits(**data.get("dask_gateway", {}).get("clusters", {})))  # fmt: skip
+    if problem := gateway.clusters.problem():
+        raise fail(("dask_gateway", "clusters"), problem)
     for i, raw in enumerate(data["teams"]):
         name = raw["name"]
         if name in {t.name for t in teams}:
@@ -462,6 +523,9 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                     ("teams", i, "admins", j),
                     f"admin {admin!r} of team {name!r} is not in its members",
                 )
+        dask = dataclasses.replace(gateway.clusters, **raw.get("dask_gateway", {}))
+        if problem := dask.problem():
+            raise fail(("teams", i, "dask_gateway"), f"team {name!r}: {problem}")
         port = raw.get("port")
         if port is not None:
             if port + Ports.GRPC_OFFSET in range(ports.s3, ports.s3 + Ports.SPANS["s3"]):
@@ -476,6 +540,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
                 admins=tuple(raw.get("admins", [])),
                 port=port,
                 gpu=raw.get("gpu", False),
+                dask=dask,
             )
         )
     owners: dict[int, str] = {}
@@ -509,6 +574,7 @@ def _build(data: dict[str, Any], path: Path, fail: Any) -> PlatformConfig:
         ports=ports,
         supervision=Supervision(**data.get("supervision", {})),
         monitoring=Monitoring(**data.get("monitoring", {})),
+        dask_gateway=gateway,
         kernels=Kernels(**data.get("kernels", {})),
         hub=hub,
         containers=_build_containers(data.get("containers", {})),

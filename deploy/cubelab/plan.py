@@ -10,6 +10,7 @@ variables set from Secrets. The names are `cubelab.provision.TeamSecrets`' and `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ METRICS_TOKEN = "CUBELAB_METRICS_TOKEN"  # noqa: S105 - a variable name
 # service prefix so the hub's proxy never routes to it.
 HUB_METRICS_PATH, TRACKING_METRICS_PATH = "/hub/metrics", "/metrics"
 S3_REGION = "us-east-1"
+# dask-gateway (cubelab.gateway): its hub service token, and the key its database encrypts clusters' TLS keys with.
+GATEWAY_TOKEN, GATEWAY_DB_KEY = "CUBELAB_GATEWAY_TOKEN", "CUBELAB_GATEWAY_DB_KEY"
 
 
 def ref(name: str) -> str:
@@ -78,6 +81,9 @@ class Addresses:
     tracking_bind: Mapping[str, tuple[str, int]]  # team -> where its server listens
     tracking: Mapping[str, str]  # team -> its server's base URL, as the hub and users' kernels reach it
     tracking_hosts: Mapping[str, tuple[str, ...]]  # team -> other Host values its server answers to
+    gateway_bind: tuple[str, int] = ("", 0)  # where dask-gateway's proxy serves HTTP (API, dashboards)
+    gateway: str = ""  # that HTTP address as the hub's proxy reaches it
+    gateway_tls: str = ""  # host:port of its TLS proxy (schedulers by SNI), as kernels and workers reach it
 
 
 def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -> Addresses:
@@ -91,6 +97,9 @@ def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -
         tracking_bind={t.name: (loop, tracking_ports[t.name]) for t in config.teams},
         tracking={t.name: f"http://{loop}:{tracking_ports[t.name]}" for t in config.teams},
         tracking_hosts={t.name: () for t in config.teams},
+        gateway_bind=(loop, config.ports.dask_gateway),
+        gateway=f"http://{loop}:{config.ports.dask_gateway}",
+        gateway_tls=f"{loop}:{config.ports.dask_gateway_tls}",
     )
 
 
@@ -171,13 +180,12 @@ def artifact_root(config: PlatformConfig, team: Team) -> str:
     return f"s3://{config.bucket(team)}/{config.storage.artifact_prefix}"
 
 
-def user_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
-    """What a user's server gets in a session of this team (cubelab.hub.teams.TeamEnvironment), in every target:
-    the team's tracking URI, its S3 keys under DeepESDL's and AWS's names, its artefact root."""
+def storage_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
+    """A team's storage as code reads it: its bucket, its S3 keys under DeepESDL's and AWS's names, its artefact
+    root. Users' servers have it (user_env), and so do the team's Dask workers (gateway_settings)."""
     t = TeamSecrets(team.name)
     access_key, secret_key = ref(t.s3_access_key), ref(t.s3_secret_key)
     return {
-        "MLFLOW_TRACKING_URI": addr.tracking[team.name] + render.service_prefix(team),
         "S3_USER_STORAGE_BUCKET": config.bucket(team),
         "S3_USER_STORAGE_KEY": access_key,
         "S3_USER_STORAGE_SECRET": secret_key,
@@ -189,7 +197,49 @@ def user_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, s
         "S3_ENDPOINT": addr.s3,
         # Where the tracking server keeps run artefacts: the toolkit writes large ones there itself.
         "CUBELAB_ARTIFACT_ROOT": artifact_root(config, team),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+def user_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
+    """What a user's server gets in a session of this team (cubelab.hub.teams.TeamEnvironment), in every target:
+    the team's tracking URI and storage, and where its Dask gateway is."""
+    env = {"MLFLOW_TRACKING_URI": addr.tracking[team.name] + render.service_prefix(team)}
+    env |= storage_env(config, team, addr) | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    if config.dask_gateway.enabled:
+        env |= gateway_client_env(team, addr)
+    return env
+
+
+def gateway_client_env(team: Team, addr: Addresses) -> dict[str, str]:
+    """dask-gateway's client settings (its dask config as variables): `Gateway()` needs no arguments, and a new
+    cluster is for the session's team unless the member picks another of theirs."""
+    base = f"{addr.public_url}{render.GATEWAY_PREFIX}"
+    return {
+        "DASK_GATEWAY__ADDRESS": base,  # the API, through the hub's proxy
+        "DASK_GATEWAY__PUBLIC_ADDRESS": base,  # dashboard links, for browsers
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{addr.gateway_tls}",  # schedulers, TLS by cluster name
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",  # the server's own hub token (JUPYTERHUB_API_TOKEN)
+        "DASK_GATEWAY__CLUSTER__OPTIONS__TEAM": team.name,
+    }
+
+
+def gateway_settings(config: PlatformConfig, addr: Addresses) -> dict[str, Any]:
+    """dask-gateway's settings in every target (cubelab.gateway.configure maps them to traits): where it listens,
+    how it checks tokens with the hub, and each team's cluster limits and storage environment."""
+    host, port = addr.gateway_bind
+    tls_port = addr.gateway_tls.rsplit(":", 1)[1]
+    return {
+        "service_name": render.GATEWAY_SERVICE,
+        "prefix": render.GATEWAY_PREFIX,
+        "hub_api_url": addr.hub_api,
+        "api_token": ref(GATEWAY_TOKEN),
+        "db_key": ref(GATEWAY_DB_KEY),
+        "http_address": f"{host}:{port}",
+        "tls_address": f"{host}:{tls_port}",
+        "teams": {
+            t.name: {"limits": dataclasses.asdict(t.dask), "environment": storage_env(config, t, addr)}
+            for t in config.teams
+        },
     }
 
 
@@ -210,13 +260,15 @@ def hub_settings(config: PlatformConfig, addr: Addresses, files: HubFiles) -> di
     services = render.team_services(config, dict(addr.tracking), tokens, addr.public_url)
     services.append({"name": render.ADMIN_SERVICE, "api_token": ref(ADMIN_TOKEN)})
     services.append({"name": render.METRICS_SERVICE, "api_token": ref(METRICS_TOKEN)})
+    if config.dask_gateway.enabled:
+        services.append(render.gateway_service(addr.gateway, ref(GATEWAY_TOKEN)))
     culler = files.culler is not None and config.hub.cull_idle_seconds > 0
     if culler:
         services.append(files.culler)
     settings: dict[str, Any] = {
         "admin_users": list(config.admins),
         "groups": render.load_groups(config),
-        "load_roles": render.roles(config, culler),
+        "load_roles": render.roles(config, culler, gateway=config.dask_gateway.enabled),
         "services": services,
         "template_paths": [files.templates],
         "template_vars": render.template_vars(config, addr.public_url),

@@ -46,7 +46,8 @@ def free_port_block() -> dict[str, int]:
         base = random.randrange(12000, 22000, 20)  # noqa: S311 - not for secrets
         ports = range(base, base + 20)
         if all(port_owner(p) is None for p in ports) and all(port_owner(p + 10000) is None for p in ports[1:8]):
-            return {"postgres": base, "s3": base + 1, "hub": base + 8, "prometheus": base + 11, "tracking": base + 12}
+            return {"postgres": base, "s3": base + 1, "hub": base + 8, "prometheus": base + 11, "tracking": base + 12,
+                    "dask_gateway": base + 16}  # fmt: skip
     raise RuntimeError("no free block of loopback ports found")
 
 

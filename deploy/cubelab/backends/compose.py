@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from cubelab import plan, storage
-from cubelab.config import PlatformConfig
+from cubelab.config import PlatformConfig, embedded_only
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
 from cubelab.secrets import new_access_key, new_password, write_private
@@ -207,6 +207,7 @@ def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
 def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """The compose file's content; out_dir (default: the config's folder) is where it will be written, for paths
     relative to it."""
+    embedded_only(config, "compose")
     images = config.containers
     addr = plan.compose_addresses(config)
     build = lambda name: {"context": ".", "dockerfile": f"images/{name}/Dockerfile"}  # noqa: E731

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from cubelab import plan
-from cubelab.config import PlatformConfig, Profile, Team
+from cubelab.config import PlatformConfig, Profile, Team, embedded_only
 from cubelab.hub import render
 from cubelab.provision import user_password_var
 
@@ -103,6 +103,7 @@ def _hub_env(settings: dict[str, Any], sources: dict[str, tuple[str, str]]) -> d
 
 
 def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str, Any]:
+    embedded_only(config, "Helm")
     images = config.containers
     addr = plan.helm_addresses(config, release)
     sources = secret_sources(config, release)

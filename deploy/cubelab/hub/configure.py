@@ -29,6 +29,7 @@ TRAITS = {
     "spawner_timeout": ("Spawner", "start_timeout"),
     "server_token_scopes": ("Spawner", "server_token_scopes"),
     "run_as_system_users": ("CubelabSpawner", "run_as_system_users"),
+    "system_user_prefix": ("CubelabSpawner", "system_user_prefix"),
     "homes_dir": ("CubelabSpawner", "homes_dir"),
     "stack_marker": ("CubelabSpawner", "stack_marker"),
     "docker_image": ("DockerSpawner", "image"),

@@ -13,6 +13,10 @@ ADMIN_SERVICE = "cubelab"
 METRICS_SERVICE = "cubelab-metrics"
 # What an operator may do: JupyterHub's admin page, reading users, servers and groups, stopping servers. Not
 # `tokens` (a token of a member opens the team's data), not `admin:users` or `groups` (membership is access).
+# dask-gateway, a hub service (cubelab.gateway): it admits only tokens that may access it, which every team
+# member's session token may.
+GATEWAY_SERVICE = "dask-gateway"
+GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 OPERATOR_SCOPES = ["admin-ui", "list:users", "read:users", "read:servers", "delete:servers", "list:groups",
                    "read:groups", "read:roles"]  # fmt: skip
 
@@ -33,7 +37,7 @@ def load_groups(config: PlatformConfig) -> dict[str, list[str]]:
     return {} if config.hub.auth.type == "oidc" else groups(config)
 
 
-def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
+def roles(config: PlatformConfig, culler: bool, gateway: bool = False) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {
             "name": f"team-{team.name}",
@@ -65,6 +69,13 @@ def roles(config: PlatformConfig, culler: bool) -> list[dict[str, Any]]:
         "scopes": ["read:metrics"],
         "services": [METRICS_SERVICE],
     })  # fmt: skip
+    if gateway and config.teams:
+        out.append({
+            "name": "dask-gateway-users",
+            "description": "members of any team: start Dask clusters for their teams",
+            "scopes": [f"access:services!service={GATEWAY_SERVICE}"],
+            "groups": [team.name for team in config.teams],
+        })  # fmt: skip
     if config.operators:
         out.append({
             "name": "cubelab-operator",
@@ -110,6 +121,11 @@ def team_services(
         }
         for team in config.teams
     ]
+
+
+def gateway_service(url: str, token: str) -> dict[str, Any]:
+    """dask-gateway as a hub service: the hub's proxy routes GATEWAY_PREFIX to its HTTP proxy."""
+    return {"name": GATEWAY_SERVICE, "display": False, "url": url, "api_token": token}
 
 
 # A user server's token also opens the user's teams' tracking servers (access:services is narrowed by the hub

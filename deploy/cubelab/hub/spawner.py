@@ -16,7 +16,9 @@ from traitlets import Bool, Unicode
 
 class CubelabSpawner(LocalProcessSpawner):
     run_as_system_users = Bool(True, help="run each user as the Unix account <prefix><name>").tag(config=True)
-    system_user_prefix = Unicode("cl-").tag(config=True)
+    system_user_prefix = Unicode(help="a user NAME runs as the account PREFIX+NAME (accounts.USER_PREFIX)").tag(
+        config=True
+    )
     homes_dir = Unicode(help="where homes are when users are not separate Unix accounts").tag(config=True)
     stack_marker = Unicode(help="CUBELAB_STACK value, so `cubelab down` finds every server").tag(config=True)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from cubelab.procs import StartError
 
-SERVICE_PREFIX = "clt-"  # users' accounts are cl-NAME: the two never collide
+USER_PREFIX = "cl-"  # a hub user NAME is the account cl-NAME (as root), for their servers and Dask clusters
+SERVICE_PREFIX = "clt-"  # services' accounts: the two never collide
 MAX_NAME = 32  # useradd's limit
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cubelab import plan
-from cubelab.backends.local.accounts import ensure_service_home, service_account
+from cubelab.backends.local.accounts import USER_PREFIX, ensure_service_home, service_account
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.postgres import LocalPostgres
 from cubelab.backends.local.seaweed import LocalS3
@@ -29,8 +29,6 @@ NAME = "hub"
 HUB_FAMILY = "CUBELAB_HUB_FAMILY"  # in the environment of the hub and the processes it starts for itself
 HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
 
-SYSTEM_USER_PREFIX = "cl-"
-
 
 def _token() -> str:
     return secrets.token_hex(32)
@@ -45,8 +43,10 @@ class LocalHub:
         postgres: LocalPostgres,
         s3: LocalS3,
         tracking: LocalTracking,
+        gateway_token: Callable[[], str],
     ) -> None:
         self.config = config
+        self.gateway_token = gateway_token
         self.paths = paths
         self.procs = procs
         self.postgres = postgres
@@ -70,9 +70,9 @@ class LocalHub:
     def home_of(self, user: str) -> str:
         if self.system_users:
             try:
-                return pwd.getpwnam(f"{SYSTEM_USER_PREFIX}{user}").pw_dir
+                return pwd.getpwnam(f"{USER_PREFIX}{user}").pw_dir
             except KeyError:
-                return str(Path("/home") / f"{SYSTEM_USER_PREFIX}{user}")
+                return str(Path("/home") / f"{USER_PREFIX}{user}")
         return str(self.paths.homes / user)
 
     def admin_token(self) -> str:
@@ -109,7 +109,7 @@ class LocalHub:
         if not self.system_users:
             return
         for user in self.config.users:
-            name = SYSTEM_USER_PREFIX + user.name
+            name = USER_PREFIX + user.name
             try:
                 pwd.getpwnam(name)
                 continue
@@ -135,6 +135,8 @@ class LocalHub:
             plan.HUB_PROXY_TOKEN: self.secrets.get("hub-proxy-token", _token),
             plan.METRICS_TOKEN: self.tracking.metrics_token(),
         }
+        if self.config.dask_gateway.enabled:
+            values[plan.GATEWAY_TOKEN] = self.gateway_token()
         for team in self.config.teams:
             values |= self.tracking.secret_values(team)
         return values
@@ -160,6 +162,7 @@ class LocalHub:
             "spawner_cmd": [str(venv / "bin/jupyterhub-singleuser")],
             "spawner_timeout": config.hub.spawn_timeout_seconds,
             "run_as_system_users": self.system_users,
+            "system_user_prefix": USER_PREFIX,
             "homes_dir": str(self.paths.homes),
             "stack_marker": str(self.paths.root),
         }

@@ -12,7 +12,8 @@ EXTERNAL_ROOT = Path("/var/lib/cubelab")
 
 # What cubelab itself puts into a state directory (the test suite's shared installs and scratch stacks too).
 OWN_ENTRIES = frozenset({"secrets", "run", "logs", "postgres", "s3", "home", "hub", "homes", "service-homes",
-                         "install", "scratch", "ports.json", "deployment.json"})  # fmt: skip
+                         "install", "scratch", "ports.json", "deployment.json", "gateway",
+                         "dask-clusters"})  # fmt: skip
 
 
 class StateDirError(Exception):
@@ -96,6 +97,16 @@ class StatePaths:
     @property
     def hub(self) -> Path:
         return self.root / "hub"
+
+    @property
+    def gateway(self) -> Path:
+        """dask-gateway's settings and database (root only)."""
+        return self.root / "gateway"
+
+    @property
+    def dask_clusters(self) -> Path:
+        """Clusters' working folders: each owned by the cluster's user, so the folder above is traversable."""
+        return self.reachable_or_external(self.root / "dask-clusters")
 
     @property
     def homes(self) -> Path:

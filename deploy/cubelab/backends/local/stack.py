@@ -16,8 +16,9 @@ from typing import Any
 from cubelab import gpus, plan
 from cubelab import procs as procs_module
 from cubelab.backends.base import Progress, ServiceStatus
-from cubelab.backends.local import hub, monitoring, seaweed, supervisor
+from cubelab.backends.local import gateway, hub, monitoring, seaweed, supervisor
 from cubelab.backends.local import postgres as pg
+from cubelab.backends.local.gateway import LocalGateway
 from cubelab.backends.local.hub import LocalHub
 from cubelab.backends.local.maintenance import Maintenance
 from cubelab.backends.local.monitoring import LocalPrometheus
@@ -62,7 +63,8 @@ class LocalBackend:
         self.postgres = LocalPostgres(config, self.paths, self.procs)
         self.s3 = LocalS3(config, self.paths, self.procs)
         self.tracking = LocalTracking(config, self.paths, self.procs, self.postgres, self.s3)
-        self.hub = LocalHub(config, self.paths, self.procs, self.postgres, self.s3, self.tracking)
+        self.gateway = LocalGateway(config, self.paths, self.tracking)
+        self.hub = LocalHub(config, self.paths, self.procs, self.postgres, self.s3, self.tracking, self.gateway.token)
         self.prometheus = LocalPrometheus(config, self.paths, self.tracking.metrics_token, self.tracking.addresses)
 
     # -- bringing things up -------------------------------------------------------------------
@@ -107,8 +109,14 @@ class LocalBackend:
             self.s3.ensure_bucket(team)
         self.progress(f"provisioned {len(self.config.teams)} team(s): databases, roles, buckets, S3 identities")
         self.hub.provision(self.progress)
-        # The hub and every tracking server start together and are waited for together: their start-ups overlap.
-        self._bring_up([self._service(name, programs) for name in (*(t.service for t in self.config.teams), hub.NAME)])
+        # The hub, every tracking server and the gateway start together and are waited for together: their
+        # start-ups overlap.
+        names = [t.service for t in self.config.teams] + [hub.NAME]
+        if self.config.dask_gateway.enabled:
+            names.append(gateway.NAME)
+        elif self.procs.stop(gateway.NAME):
+            self.progress("dask-gateway stopped (dask_gateway.enabled is false), with its clusters")
+        self._bring_up([self._service(name, programs) for name in names])
         self.hub.sync(self.progress)
 
     def _service(self, name: str, programs: Programs) -> tuple[Launch, Callable[[], bool]]:
@@ -119,6 +127,8 @@ class LocalBackend:
             return self.s3.launch(str(programs.services / "bin/weed")), self.s3.healthy
         if name == hub.NAME:
             return self.hub.launch(programs.hub, programs.proxy, self.progress), self.hub.healthy
+        if name == gateway.NAME:
+            return self.gateway.launch(programs.services, self.paths.install), self.gateway.healthy
         if name == monitoring.NAME:
             program = monitoring.binary()
             if program is None:
@@ -226,6 +236,9 @@ class LocalBackend:
                 )
             )
             known.add(team.service)
+        if self.config.dask_gateway.enabled or self.procs.get(gateway.NAME):
+            rows.append(self._row(gateway.NAME, "dask-gateway", None, self.gateway.url, self.gateway.healthy))
+            known.add(gateway.NAME)
         if self.config.monitoring.enabled or self.procs.get(monitoring.NAME):
             rows.append(self._row(monitoring.NAME, "monitoring", None, self.prometheus.url, self.prometheus.healthy))
             known.add(monitoring.NAME)
@@ -304,7 +317,8 @@ class LocalBackend:
         return Maintenance(self).upgrade(location)
 
     def log_path(self, service: str) -> Path:
-        names = {pg.NAME, seaweed.NAME, hub.NAME, monitoring.NAME} | {t.service for t in self.config.teams}
+        names = {pg.NAME, seaweed.NAME, hub.NAME, monitoring.NAME, gateway.NAME}
+        names |= {t.service for t in self.config.teams}
         names |= {r.name for r in self.procs.all()}
         path = self.paths.logs / f"{service}.log"
         if service not in names and not path.exists():
@@ -340,7 +354,7 @@ class LocalBackend:
             # Every metrics endpoint and the token that reads them (platform_tests/test_metrics.py).
             "metrics": {"token": self.tracking.metrics_token()}
             | plan.metrics_description(self.config, self.tracking.addresses()),
-        }
+        } | ({"dask_gateway": self.gateway.description()} if self.config.dask_gateway.enabled else {})
 
     def _user_entry(self, name: str) -> dict[str, Any]:
         admin = name in self.config.admins

@@ -1,0 +1,122 @@
+"""Benchmarks of Dask clusters through the gateway (issue 14's targets). Prints a markdown table.
+
+    .venv/bin/python benchmarks/bench_gateway.py [--rounds 5] [--resolution 1.0] [--json FILE]
+
+On a throwaway stack with the gateway (installs shared with `make up`), everything measured in a member's
+scikit-learn kernel, as a user would run it:
+- `Gateway().new_cluster()`, `scale(1)` and the first result of a task: median of --rounds, each on a new
+  cluster (shut down afterwards);
+- one preprocessing of a synthetic cube in the team's bucket (statistics of the training years only, the cube
+  standardised with them, written back to the bucket as zarr), by the kernel's own dask threads and by a
+  two-worker gateway cluster, one after the other in the same run: the ratio of the two times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy" / "tests"))  # scratch: throwaway stacks
+from report import report
+from scratch import ScratchStacks
+
+from platform_tests.hubclient import UserServer
+
+FIRST_RESULT = """
+import json, statistics, time
+from dask_gateway import Gateway
+times = []
+for _ in range(ROUNDS):
+    t0 = time.perf_counter()
+    cluster = Gateway().new_cluster()
+    cluster.scale(1)
+    client = cluster.get_client()
+    assert client.submit(lambda x: x + 1, 1).result() == 2
+    times.append(time.perf_counter() - t0)
+    client.close()
+    cluster.shutdown()
+print(json.dumps({"first_result_s": statistics.median(times), "first_result_all_s": times}))
+"""
+
+PREPROCESS = """
+import json, os, time
+import dask
+from dask_gateway import Gateway
+from cubelab_toolkit.artifacts import s3_options
+from cubelab_toolkit.cube import open_cube, synthetic_cube, write_cube
+
+base = f"s3://{os.environ['S3_USER_STORAGE_BUCKET']}/bench-gateway"
+opts = s3_options()
+write_cube(synthetic_cube(years=2, resolution=RESOLUTION), f"{base}/cube.zarr", storage_options=opts)
+
+def preprocess(out):
+    cube = open_cube(f"{base}/cube.zarr", storage_options=opts)
+    train = cube.sel(time=slice(None, str(cube.time.dt.year.min().item())))
+    mean, std = dask.compute(train.mean("time"), train.std("time"))
+    (((cube - mean) / std).astype("float32")).to_zarr(f"{base}/{out}.zarr", mode="w", storage_options=opts)
+
+t0 = time.perf_counter()
+with dask.config.set(scheduler="threads"):
+    preprocess("local")
+local = time.perf_counter() - t0
+cluster = Gateway().new_cluster()
+cluster.scale(2)
+client = cluster.get_client()
+client.wait_for_workers(2, timeout=240)
+t0 = time.perf_counter()
+preprocess("gateway")
+remote = time.perf_counter() - t0
+client.close()
+cluster.shutdown()
+size = open_cube(f"{base}/cube.zarr", storage_options=opts).nbytes
+print(json.dumps({"local_s": local, "gateway_s": remote, "cube_mb": size / 1e6}))
+"""
+
+
+def in_kernel(server: UserServer, code: str, timeout: float) -> dict[str, Any]:
+    out = server.run(code, timeout=timeout, kernel_name="cubelab-sklearn")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--resolution", type=float, default=1.0, help="the cube's grid spacing in degrees")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    stacks = ScratchStacks()
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu_count": os.cpu_count()}
+    try:
+        config = stacks.config(teams=[{"name": "bench", "members": ["alice"]}], users=["alice"],
+                               dask_gateway={"enabled": True, "clusters": {"max_workers_per_cluster": 2}})  # fmt: skip
+        backend = stacks.backend(config)
+        backend.up()
+        server = UserServer(backend.hub.url, "alice", backend.hub.issue_token("alice"))
+        server.start(team="bench")
+        print("new cluster -> first result ...", flush=True)
+        results.update(in_kernel(server, FIRST_RESULT.replace("ROUNDS", str(args.rounds)), 120 * args.rounds))
+        print("preprocessing: kernel threads, then a 2-worker cluster ...", flush=True)
+        results.update(in_kernel(server, PREPROCESS.replace("RESOLUTION", str(args.resolution)), 1800))
+        server.stop()
+    finally:
+        stacks.close()
+    r = results
+    r["ratio"] = r["local_s"] / r["gateway_s"]
+    rows = [
+        ("new_cluster() -> scale(1) -> first result (median)", f"{r['first_result_s']:.1f} s", "<= 10 s"),
+        (f"preprocess a {r['cube_mb']:.0f} MB cube: kernel threads", f"{r['local_s']:.1f} s", ""),
+        ("  the same on a 2-worker gateway cluster", f"{r['gateway_s']:.1f} s", ""),
+        ("  ratio (threads time / cluster time)", f"{r['ratio']:.2f}x", ">= 0.8x on 2 cores"),
+    ]
+    report(rows, results, args.json)
+
+
+if __name__ == "__main__":
+    main()

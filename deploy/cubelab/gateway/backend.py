@@ -1,0 +1,118 @@
+"""dask-gateway's local backend, made fit to run as root for many users.
+
+What LocalBackend (2026.3.0) does not do, and this does:
+- It looks the user's account up by the hub user's name; cubelab's users are the accounts `cl-NAME`.
+- Its `setup_working_directory` passes `set_file_permissions` a list into which each certificate path was
+  `extend`ed character by character, so as root it would chown "/" and other one-letter paths to the user. Here
+  the working directory's own tree is chowned, nothing else.
+- It has limits per cluster only. A member's clusters and workers are also limited per user here.
+- Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names; no
+  login) on loopback ports any local account can connect to, and the gateway's proxy serves a scheduler's to
+  anyone who knows the cluster's name. Until an owner-only route exists, clusters run with no dashboard and
+  with no HTTP routes at all (their HTTP servers still listen, and answer 404 to everything).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Callable
+from typing import Any
+
+from dask_gateway_server.backends.base import ClusterConfig, PublicException
+from dask_gateway_server.backends.local import LocalBackend, LocalClusterConfig
+from dask_gateway_server.traitlets import Type
+from traitlets import Integer, Unicode
+
+
+class TeamClusterConfig(LocalClusterConfig):
+    """A cluster's configuration, with the team it was started for and that team's per-user limits."""
+
+    team = Unicode("", help="the team the cluster is for (its workers have that team's storage)", config=True)
+    max_workers_per_user = Integer(0, help="most workers of one user across clusters (0: no limit)", config=True)
+    max_clusters_per_user = Integer(0, help="most clusters one user may run at once (0: no limit)", config=True)
+
+
+class TeamLocalBackend(LocalBackend):
+    cluster_config_class = Type(
+        "cubelab.gateway.backend.TeamClusterConfig", klass=ClusterConfig, help="the cluster config class", config=True
+    )
+    account_prefix = Unicode(
+        "", help="Run a user's clusters as the account PREFIX+NAME (as root). Empty: as the gateway's own account.",
+        config=True,
+    )  # fmt: skip
+
+    def get_scheduler_command(self, cluster: Any) -> list[str]:
+        return _without_dashboard(super().get_scheduler_command(cluster))
+
+    def get_worker_command(self, cluster: Any, worker_name: str, scheduler_address: str | None = None) -> list[str]:
+        return _without_dashboard(super().get_worker_command(cluster, worker_name, scheduler_address))
+
+    def account(self, username: str) -> pwd.struct_passwd:
+        return pwd.getpwnam(self.account_prefix + username)
+
+    def set_file_permissions(self, paths: list[str], username: str) -> None:
+        if not self.account_prefix:
+            return
+        workdir, entry = paths[0], self.account(username)
+        for root, _dirs, files in os.walk(workdir):
+            for path in (root, *(os.path.join(root, f) for f in files)):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def make_preexec_fn(self, cluster: Any) -> Callable[[], None]:
+        workdir = cluster.state["workdir"]
+        if not self.account_prefix:
+            return lambda: os.chdir(workdir)
+        entry = self.account(cluster.username)
+
+        def preexec() -> None:
+            os.setgid(entry.pw_gid)
+            os.initgroups(entry.pw_name, entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            os.chdir(workdir)
+
+        return preexec
+
+    def get_env(self, cluster: Any) -> dict[str, str]:
+        env = super().get_env(cluster) | NO_HTTP_ROUTES
+        if self.account_prefix:
+            entry = self.account(cluster.username)
+            env |= {"USER": entry.pw_name, "HOME": entry.pw_dir}
+        return env
+
+    async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
+        _options, config = await self.process_cluster_options(user, cluster_options)
+        limit = config.max_clusters_per_user
+        running = self.db.list_clusters(username=user.name)  # active ones
+        if limit and len(running) >= limit:
+            raise PublicException(f"{user.name} already runs {len(running)} cluster(s), the most team "
+                                  f"{config.team} allows; stop one first")  # fmt: skip
+        return await super().start_cluster(user, cluster_options)
+
+    async def _check_cluster_scale(self, cluster: Any) -> None:
+        """Create the workers a scale asked for, but no more than the owner's per-user limit leaves room for."""
+        limit = cluster.config.get("max_workers_per_user") or 0
+        if not limit:
+            return await super()._check_cluster_scale(cluster)
+        mine = self.db.list_clusters(username=cluster.username)
+        others = sum(len(c.active_workers()) for c in mine if c.name != cluster.name)
+        allowed = max(0, limit - others)
+        wanted = cluster.count
+        if wanted > allowed:
+            self.log.info("Cluster %s: %d workers asked, %s may run %d more (max_workers_per_user %d)",
+                          cluster.name, wanted, cluster.username, allowed, limit)  # fmt: skip
+        cluster.count = min(wanted, allowed)
+        try:
+            await super()._check_cluster_scale(cluster)
+        finally:
+            cluster.count = wanted
+
+
+# dask's HTTP servers start even with --no-dashboard (for /info, /json, /metrics, /health): no routes for them.
+NO_HTTP_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]", "DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
+
+
+def _without_dashboard(argv: list[str]) -> list[str]:
+    """argv with `--no-dashboard` after its `--dashboard-address ADDRESS` (the address its HTTP server takes)."""
+    i = argv.index("--dashboard-address")
+    return [*argv[: i + 2], "--no-dashboard", *argv[i + 2 :]]

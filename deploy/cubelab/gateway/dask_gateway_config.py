@@ -1,0 +1,10 @@
+"""dask-gateway-server's config in every target: the rendered settings mapped to traits by cubelab.gateway.configure."""
+
+# ruff: noqa: F821 - `c` is provided by dask-gateway-server when it loads this file
+import json
+import os
+from pathlib import Path
+
+from cubelab.gateway.configure import apply
+
+apply(get_config(), json.loads(Path(os.environ["CUBELAB_GATEWAY_SETTINGS"]).read_text()))

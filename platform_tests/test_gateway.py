@@ -1,0 +1,240 @@
+"""Dask clusters through the platform's gateway (a hub service), where the deployment runs one.
+
+A member starts a cluster from a kernel with `Gateway()` and no arguments, and computes on it; the workers run as
+the member's own account with the team's storage. Everyone else is refused: teammates, members of other teams,
+hub admins, and tokens without access to the gateway's service.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import requests
+from dask_gateway import Gateway
+from dask_gateway.auth import JupyterHubAuth
+
+from platform_tests.conftest import issue_token
+from platform_tests.hubclient import UserServer
+
+
+@pytest.fixture(scope="module")
+def gateway(deployment: dict[str, Any]) -> dict[str, Any]:
+    if "dask_gateway" not in deployment:
+        pytest.skip("this deployment runs no Dask gateway (dask_gateway.enabled is false)")
+    return dict(deployment["dask_gateway"])
+
+
+@contextmanager
+def gateway_as(deployment: dict[str, Any], gateway: dict[str, Any], user: str) -> Iterator[Gateway]:
+    """The gateway as user sees it with a fresh hub token, from outside the platform; closed afterwards (a
+    Gateway left to the garbage collector fails in its __del__ once its event loop is gone)."""
+    auth = JupyterHubAuth(api_token=issue_token(deployment, user))
+    client = Gateway(address=gateway["address"], proxy_address=gateway["proxy_address"], auth=auth)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# Run in the member's kernel: a small cube in the team's bucket, its mean computed by the kernel's own threads,
+# by a two-worker gateway cluster from a graph the kernel builds, and by a worker alone from the URL with no keys
+# given (the worker's own environment must hold the team's storage).
+MEMBER_CLUSTER = """
+import json, os, time
+from dask_gateway import Gateway
+from cubelab_toolkit.artifacts import s3_options
+from cubelab_toolkit.cube import open_cube, synthetic_cube, write_cube
+
+url = f"s3://{os.environ['S3_USER_STORAGE_BUCKET']}/platform-tests/NAME.zarr"
+write_cube(synthetic_cube(years=1, resolution=4.0, seed=3), url, storage_options=s3_options())
+local = float(open_cube(url, storage_options=s3_options()).air_temperature_2m.mean().compute(scheduler="threads"))
+t0 = time.monotonic()
+cluster = Gateway().new_cluster(shutdown_on_close=False)
+cluster.scale(2)
+client = cluster.get_client()
+client.wait_for_workers(2, timeout=240)
+remote = float(client.compute(open_cube(url, storage_options=s3_options()).air_temperature_2m.mean()).result())
+
+def on_worker(url):
+    from cubelab_toolkit.cube import open_cube
+    return float(open_cube(url).air_temperature_2m.mean().compute(scheduler="sync"))
+
+own = client.submit(on_worker, url, pure=False).result()
+
+def http_pages(client):
+    # What the scheduler's and each worker's HTTP server answer (any local account could ask them).
+    import urllib.error, urllib.request
+    info = client.scheduler_info()
+    servers = [(info["address"], info["services"])] + [(a, w["services"]) for a, w in info["workers"].items()]
+    out = {}
+    for address, services in servers:
+        host = address.split("://")[1].rsplit(":", 1)[0]
+        for port in services.values():
+            for path in ("/status", "/info/main/workers.html", "/json/identity.json", "/metrics", "/health"):
+                page = f"http://{host}:{port}{path}"
+                try:
+                    out[page] = urllib.request.urlopen(page, timeout=10).status
+                except urllib.error.HTTPError as exc:
+                    out[page] = exc.code
+                except OSError as exc:
+                    out[page] = type(exc).__name__
+    return out
+
+print(json.dumps({
+    "cluster": cluster.name, "seconds": time.monotonic() - t0, "local": local, "remote": remote, "own": own,
+    "kernel_uid": os.getuid(), "worker_uids": sorted(set(client.run(os.getuid).values())),
+    "workers": len(client.scheduler_info()["workers"]), "http": http_pages(client),
+    "worker_bucket": sorted(set(client.run(lambda: os.environ.get("S3_USER_STORAGE_BUCKET")).values())),
+}))
+client.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def member_cluster(
+    deployment: dict[str, Any], gateway: dict[str, Any], team_server: UserServer
+) -> Iterator[dict[str, Any]]:
+    """A two-worker cluster the first team's first member started in a kernel; stopped at the end."""
+    name = f"gateway-{int(time.time())}"
+    out = team_server.run(MEMBER_CLUSTER.replace("NAME", name), timeout=400, kernel_name="cubelab-sklearn")
+    result = json.loads(out.strip().splitlines()[-1])
+    yield result
+    with gateway_as(deployment, gateway, team_server.user) as owner:
+        owner.stop_cluster(result["cluster"])
+
+
+def test_a_member_computes_on_a_two_worker_cluster_what_the_kernel_computes(
+    deployment: dict[str, Any], member_cluster: dict[str, Any]
+) -> None:
+    team = deployment["teams"][0]
+    assert member_cluster["workers"] == 2
+    assert member_cluster["remote"] == pytest.approx(member_cluster["local"], rel=1e-12)
+    # A worker opened the cube with no keys given: its environment has the session team's storage.
+    assert member_cluster["own"] == pytest.approx(member_cluster["local"], rel=1e-12)
+    assert member_cluster["worker_bucket"] == [team["bucket"]]
+
+
+def test_the_workers_run_as_the_members_own_account(deployment: dict[str, Any], member_cluster: dict[str, Any]) -> None:
+    assert member_cluster["worker_uids"] == [member_cluster["kernel_uid"]]
+    if deployment.get("users_isolated"):
+        assert member_cluster["kernel_uid"] != 0
+
+
+def test_clusters_serve_no_dashboard_that_would_be_open_to_others(member_cluster: dict[str, Any]) -> None:
+    """Dask's dashboards and HTTP pages have no login: a scheduler's or worker's would be open on its port to
+    every account that can connect to it, and through the gateway's proxy to anyone with the cluster's name.
+    Until an owner-only route exists, every page of every one of them is a 404."""
+    pages = member_cluster["http"]
+    assert pages and all(status == 404 for status in pages.values()), pages
+
+
+def test_others_cannot_list_connect_to_or_stop_the_cluster(
+    deployment: dict[str, Any], gateway: dict[str, Any], member_cluster: dict[str, Any], team_server: UserServer
+) -> None:
+    """A teammate, a member of the other team and a hub admin in no team each ask for the member's cluster: its
+    listing, its details (which carry the TLS credentials a client connects with), a scale and a stop."""
+    name = member_cluster["cluster"]
+    teammate = next(m for m in deployment["teams"][0]["members"] if m != team_server.user)
+    outsider = next(m for m in deployment["teams"][1]["members"] if m not in deployment["teams"][0]["members"])
+    admins = [u["name"] for u in deployment["users"] if u["admin"]]
+    api = f"{gateway['address']}/api/v1/clusters/"
+    for user in [teammate, outsider, *admins]:
+        auth = {"Authorization": f"jupyterhub {issue_token(deployment, user)}"}
+        listed = requests.get(api, headers=auth, timeout=30)
+        assert listed.status_code == 200 and name not in listed.json(), (user, listed.text[:300])
+        asks = [requests.get(f"{api}{name}", headers=auth, timeout=30),
+                requests.post(f"{api}{name}/scale", headers=auth, json={"count": 0}, timeout=30),
+                requests.delete(f"{api}{name}", headers=auth, timeout=30)]  # fmt: skip
+        assert [r.status_code for r in asks] == [403, 403, 403], (user, [r.text[:200] for r in asks])
+    with gateway_as(deployment, gateway, team_server.user) as owner:
+        assert owner.get_cluster(name).status.name == "RUNNING"
+        client = owner.connect(name).get_client()
+        assert len(client.scheduler_info()["workers"]) == member_cluster["workers"]
+        client.close()
+
+
+def test_a_token_without_access_to_the_gateway_is_refused(
+    deployment: dict[str, Any], gateway: dict[str, Any], team_server: UserServer
+) -> None:
+    """A member's token limited to the team's tracking server (no access:services!service=dask-gateway)."""
+    team = deployment["teams"][0]
+    resp = requests.post(
+        f"{deployment['hub_api_url']}/users/{team_server.user}/tokens",
+        headers={"Authorization": f"token {deployment['hub_admin_token']}"},
+        json={"expires_in": 300, "scopes": [f"access:services!service=mlflow-{team['name']}"]},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    narrow = resp.json()["token"]
+    api = f"{gateway['address']}/api/v1/clusters/"
+    assert requests.get(api, headers={"Authorization": f"jupyterhub {narrow}"}, timeout=30).status_code == 401
+    full = issue_token(deployment, team_server.user)
+    assert requests.get(api, headers={"Authorization": f"jupyterhub {full}"}, timeout=30).status_code == 200
+
+
+def test_limits_per_user_hold(
+    deployment: dict[str, Any], gateway: dict[str, Any], member_cluster: dict[str, Any], team_server: UserServer
+) -> None:
+    """The member already runs a two-worker cluster: a second one gets only the workers the per-user limit
+    leaves, and a cluster beyond the per-user number of clusters is refused."""
+    limits = gateway["teams"][deployment["teams"][0]["name"]]
+    with gateway_as(deployment, gateway, team_server.user) as owner:
+        running = [c for c in owner.list_clusters() if c.status.name in ("PENDING", "RUNNING")]
+        room = limits["max_clusters_per_user"] - len(running)
+        extra = [owner.new_cluster(team=deployment["teams"][0]["name"]) for _ in range(room)]
+        try:
+            # A plain request: dask-gateway's client hangs in its next cluster's connect after a refusal.
+            auth = {"Authorization": f"jupyterhub {issue_token(deployment, team_server.user)}"}
+            refused = requests.post(f"{gateway['address']}/api/v1/clusters/", headers=auth, timeout=30,
+                                    json={"cluster_options": {"team": deployment["teams"][0]["name"]}})  # fmt: skip
+            assert refused.status_code == 422 and "already runs" in refused.text, refused.text[:300]
+            second = extra[0]
+            second.scale(limits["max_workers_per_cluster"])
+            allowed = limits["max_workers_per_user"] - member_cluster["workers"]
+            assert 0 < allowed < limits["max_workers_per_cluster"], "the test stack's limits must leave room"
+            client = second.get_client()
+            client.wait_for_workers(allowed, timeout=120)
+            time.sleep(8)  # a few heartbeats (each may start workers): still no more than the limit allows
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == allowed
+            client.close()
+        finally:
+            for cluster in extra:
+                cluster.shutdown()
+
+
+def test_a_member_of_two_teams_picks_one_and_not_a_team_of_others(
+    deployment: dict[str, Any], gateway: dict[str, Any]
+) -> None:
+    first, second = (t["name"] for t in deployment["teams"][:2])
+    both = next(m for m in deployment["teams"][0]["members"] if m in deployment["teams"][1]["members"])
+    only_second = next(m for m in deployment["teams"][1]["members"] if m not in deployment["teams"][0]["members"])
+    with gateway_as(deployment, gateway, both) as member:
+        assert set(member.cluster_options()._fields["team"].options) == {first, second}
+    with gateway_as(deployment, gateway, only_second) as member:
+        assert member.cluster_options()._fields["team"].options == (second,)
+    # Asked of the server directly (the client checks the choice too): a cluster for a team one is not in.
+    auth = {"Authorization": f"jupyterhub {issue_token(deployment, only_second)}"}
+    resp = requests.post(f"{gateway['address']}/api/v1/clusters/", headers=auth,
+                         json={"cluster_options": {"team": first}}, timeout=30)  # fmt: skip
+    assert resp.status_code == 422 and "team" in resp.text, resp.text[:300]
+
+
+def test_an_idle_cluster_is_stopped(deployment: dict[str, Any], gateway: dict[str, Any]) -> None:
+    """The second team's clusters stop after its idle timeout with no client and no work."""
+    team = deployment["teams"][1]
+    timeout = gateway["teams"][team["name"]]["idle_timeout_seconds"]
+    if not 0 < timeout <= 60:
+        pytest.skip(f"team {team['name']}'s idle timeout ({timeout} s) is too long to wait for in a test")
+    with gateway_as(deployment, gateway, team["members"][-1]) as member:
+        cluster = member.new_cluster(team=team["name"])
+        name = cluster.name
+        cluster.close(shutdown=False)
+        deadline = time.monotonic() + timeout + 60
+        while time.monotonic() < deadline and member.get_cluster(name).status.name not in ("STOPPED", "FAILED"):
+            time.sleep(2)
+        assert member.get_cluster(name).status.name == "STOPPED"
