@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from scratch import ScratchStacks
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+# hypothesis's pytest plugin imports hypothesis at the terminal summary if no test did. After dask's client
+# threads have run in this process, CPython 3.11.7's AST constructor can then fail pytest's rewrite of it with
+# "SystemError: AST constructor recursion depth mismatch" (a CPython bug, fixed in 3.11.8), and the summary is
+# lost. Importing it first avoids the late rewrite. (The platform-tests image has no hypothesis.)
+with contextlib.suppress(ImportError):
+    import hypothesis  # noqa: F401
 
 
 def pytest_report_header() -> list[str]:
