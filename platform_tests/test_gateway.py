@@ -29,6 +29,16 @@ def gateway(deployment: dict[str, Any]) -> dict[str, Any]:
     return dict(deployment["dask_gateway"])
 
 
+def clusters_api(gateway: dict[str, Any]) -> str:
+    """The gateway's REST endpoint of clusters, for requests made without dask-gateway's client."""
+    return f"{gateway['address']}/api/v1/clusters/"
+
+
+def gateway_auth(token: str) -> dict[str, str]:
+    """The header dask-gateway's JupyterHub authenticator reads a hub token from."""
+    return {"Authorization": f"jupyterhub {token}"}
+
+
 @contextmanager
 def gateway_as(deployment: dict[str, Any], gateway: dict[str, Any], user: str) -> Iterator[Gateway]:
     """The gateway as user sees it with a fresh hub token, from outside the platform; closed afterwards (a
@@ -142,9 +152,9 @@ def test_others_cannot_list_connect_to_or_stop_the_cluster(
     teammate = next(m for m in deployment["teams"][0]["members"] if m != team_server.user)
     outsider = next(m for m in deployment["teams"][1]["members"] if m not in deployment["teams"][0]["members"])
     admins = [u["name"] for u in deployment["users"] if u["admin"]]
-    api = f"{gateway['address']}/api/v1/clusters/"
+    api = clusters_api(gateway)
     for user in [teammate, outsider, *admins]:
-        auth = {"Authorization": f"jupyterhub {issue_token(deployment, user)}"}
+        auth = gateway_auth(issue_token(deployment, user))
         listed = requests.get(api, headers=auth, timeout=30)
         assert listed.status_code == 200 and name not in listed.json(), (user, listed.text[:300])
         asks = [requests.get(f"{api}{name}", headers=auth, timeout=30),
@@ -171,10 +181,10 @@ def test_a_token_without_access_to_the_gateway_is_refused(
     )
     resp.raise_for_status()
     narrow = resp.json()["token"]
-    api = f"{gateway['address']}/api/v1/clusters/"
-    assert requests.get(api, headers={"Authorization": f"jupyterhub {narrow}"}, timeout=30).status_code == 401
+    api = clusters_api(gateway)
+    assert requests.get(api, headers=gateway_auth(narrow), timeout=30).status_code == 401
     full = issue_token(deployment, team_server.user)
-    assert requests.get(api, headers={"Authorization": f"jupyterhub {full}"}, timeout=30).status_code == 200
+    assert requests.get(api, headers=gateway_auth(full), timeout=30).status_code == 200
 
 
 def test_limits_per_user_hold(
@@ -189,8 +199,8 @@ def test_limits_per_user_hold(
         extra = [owner.new_cluster(team=deployment["teams"][0]["name"]) for _ in range(room)]
         try:
             # A plain request: dask-gateway's client hangs in its next cluster's connect after a refusal.
-            auth = {"Authorization": f"jupyterhub {issue_token(deployment, team_server.user)}"}
-            refused = requests.post(f"{gateway['address']}/api/v1/clusters/", headers=auth, timeout=30,
+            auth = gateway_auth(issue_token(deployment, team_server.user))
+            refused = requests.post(clusters_api(gateway), headers=auth, timeout=30,
                                     json={"cluster_options": {"team": deployment["teams"][0]["name"]}})  # fmt: skip
             assert refused.status_code == 422 and "already runs" in refused.text, refused.text[:300]
             second = extra[0]
@@ -218,8 +228,8 @@ def test_a_member_of_two_teams_picks_one_and_not_a_team_of_others(
     with gateway_as(deployment, gateway, only_second) as member:
         assert member.cluster_options()._fields["team"].options == (second,)
     # Asked of the server directly (the client checks the choice too): a cluster for a team one is not in.
-    auth = {"Authorization": f"jupyterhub {issue_token(deployment, only_second)}"}
-    resp = requests.post(f"{gateway['address']}/api/v1/clusters/", headers=auth,
+    auth = gateway_auth(issue_token(deployment, only_second))
+    resp = requests.post(clusters_api(gateway), headers=auth,
                          json={"cluster_options": {"team": first}}, timeout=30)  # fmt: skip
     assert resp.status_code == 422 and "team" in resp.text, resp.text[:300]
 

@@ -90,7 +90,7 @@ class Team:
     admins: tuple[str, ...] = ()
     port: int | None = None
     gpu: bool = False
-    dask: ClusterLimits = field(default_factory=lambda: ClusterLimits())
+    dask: ClusterLimits = field(default_factory=ClusterLimits)
 
     @property
     def ident(self) -> str:

@@ -379,9 +379,9 @@ def free_tcp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def kill_marked(marker: str, timeout: float = 10.0, spare: str | None = None, only: str | None = None) -> list[int]:
-    """Stop every process whose environment has CUBELAB_STACK=marker (servers the hub left, orphans), except
-    those whose environment has the variable `spare`; with `only`, just those that have that variable."""
+def marked_processes(marker: str, spare: str | None = None, only: str | None = None) -> list[psutil.Process]:
+    """Every process whose environment has CUBELAB_STACK=marker, except those whose environment has the variable
+    `spare`; with `only`, just those that have that variable."""
     needle = f"CUBELAB_STACK={marker}".encode()
     found = []
     for proc in psutil.process_iter():
@@ -393,6 +393,12 @@ def kill_marked(marker: str, timeout: float = 10.0, spare: str | None = None, on
         names = {v.split(b"=", 1)[0] for v in env}
         if needle in env and not (spare and spare.encode() in names) and (only is None or only.encode() in names):
             found.append(proc)
+    return found
+
+
+def kill_marked(marker: str, timeout: float = 10.0, spare: str | None = None, only: str | None = None) -> list[int]:
+    """Stop every process of marked_processes(marker, spare, only) (servers the hub left, orphans)."""
+    found = marked_processes(marker, spare, only)
     for proc in found:
         try:
             proc.terminate()

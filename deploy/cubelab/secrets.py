@@ -18,6 +18,11 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+def new_token() -> str:
+    """A hub API token (a service's, the proxy's, the cookie secret): 32 random bytes as hex."""
+    return secrets.token_hex(32)
+
+
 def new_access_key() -> str:
     return "CL" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(18))
 

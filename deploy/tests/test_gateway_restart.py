@@ -17,7 +17,7 @@ from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.gateway import NAME
-from cubelab.procs import wait_until
+from cubelab.procs import marked_processes, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +39,14 @@ def gateway(stack: LocalBackend) -> Iterator[Gateway]:
 
 
 def cluster_processes(stack: LocalBackend) -> list[psutil.Process]:
-    marker = str(stack.paths.root)
+    """This stack's schedulers and workers (they inherit its CUBELAB_STACK marker from the gateway)."""
     out = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
+    for proc in marked_processes(str(stack.paths.root)):
         try:
-            cmd, env = proc.info["cmdline"] or [], proc.info["environ"] or {}
+            if proc.cmdline()[2:3] in (["scheduler"], ["worker"]):  # python .../dask scheduler|worker ...
+                out.append(proc)
         except psutil.Error:
             continue
-        if env.get("CUBELAB_STACK") == marker and any(a in ("scheduler", "worker") for a in cmd[2:3]):
-            out.append(proc)
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from cubelab import plan, storage
 from cubelab.config import PlatformConfig, embedded_only
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
-from cubelab.secrets import new_access_key, new_password, write_private
+from cubelab.secrets import new_access_key, new_password, new_token, write_private
 
 HEADER = """\
 # cubelab on one machine, rendered by `cubelab render compose` from {config}.
@@ -59,18 +58,17 @@ def _external(config: PlatformConfig) -> set[str]:
 
 def secret_names(config: PlatformConfig) -> dict[str, Any]:
     """Every variable .env must hold -> how to make a new value."""
-    hex_token = lambda: secrets.token_hex(32)  # noqa: E731
     names: dict[str, Any] = dict.fromkeys(PLATFORM_VARS, new_password)
     names["S3_ADMIN_ACCESS_KEY"] = new_access_key
     for name in (plan.HUB_COOKIE_SECRET, plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN, plan.METRICS_TOKEN):
-        names[name] = hex_token
+        names[name] = new_token
     for service in _external(config):
         for name in EXTERNAL_VARS[service]:
             del names[name]
     for team in config.teams:
         t = TeamSecrets(team.name)
         names |= {t.db_password: new_password, t.s3_access_key: new_access_key, t.s3_secret_key: new_password,
-                  t.hub_token: hex_token}  # fmt: skip
+                  t.hub_token: new_token}  # fmt: skip
     if config.hub.auth.type == "local":
         names |= {user_password_var(u.name): new_password for u in config.users}
     return names

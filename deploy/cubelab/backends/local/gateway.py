@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,11 @@ from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.procs import Launch, http_ok
-from cubelab.secrets import SecretStore, write_private
+from cubelab.secrets import SecretStore, new_token, write_private
 
 NAME = "dask-gateway"
 CODE_DIR = Path(__file__).resolve().parents[2] / "gateway"
 WORKER_KERNEL = "sklearn"  # the kernel environment clusters run in (its install folder kernel-NAME)
-
-
-def new_token() -> str:
-    return secrets.token_hex(32)
 
 
 def new_fernet_key() -> str:
@@ -46,6 +41,16 @@ class LocalGateway:
         self.tracking = tracking
         self.secrets = SecretStore(paths.secrets)
         self.port = config.ports.dask_gateway
+
+    @property
+    def account_prefix(self) -> str:
+        """Clusters run as the account PREFIX+NAME when cubelab runs as root; else as this process's account."""
+        return USER_PREFIX if os.geteuid() == 0 else ""
+
+    @staticmethod
+    def worker_bin(install: Path) -> Path:
+        """The bin folder of the kernel environment clusters run in."""
+        return install / f"kernel-{WORKER_KERNEL}" / "bin"
 
     @property
     def url(self) -> str:
@@ -64,13 +69,13 @@ class LocalGateway:
 
     def settings(self, install: Path) -> dict[str, Any]:
         ports = self.config.ports
-        bin_dir = install / f"kernel-{WORKER_KERNEL}" / "bin"
+        bin_dir = self.worker_bin(install)
         settings = plan.gateway_settings(self.config, self.tracking.addresses())
         settings |= {
             "api_address": f"127.0.0.1:{ports.dask_gateway_api}",
             "db_url": f"sqlite:///{self.paths.gateway / 'gateway.sqlite'}",
             "backend": {
-                "account_prefix": USER_PREFIX if os.geteuid() == 0 else "",
+                "account_prefix": self.account_prefix,
                 "clusters_dir": str(self.paths.dask_clusters),
                 # Clusters inherit only these from the gateway (the rest is the team's storage and dask's TLS).
                 "inherited_environment": ["PATH", "LANG", "CUBELAB_STACK"],
@@ -85,7 +90,7 @@ class LocalGateway:
         settings_file = self.paths.gateway / "settings.json"
         ports = self.config.ports
         env = {
-            "PATH": f"{install / f'kernel-{WORKER_KERNEL}' / 'bin'}:{services_venv / 'bin'}:/usr/bin:/bin",
+            "PATH": f"{self.worker_bin(install)}:{services_venv / 'bin'}:/usr/bin:/bin",
             "HOME": str(self.paths.gateway),
             "LANG": "C.UTF-8",
             "CUBELAB_GATEWAY_SETTINGS": str(settings_file),
@@ -119,5 +124,4 @@ class LocalGateway:
             "address": self.url,
             "proxy_address": f"gateway://{addr.gateway_tls}",
             "teams": {t.name: dataclasses.asdict(t.dask) for t in self.config.teams},
-            "accounts": USER_PREFIX if os.geteuid() == 0 else "",
-        }  # fmt: skip
+        }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import subprocess
 import urllib.request
 from collections.abc import Callable
@@ -23,15 +22,11 @@ from cubelab.hub import render
 from cubelab.passwords import PasswordFile, hash_password
 from cubelab.procs import Launch, ProcessTable, StartError, http_ok, kill_marked, wait_until
 from cubelab.provision import HUB_DATABASE, HUB_ROLE
-from cubelab.secrets import SecretStore, write_private
+from cubelab.secrets import SecretStore, new_token, write_private
 
 NAME = "hub"
 HUB_FAMILY = "CUBELAB_HUB_FAMILY"  # in the environment of the hub and the processes it starts for itself
 HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
-
-
-def _token() -> str:
-    return secrets.token_hex(32)
 
 
 class LocalHub:
@@ -76,7 +71,7 @@ class LocalHub:
         return str(self.paths.homes / user)
 
     def admin_token(self) -> str:
-        return self.secrets.get("hub-admin-token", _token)
+        return self.secrets.get("hub-admin-token", new_token)
 
     # -- provisioning ----------------------------------------------------------------------------
     def ensure_passwords(self, progress: Callable[[str], None]) -> None:
@@ -131,8 +126,8 @@ class LocalHub:
         values = {
             plan.ADMIN_TOKEN: self.admin_token(),
             plan.HUB_DB_PASSWORD: self.secrets.get("hub-db-password"),
-            plan.HUB_COOKIE_SECRET: self.secrets.get("hub-cookie-secret", _token),
-            plan.HUB_PROXY_TOKEN: self.secrets.get("hub-proxy-token", _token),
+            plan.HUB_COOKIE_SECRET: self.secrets.get("hub-cookie-secret", new_token),
+            plan.HUB_PROXY_TOKEN: self.secrets.get("hub-proxy-token", new_token),
             plan.METRICS_TOKEN: self.tracking.metrics_token(),
         }
         if self.config.dask_gateway.enabled:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 from cubelab import plan
@@ -16,7 +15,7 @@ from cubelab.config import PlatformConfig, Team
 from cubelab.hub.render import service_prefix
 from cubelab.procs import Launch, ProcessTable, http_ok
 from cubelab.provision import TeamSecrets
-from cubelab.secrets import SecretStore
+from cubelab.secrets import SecretStore, new_token
 
 TRACKING_CODE = Path(__file__).resolve().parents[2] / "tracking"
 
@@ -75,11 +74,11 @@ class LocalTracking:
 
     def service_token(self, team: Team) -> str:
         """The server's hub service token (also its OAuth client secret)."""
-        return self.secrets.get(f"teams/{team.name}/hub-service-token", lambda: secrets.token_hex(32))
+        return self.secrets.get(f"teams/{team.name}/hub-service-token", new_token)
 
     def metrics_token(self) -> str:
         """The token of the hub's metrics service (read:metrics): Prometheus scrapes the hub and the servers with it."""
-        return self.secrets.get("metrics-token", lambda: secrets.token_hex(32))
+        return self.secrets.get("metrics-token", new_token)
 
     def db_password(self, team: Team) -> str:
         return self.secrets.get(f"teams/{team.name}/db-password")
