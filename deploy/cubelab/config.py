@@ -298,10 +298,11 @@ class PlatformConfig:
 
 
 def embedded_only(config: PlatformConfig, target: str) -> None:
-    """Refuse what only the embedded stack runs yet, before a container target renders a half deployment."""
+    """Refuse what compose does not run yet (the embedded stack and Helm do), before it renders a half deployment."""
     if config.dask_gateway.enabled:
-        raise ConfigError(f"{config.path}: dask_gateway.enabled: the Dask gateway runs on the embedded stack only "
-                          f"so far; {target} cannot deploy it yet (set it to false to render {target})")  # fmt: skip
+        raise ConfigError(f"{config.path}: dask_gateway.enabled: the Dask gateway runs on the embedded stack and "
+                          f"with Helm only so far; {target} cannot deploy it yet (set it to false to render "
+                          f"{target})")  # fmt: skip
 
 
 def schema() -> dict[str, Any]:

@@ -38,6 +38,8 @@ HUB_METRICS_PATH, TRACKING_METRICS_PATH = "/hub/metrics", "/metrics"
 S3_REGION = "us-east-1"
 # dask-gateway (cubelab.gateway): its hub service token, and the key its database encrypts clusters' TLS keys with.
 GATEWAY_TOKEN, GATEWAY_DB_KEY = "CUBELAB_GATEWAY_TOKEN", "CUBELAB_GATEWAY_DB_KEY"
+# The kernel environment whose dask runs clusters' schedulers and workers (its `dask` command), in every target.
+GATEWAY_WORKER_KERNEL = "sklearn"
 
 
 def ref(name: str) -> str:
@@ -84,6 +86,7 @@ class Addresses:
     gateway_bind: tuple[str, int] = ("", 0)  # where dask-gateway's proxy serves HTTP (API, dashboards)
     gateway: str = ""  # that HTTP address as the hub's proxy reaches it
     gateway_tls: str = ""  # host:port of its TLS proxy (schedulers by SNI), as kernels and workers reach it
+    user_proxy: str = ""  # the hub's proxy as users' kernels reach it (the gateway's API); empty: public_url
 
 
 def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -> Addresses:
@@ -129,8 +132,17 @@ def compose_addresses(config: PlatformConfig) -> Addresses:
     )  # fmt: skip
 
 
+def helm_gateway_name(release: str) -> str:
+    """The dask-gateway chart's full name in a release (its Services are api-NAME and traefik-NAME)."""
+    return f"{release}-dask-gateway"
+
+
+HELM_GATEWAY_PORT = 80  # the dask-gateway chart's traefik Service: API, dashboards and schedulers (by SNI) alike
+
+
 def helm_addresses(config: PlatformConfig, release: str) -> Addresses:
-    """Helm: services are RELEASE-NAME; the hub's API is zero-to-jupyterhub's `hub` Service."""
+    """Helm: services are RELEASE-NAME; the hub's API is zero-to-jupyterhub's `hub` Service, its proxy
+    `proxy-public`; dask-gateway's proxy is the dask-gateway chart's traefik Service."""
     port = CONTAINER_PORTS["tracking"]
 
     def hosts(team: str) -> tuple[str, ...]:
@@ -138,7 +150,9 @@ def helm_addresses(config: PlatformConfig, release: str) -> Addresses:
         # The Service's short and qualified names, and z2jh's proxy (requests through the hub keep its Host).
         return (f"{service}:{port}", f"{service}.*:{port}", "proxy-public", "proxy-public.*")
 
-    return _container_addresses(config, lambda service: f"{release}-{service}", "hub", hosts)
+    traefik = f"traefik-{helm_gateway_name(release)}:{HELM_GATEWAY_PORT}"
+    addr = _container_addresses(config, lambda service: f"{release}-{service}", "hub", hosts)
+    return dataclasses.replace(addr, gateway=f"http://{traefik}", gateway_tls=traefik, user_proxy="http://proxy-public")
 
 
 def tracking_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
@@ -214,8 +228,9 @@ def gateway_client_env(team: Team, addr: Addresses) -> dict[str, str]:
     """dask-gateway's client settings (its dask config as variables): `Gateway()` needs no arguments, and a new
     cluster is for the session's team unless the member picks another of theirs."""
     base = f"{addr.public_url}{render.GATEWAY_PREFIX}"
+    api = f"{addr.user_proxy or addr.public_url}{render.GATEWAY_PREFIX}"
     return {
-        "DASK_GATEWAY__ADDRESS": base,  # the API, through the hub's proxy
+        "DASK_GATEWAY__ADDRESS": api,  # the API, through the hub's proxy
         "DASK_GATEWAY__PUBLIC_ADDRESS": base,  # dashboard links, for browsers
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{addr.gateway_tls}",  # schedulers, TLS by cluster name
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",  # the server's own hub token (JUPYTERHUB_API_TOKEN)

@@ -105,10 +105,10 @@ def test_the_gateway_settings_hold_references_not_secrets() -> None:
     assert "MLFLOW_TRACKING_URI" not in ocean  # workers get the team's storage, not a tracking identity
 
 
-@pytest.mark.parametrize("render_target", [compose.render_compose, kubernetes.render_values])
-def test_container_targets_refuse_the_gateway_until_they_run_it(render_target: Any) -> None:
-    with pytest.raises(ConfigError, match="embedded stack only"):
-        render_target(config_of())
+def test_compose_refuses_the_gateway_until_it_runs_it_and_helm_renders_it() -> None:
+    with pytest.raises(ConfigError, match="embedded stack and with Helm only"):
+        compose.render_compose(config_of())
+    assert kubernetes.render_values(config_of())["daskGateway"]["enabled"] is True
 
 
 def team_options() -> TeamOptions:

@@ -49,10 +49,11 @@ def copy_chart(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the chart without its zero-to-jupyterhub dependency entry (not downloadable here)."""
+    """A copy of the chart without its zero-to-jupyterhub and dask-gateway dependency entries (not downloadable
+    here)."""
     copy = copy_chart(tmp_path_factory, "chart")
     meta = yaml.safe_load((copy / "Chart.yaml").read_text())
-    assert [d["name"] for d in meta.pop("dependencies")] == ["jupyterhub"]
+    assert [d["name"] for d in meta.pop("dependencies")] == ["jupyterhub", "dask-gateway"]
     (copy / "Chart.yaml").write_text(yaml.safe_dump(meta))
     return copy
 
@@ -309,17 +310,25 @@ def test_cli_render_helm(tmp_path: Path) -> None:
 
 
 Z2JH_CHART = ROOT.parent / "shared" / "reference" / "charts" / "jupyterhub-4.4.0.tgz"
+DASK_GATEWAY_CHART = ROOT.parent / "shared" / "reference" / "charts" / "dask-gateway-2026.3.0.tgz"
+
+
+def with_dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart with zero-to-jupyterhub 4.4.0 and dask-gateway 2026.3.0 as its dependencies, supplied from
+    ../shared/reference (no fetch)."""
+    for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):
+        if not packaged.exists():
+            pytest.skip(f"{packaged} is not here (a user's clone has no ../shared): a packaged dependency")
+    copy = copy_chart(tmp_path_factory, "release")
+    (copy / "charts").mkdir(exist_ok=True)
+    for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):
+        shutil.copy(packaged, copy / "charts")
+    return copy
 
 
 @pytest.fixture(scope="module")
 def release_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart with zero-to-jupyterhub 4.4.0 as its dependency, supplied from ../shared/reference (no fetch)."""
-    if not Z2JH_CHART.exists():
-        pytest.skip(f"{Z2JH_CHART} is not here (a user's clone has no ../shared): the packaged z2jh chart")
-    copy = copy_chart(tmp_path_factory, "release")
-    (copy / "charts").mkdir(exist_ok=True)
-    shutil.copy(Z2JH_CHART, copy / "charts")
-    return copy
+    return with_dependencies(tmp_path_factory)
 
 
 OIDC = {"type": "oidc", "client_id": "cubelab", "client_secret_file": "/run/secrets/oidc",

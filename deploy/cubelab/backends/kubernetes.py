@@ -3,11 +3,14 @@
 Two parts: `teams` etc. for the templates cubelab owns (a tracking Deployment, Service, Secret and NetworkPolicy
 per team), and `jupyterhub`, passed to the zero-to-jupyterhub chart: roles, the hub image with cubelab's code,
 the extraConfig hook that registers the teams' services, profiles per team (GPU ones only for teams allowed),
-and the users' network policy. No secret is rendered: the chart generates them into Secrets at install time.
+and the users' network policy. With dask_gateway.enabled, `daskGateway` too: values of dask-gateway's own chart,
+whose gateway runs cubelab's team options (cubelab.gateway.kubernetes) from the hub image. No secret is rendered:
+the chart generates them into Secrets at install time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,15 @@ from typing import Any
 import yaml
 
 from cubelab import plan
-from cubelab.config import PlatformConfig, Profile, Team, embedded_only
+from cubelab.config import PlatformConfig, Profile, Team
+from cubelab.gateway.kubernetes import SETTINGS_VAR
 from cubelab.hub import render
 from cubelab.provision import user_password_var
 
 OIDC_MOUNT = "/srv/cubelab/oidc"  # where the hub pod finds the OIDC client secret
+# The notebook image's kernel environments (images/notebook): Dask clusters run one's `dask`.
+KERNEL_PREFIX = "/opt/conda/envs/cubelab-{kernel}"
+GATEWAY_PROXY_POD_PORT = 8000  # the dask-gateway chart's traefik container port (its Service's 80)
 HEADER = """\
 # Helm values rendered by `cubelab render helm` from {config}: the teams and what the hub needs to know of
 # them. Install with: helm install cubelab helm/cubelab -f {name} [-f your-site-values.yaml]
@@ -32,6 +39,7 @@ def secret_sources(config: PlatformConfig, release: str) -> dict[str, tuple[str,
     Secrets, except RELEASE-postgres and RELEASE-s3-admin for an external Postgres or S3 (you create them)."""
     sources = {plan.ADMIN_TOKEN: (f"{release}-hub", "admin-token"),
                plan.METRICS_TOKEN: (f"{release}-hub", "metrics-token"),
+               plan.GATEWAY_TOKEN: (f"{release}-hub", "gateway-token"),
                "POSTGRES_PASSWORD": (f"{release}-postgres", "password"),
                "S3_ADMIN_ACCESS_KEY": (f"{release}-s3-admin", "access-key"),
                "S3_ADMIN_SECRET_KEY": (f"{release}-s3-admin", "secret-key")}  # fmt: skip
@@ -103,7 +111,6 @@ def _hub_env(settings: dict[str, Any], sources: dict[str, tuple[str, str]]) -> d
 
 
 def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str, Any]:
-    embedded_only(config, "Helm")
     images = config.containers
     addr = plan.helm_addresses(config, release)
     sources = secret_sources(config, release)
@@ -143,6 +150,11 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
         },
         "extraLabels": {"cubelab.io/user-server": "true"},
     }  # fmt: skip
+    if config.dask_gateway.enabled:
+        # Kernels reach the gateway's API through the hub's proxy (z2jh admits that) and schedulers through its
+        # traefik proxy, by TLS with each cluster's own certificate.
+        singleuser["networkPolicy"]["egress"].append({"to": [{"podSelector": {"matchLabels": gateway_proxy_labels(
+            release)}}], "ports": [{"port": GATEWAY_PROXY_POD_PORT, "protocol": "TCP"}]})  # fmt: skip
     pg_host, pg_port = addr.postgres
     provision = plan.provision_service(config, addr, passwords_file=None)
     identities = plan.s3_identities_service(config, addr)
@@ -179,6 +191,55 @@ def render_values(config: PlatformConfig, release: str = "cubelab") -> dict[str,
         },
         "jupyterhub": {"hub": hub, "singleuser": singleuser, "cull": {"enabled": config.hub.cull_idle_seconds > 0,
                                                                        "timeout": config.hub.cull_idle_seconds}},
+        "daskGateway": gateway_values(config, release, addr, sources) if config.dask_gateway.enabled
+        else {"enabled": False},
+    }  # fmt: skip
+
+
+def gateway_proxy_labels(release: str) -> dict[str, str]:
+    """The labels of the dask-gateway chart's traefik pods in this release."""
+    return {"app.kubernetes.io/instance": release, "app.kubernetes.io/name": "dask-gateway",
+            "app.kubernetes.io/component": "traefik"}  # fmt: skip
+
+
+def gateway_settings(config: PlatformConfig, addr: plan.Addresses, sources: dict[str, tuple[str, str]]) -> dict:
+    """What the gateway's extraConfig reads (cubelab.gateway.kubernetes): each team's limits, its clusters' image,
+    and its storage variables as container env, the secrets from the team's own Secret."""
+    images = config.containers
+    dask = f"{KERNEL_PREFIX.format(kernel=plan.GATEWAY_WORKER_KERNEL)}/bin/dask"
+    teams = {t.name: {"limits": dataclasses.asdict(t.dask), "image": f"{images.registry}/notebook:{images.tag}",
+                      "env": env_list(plan.storage_env(config, t, addr), sources)}
+             for t in config.teams}  # fmt: skip
+    return {"teams": teams, "scheduler_cmd": [dask, "scheduler"], "worker_cmd": [dask, "worker"]}
+
+
+def gateway_values(
+    config: PlatformConfig, release: str, addr: plan.Addresses, sources: dict[str, tuple[str, str]]
+) -> dict[str, Any]:
+    """Values of the dask-gateway chart (Chart.yaml's alias daskGateway): hub authentication with the token in
+    the hub's generated Secret, admitting only tokens allowed to access its hub service; the hub image, which
+    has cubelab and dask-gateway-server; the team table in SETTINGS_VAR."""
+    images = config.containers
+    secret, key = sources[plan.GATEWAY_TOKEN]
+    return {
+        "enabled": True,
+        # Its Services are then api-NAME and traefik-NAME with the plan's NAME (an alias would put "daskGateway",
+        # not a valid DNS name, in them).
+        "nameOverride": "dask-gateway",
+        "fullnameOverride": plan.helm_gateway_name(release),
+        "gateway": {
+            # The hub's proxy forwards /services/dask-gateway/... with its path; traefik strips the prefix.
+            "prefix": render.GATEWAY_PREFIX,
+            "image": {"name": f"{images.registry}/hub", "tag": images.tag},
+            "auth": {"type": "jupyterhub", "jupyterhub": {
+                "apiUrl": addr.hub_api, "apiTokenFromSecretName": secret, "apiTokenFromSecretKey": key,
+                "jupyterhubServiceName": render.GATEWAY_SERVICE}},
+            "env": [{"name": SETTINGS_VAR, "value": json.dumps(gateway_settings(config, addr, sources))}],
+            "extraConfig": {"cubelab": "from cubelab.gateway.kubernetes import configure\nconfigure(c)\n"},
+            "backend": {"image": {"name": f"{images.registry}/notebook", "tag": images.tag}},
+        },
+        # Reached inside the cluster only: through the hub's proxy (API, dashboards) and by kernels (schedulers).
+        "traefik": {"service": {"type": "ClusterIP", "ports": {"web": {"port": plan.HELM_GATEWAY_PORT}}}},
     }  # fmt: skip
 
 

@@ -20,7 +20,7 @@ class TeamOptions:
     """Backend.cluster_options: called with the authenticated user (name and hub groups)."""
 
     def __init__(self, teams: Mapping[str, Mapping[str, Any]]) -> None:
-        self.teams = teams  # team -> {"limits": ClusterLimits as a dict, "environment": {...}}
+        self.teams = teams  # team -> {"limits": ClusterLimits as a dict, "environment": {...}, ...}
 
     def teams_of(self, user: Any) -> list[str]:
         return sorted(set(user.groups) & set(self.teams))
@@ -63,5 +63,6 @@ class TeamOptions:
             "max_workers_per_user": limits["max_workers_per_user"],
             "max_clusters_per_user": limits["max_clusters_per_user"],
             "idle_timeout": float(limits["idle_timeout_seconds"]),
-            "environment": dict(self.teams[team]["environment"]),
+            # On Kubernetes the team's variables come as the containers' env instead (cubelab.gateway.kubernetes).
+            "environment": dict(self.teams[team].get("environment", {})),
         }

@@ -26,7 +26,7 @@ from cubelab.secrets import SecretStore, new_token, write_private
 
 NAME = "dask-gateway"
 CODE_DIR = Path(__file__).resolve().parents[2] / "gateway"
-WORKER_KERNEL = "sklearn"  # the kernel environment clusters run in (its install folder kernel-NAME)
+WORKER_KERNEL = plan.GATEWAY_WORKER_KERNEL  # the kernel environment clusters run in (its install folder kernel-NAME)
 
 
 def new_fernet_key() -> str:
