@@ -21,7 +21,12 @@ NOISE_K = 0.8  # the synthetic cube's LST noise (cubelab_toolkit.cube.LST_NOISE_
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_and_logs_everything(deployment: dict[str, Any], team_server: UserServer, notebook: Path) -> None:
+    uses_gateway = "dask-gateway" in notebook.name
+    if uses_gateway and "dask_gateway" not in deployment:
+        pytest.skip("this deployment runs no Dask gateway (dask_gateway.enabled is false)")
     summary = team_server.run_notebook(notebook)
+    if uses_gateway:  # preprocessed on a two-worker cluster, shut down afterwards
+        assert summary["workers"] == 2 and summary["cluster"] not in summary["clusters_left"]
     team = deployment["teams"][0]
     with client_as(deployment, team, team["members"][1]) as client:  # a teammate looks
         run = client.get_run(summary["run_id"])

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cubelab_toolkit.splits import DIMS
+
 STEPS_PER_YEAR = 46
 STEP_DAYS = 8
 LST_SLOPE = 1.1
@@ -185,6 +187,38 @@ def write_cube(
     return url
 
 
-def open_cube(url: str, *, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
-    """Open a zarr cube lazily (dask) from a local path or an s3:// URL, synthetic or real."""
-    return xr.open_zarr(url, storage_options=dict(storage_options) if storage_options else None, consolidated=None)
+def task_chunks(ds: xr.Dataset, target_mb: float = 64.0) -> dict[str, int]:
+    """Dask chunks for work on a cluster: whole multiples of the cube's stored chunks (grown along lon, then lat,
+    then time) of up to `target_mb` megabytes per variable. Small stored chunks (ESDC's series chunks are 1-13 MB)
+    make one task each, and each task costs a cluster a few milliseconds of scheduling and transfer; bigger tasks
+    that read several stored chunks at once (zarr decodes them concurrently) keep that cost small."""
+    if target_mb <= 0:
+        raise ValueError(f"target_mb must be positive, not {target_mb}")
+    cubes = [v for v in ds.data_vars.values() if v.dims == DIMS and v.chunks is not None]
+    if not cubes:
+        raise ValueError(f"no chunked variable over {DIMS} in the cube")
+    var = max(cubes, key=lambda v: v.dtype.itemsize)
+    stored = [max(c) for c in var.chunks]  # type: ignore[union-attr]
+    sizes = [ds.sizes[d] for d in DIMS]
+    limit = target_mb * 1e6 / var.dtype.itemsize
+    chunks = list(stored)
+    for axis in (2, 1, 0):
+        while chunks[axis] < sizes[axis]:
+            grown = [*chunks[:axis], min(chunks[axis] + stored[axis], sizes[axis]), *chunks[axis + 1 :]]
+            if int(np.prod(grown)) > limit:
+                break
+            chunks = grown
+    return dict(zip(DIMS, chunks, strict=True))
+
+
+def open_cube(
+    url: str, *, storage_options: Mapping[str, Any] | None = None, task_mb: float | None = None
+) -> xr.Dataset:
+    """Open a zarr cube lazily (dask) from a local path or an s3:// URL, synthetic or real: one dask chunk per
+    stored chunk, or with `task_mb` chunks of several stored chunks, about that many megabytes (`task_chunks`:
+    for a dask cluster)."""
+    options = dict(storage_options) if storage_options else None
+    ds = xr.open_zarr(url, storage_options=options, consolidated=None)
+    if task_mb is None:
+        return ds
+    return xr.open_zarr(url, storage_options=options, consolidated=None, chunks=task_chunks(ds, task_mb))

@@ -349,9 +349,12 @@ def _valid_blocks(
         yield values, flat, columns
 
 
-def points_dataset(ds: xr.Dataset, features: list[str], target: str, **kwargs: object) -> xr.Dataset:
+def points_dataset(
+    ds: xr.Dataset, features: list[str], target: str, *, client: object = None, **kwargs: object
+) -> xr.Dataset:
     """All point samples as a lazy dataset over a `sample` dimension (one dask chunk per cube block), ready for
-    `.to_zarr(local_or_s3_url)` on a dask cluster."""
+    `.to_zarr(local_or_s3_url)` on a dask cluster. Its first pass (counting each block's samples) runs on
+    `client`'s cluster when given (a distributed.Client), else on dask's current scheduler."""
 
     @dask.delayed
     def one(block: tuple[slice, slice, slice]) -> PointBlock:
@@ -368,7 +371,8 @@ def points_dataset(ds: xr.Dataset, features: list[str], target: str, **kwargs: o
 
     parts = [one(block) for block in block_slices(ds, target)]
     # A first pass counts each block's samples (on the cluster, like the second) so the result has known chunks.
-    counts = dask.compute(*[dask.delayed(lambda b: len(b.y))(p) for p in parts])
+    lengths = [dask.delayed(lambda b: len(b.y))(p) for p in parts]
+    counts = dask.compute(*lengths, scheduler=client) if client is not None else dask.compute(*lengths)
     nfeat = len(features)
     x = da.concatenate([da.from_delayed(p.x, (n, nfeat), "float32") for p, n in zip(parts, counts, strict=True)])
     y = da.concatenate([da.from_delayed(p.y, (n,), "float32") for p, n in zip(parts, counts, strict=True)])

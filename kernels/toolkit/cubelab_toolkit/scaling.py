@@ -22,13 +22,23 @@ class Scaler:
     fitted_on: str = "train"
 
     @classmethod
-    def fit(cls, ds: xr.Dataset, variables: list[str], split: xr.DataArray | None = None) -> Scaler:
-        """Statistics of each variable over the finite values where split is train (all values without split)."""
+    def fit(
+        cls, ds: xr.Dataset, variables: list[str], split: xr.DataArray | None = None, *, client: Any = None
+    ) -> Scaler:
+        """Statistics of each variable over the finite values where split is train (all values without split), in
+        one pass over the data: on a dask cluster when given its `client` (a distributed.Client, such as a
+        dask-gateway cluster's `get_client()`), else on dask's current scheduler."""
+        import dask
+
         train = (split == TRAIN) if split is not None else True
-        mean, std = {}, {}
+        stats = []
         for name in variables:
             values = ds[name].where(train)
-            m, s = float(values.mean(skipna=True)), float(values.std(skipna=True))
+            stats += [values.mean(skipna=True), values.std(skipna=True)]
+        computed = dask.compute(*stats, scheduler=client) if client is not None else dask.compute(*stats)
+        mean, std = {}, {}
+        for i, name in enumerate(variables):
+            m, s = float(computed[2 * i]), float(computed[2 * i + 1])
             if not np.isfinite(m) or not np.isfinite(s):
                 raise ValueError(f"{name} has no finite training values")
             mean[name], std[name] = m, s if s > 0 else 1.0

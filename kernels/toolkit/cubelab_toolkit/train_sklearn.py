@@ -51,11 +51,16 @@ def train_sgd(
     epochs: int = 5,
     seed: int = 0,
     model: Any | None = None,
+    scaler: Scaler | None = None,
 ) -> TrainResult:
-    """Fit a linear model by partial_fit over the training blocks (shuffled within each block), `epochs` times."""
+    """Fit a linear model by partial_fit over the training blocks (shuffled within each block), `epochs` times.
+    The scaler is fitted on the training split unless given (one fitted on a dask cluster, or by preprocess_cube)."""
     if "split" not in ds:
         raise ValueError("the cube needs a `split` variable (cubelab_toolkit.splits.with_split)")
-    scaler = Scaler.fit(ds, [*features, target], ds["split"])
+    if scaler is None:
+        scaler = Scaler.fit(ds, [*features, target], ds["split"])
+    elif unknown := [name for name in (*features, target) if name not in scaler.mean]:
+        raise ValueError(f"the scaler has no statistics of {', '.join(unknown)}")
     model = model or SGDRegressor(learning_rate="invscaling", eta0=0.01, random_state=seed, tol=None)
     rng = np.random.default_rng(seed)
     history = []
