@@ -2,19 +2,24 @@
 
 A member starts a cluster from a kernel with `Gateway()` and no arguments, and computes on it; the workers run as
 the member's own account with the team's storage. Everyone else is refused: teammates, members of other teams,
-hub admins, and tokens without access to the gateway's service.
+hub admins, and tokens without access to the gateway's service. A cluster's dashboard opens through the hub for
+its owner only.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
+import websocket
 from dask_gateway import Gateway
 from dask_gateway.auth import JupyterHubAuth
 
@@ -76,10 +81,10 @@ def on_worker(url):
 
 own = client.submit(on_worker, url, pure=False).result()
 
-def http_pages(client):
-    # What the scheduler's and each worker's HTTP server answer (any local account could ask them).
+def http_pages(info):
+    # What the scheduler's and each worker's HTTP server answer, asked from a worker: where any account running
+    # code beside the cluster could ask them (another member's worker in the same host or container).
     import urllib.error, urllib.request
-    info = client.scheduler_info()
     servers = [(info["address"], info["services"])] + [(a, w["services"]) for a, w in info["workers"].items()]
     out = {}
     for address, services in servers:
@@ -91,6 +96,8 @@ def http_pages(client):
                     out[page] = urllib.request.urlopen(page, timeout=10).status
                 except urllib.error.HTTPError as exc:
                     out[page] = exc.code
+                except urllib.error.URLError as exc:
+                    out[page] = type(exc.reason).__name__
                 except OSError as exc:
                     out[page] = type(exc).__name__
     return out
@@ -98,7 +105,9 @@ def http_pages(client):
 print(json.dumps({
     "cluster": cluster.name, "seconds": time.monotonic() - t0, "local": local, "remote": remote, "own": own,
     "kernel_uid": os.getuid(), "worker_uids": sorted(set(client.run(os.getuid).values())),
-    "workers": len(client.scheduler_info()["workers"]), "http": http_pages(client),
+    "worker_accounts": sorted(set(client.run(lambda: __import__("pwd").getpwuid(os.getuid()).pw_name).values())),
+    "workers": len(client.scheduler_info()["workers"]),
+    "http": client.submit(http_pages, client.scheduler_info(), pure=False).result(),
     "worker_bucket": sorted(set(client.run(lambda: os.environ.get("S3_USER_STORAGE_BUCKET")).values())),
 }))
 client.close()
@@ -129,18 +138,113 @@ def test_a_member_computes_on_a_two_worker_cluster_what_the_kernel_computes(
     assert member_cluster["worker_bucket"] == [team["bucket"]]
 
 
-def test_the_workers_run_as_the_members_own_account(deployment: dict[str, Any], member_cluster: dict[str, Any]) -> None:
+def test_the_workers_run_as_the_members_own_account(
+    deployment: dict[str, Any], gateway: dict[str, Any], member_cluster: dict[str, Any], team_server: UserServer
+) -> None:
+    """As the kernel's account, or, where clusters run apart from kernels under accounts of their own (compose:
+    inside the gateway's container), as the member's account there: never root."""
+    if account := gateway.get("cluster_account"):
+        assert member_cluster["worker_accounts"] == [account.format(user=team_server.user)]
+        assert 0 not in member_cluster["worker_uids"]
+        return
     assert member_cluster["worker_uids"] == [member_cluster["kernel_uid"]]
     if deployment.get("users_isolated"):
         assert member_cluster["kernel_uid"] != 0
 
 
-def test_clusters_serve_no_dashboard_that_would_be_open_to_others(member_cluster: dict[str, Any]) -> None:
-    """Dask's dashboards and HTTP pages have no login: a scheduler's or worker's would be open on its port to
-    every account that can connect to it, and through the gateway's proxy to anyone with the cluster's name.
-    Until an owner-only route exists, every page of every one of them is a 404."""
+def test_no_dask_page_is_open_to_code_beside_the_cluster(member_cluster: dict[str, Any]) -> None:
+    """Dask's dashboards and HTTP pages have no login (worker logs, call stacks, an API that retires workers). From
+    a worker, running the member's own code beside the cluster: each worker's pages are 404 (no routes), and the
+    scheduler's dashboard is either absent (404) or on a port the platform closes to every account but its own."""
     pages = member_cluster["http"]
-    assert pages and all(status == 404 for status in pages.values()), pages
+    closed = ("ConnectionRefusedError", "ConnectionResetError")
+    assert pages and all(status == 404 or status in closed for status in pages.values()), pages
+
+
+PAGE_MARK = "Dask Diagnostic UI"  # the title of the dashboard's pages
+
+
+def test_the_dashboard_opens_through_the_hub_for_its_owner_only(
+    deployment: dict[str, Any], gateway: dict[str, Any], member_cluster: dict[str, Any], team_server: UserServer
+) -> None:
+    """The owner's hub token opens the cluster's dashboard page, its files and its live websocket through the hub;
+    a teammate, a member of the other team, a hub admin in no team and the owner's token narrowed to another
+    service get 403; a browser with no login is sent to the hub's OAuth; paths spelled otherwise are 404."""
+    if not gateway.get("dashboards"):
+        pytest.skip("this deployment's clusters serve no dashboard")
+    name = member_cluster["cluster"]
+    page = f"{gateway['address']}/clusters/{name}/status"
+    owner = issue_token(deployment, team_server.user)
+    mine = requests.get(page, headers={"Authorization": f"token {owner}"}, timeout=30)
+    assert mine.status_code == 200 and PAGE_MARK in mine.text, mine.text[:300]
+    statics = re.findall(r'href="(statics/[^"]+)"', mine.text)
+    assert statics and requests.get(f"{page.rsplit('/', 1)[0]}/{statics[0]}", timeout=30,
+                                    headers={"Authorization": f"token {owner}"}).status_code == 200  # fmt: skip
+    session = re.search(r'"token":\s*"([^"]+)"', mine.text)
+    assert session, "no bokeh session token in the page"
+    ws_url = page.replace("http", "ws", 1) + "/ws"
+    live = websocket.create_connection(ws_url, header=[f"Authorization: token {owner}"],
+                                       subprotocols=["bokeh", session.group(1)], timeout=30)  # fmt: skip
+    try:
+        assert "ACK" in str(live.recv())
+    finally:
+        live.close()
+
+    team = deployment["teams"][0]
+    teammate = next(m for m in team["members"] if m != team_server.user)
+    outsider = next(m for m in deployment["teams"][1]["members"] if m not in team["members"])
+    admins = [u["name"] for u in deployment["users"] if u["admin"]]
+    narrowed = requests.post(
+        f"{deployment['hub_api_url']}/users/{team_server.user}/tokens",
+        headers={"Authorization": f"token {deployment['hub_admin_token']}"},
+        json={"scopes": [f"access:services!service=mlflow-{team['name']}"], "expires_in": 600}, timeout=30,
+    ).json()["token"]  # fmt: skip
+    for who, token in [(u, issue_token(deployment, u)) for u in (teammate, outsider, *admins)] + [
+        ("narrowed", narrowed)
+    ]:
+        refused = requests.get(page, headers={"Authorization": f"token {token}"}, timeout=30)
+        assert refused.status_code == 403 and PAGE_MARK not in refused.text, (who, refused.text[:200])
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(ws_url, header=[f"Authorization: token {token}"],
+                                        subprotocols=["bokeh", session.group(1)], timeout=30)  # fmt: skip
+    login = requests.get(page, headers={"Accept": "text/html"}, allow_redirects=False, timeout=30)
+    assert login.status_code == 302 and "/hub/api/oauth2/authorize" in login.headers["location"]
+    assert "client_id=service-dask-gateway" in login.headers["location"]
+    # Other spellings of the page, sent as written (no client-side normalising) by the member of the other team:
+    # whatever the hub's proxy and the front make of them, they never reach the dashboard.
+    stranger = issue_token(deployment, outsider)
+    parts = urllib.parse.urlsplit(page)
+    prefix = parts.path.rsplit(f"/clusters/{name}", 1)[0]
+    for path in (f"{prefix}/api/v1/../../clusters/{name}/status", f"{prefix}/clusters/{name}/%73tatus",
+                 f"{prefix}//clusters/{name}/status", f"{prefix}/clusters/{name}/./status"):  # fmt: skip
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn.request("GET", path, headers={"Authorization": f"token {stranger}"})
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        assert answer.status in (400, 403, 404) and PAGE_MARK.encode() not in body, (path, answer.status, body[:200])
+
+
+def test_the_gateways_inner_ports_are_closed_to_kernels(gateway: dict[str, Any], team_server: UserServer) -> None:
+    """dask-gateway's own proxy (behind cubelab's front) and the dashboards' ports, from a member's kernel."""
+    ports = gateway.get("closed_ports")
+    if not ports:
+        pytest.skip("this deployment has no inner gateway ports on the users' machine")
+    code = f"""
+import socket, json
+out = {{}}
+for port in {ports!r}:
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port)); out[port] = "open"
+    except OSError as exc:
+        out[port] = type(exc).__name__
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+    result = json.loads(team_server.run(code, timeout=120, kernel_name="cubelab-sklearn").strip().splitlines()[-1])
+    assert result and all(v in ("ConnectionRefusedError", "ConnectionResetError") for v in result.values()), result
 
 
 def test_others_cannot_list_connect_to_or_stop_the_cluster(

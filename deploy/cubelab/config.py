@@ -118,10 +118,11 @@ class Ports:
     hub: int = 18000
     prometheus: int = 19090
     dask_gateway: int = 18100
+    dask_dashboards: int = 18120
 
     # How many consecutive ports each shared service takes from its base port.
     SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3, "prometheus": 1,
-                                       "dask_gateway": 3}  # fmt: skip
+                                       "dask_gateway": 4, "dask_dashboards": 40}  # fmt: skip
 
     @property
     def dask_gateway_tls(self) -> int:
@@ -132,6 +133,16 @@ class Ports:
     def dask_gateway_api(self) -> int:
         """The gateway's private API (its proxy forwards there; schedulers send heartbeats there): two after."""
         return self.dask_gateway + 2
+
+    @property
+    def dask_gateway_proxy(self) -> int:
+        """dask-gateway's own HTTP proxy, behind cubelab's login front on ports.dask_gateway: three after."""
+        return self.dask_gateway + 3
+
+    @property
+    def dask_dashboard_range(self) -> range:
+        """Loopback ports of clusters' dashboards (one per running scheduler), reachable by the gateway only."""
+        return range(self.dask_dashboards, self.dask_dashboards + self.SPANS["dask_dashboards"])
 
     # SeaweedFS serves gRPC on each of its HTTP ports + 10000.
     GRPC_OFFSET: ClassVar[int] = storage.GRPC_OFFSET
@@ -295,14 +306,6 @@ class PlatformConfig:
             if team.name == name:
                 return team
         raise KeyError(name)
-
-
-def embedded_only(config: PlatformConfig, target: str) -> None:
-    """Refuse what compose does not run yet (the embedded stack and Helm do), before it renders a half deployment."""
-    if config.dask_gateway.enabled:
-        raise ConfigError(f"{config.path}: dask_gateway.enabled: the Dask gateway runs on the embedded stack and "
-                          f"with Helm only so far; {target} cannot deploy it yet (set it to false to render "
-                          f"{target})")  # fmt: skip
 
 
 def schema() -> dict[str, Any]:

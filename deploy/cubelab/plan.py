@@ -26,7 +26,7 @@ from cubelab.provision import HUB_DATABASE, HUB_ROLE, TeamSecrets, user_password
 REF = re.compile(r"\$\(([A-Z][A-Z0-9_]*)\)")
 # Ports inside containers (compose and Kubernetes): each service has its own address there.
 CONTAINER_PORTS = {"hub": 8000, "hub_api": 8081, "tracking": 5000, "s3": storage.CONTAINER_PORTS["s3"],
-                   "postgres": 5432}  # fmt: skip
+                   "postgres": 5432, "dask_gateway": 8000, "dask_gateway_api": 8001}  # fmt: skip
 # The hub's own secrets, for the targets that run the hub themselves (embedded, compose).
 ADMIN_TOKEN, HUB_DB_PASSWORD, HUB_COOKIE_SECRET, HUB_PROXY_TOKEN = (
     "CUBELAB_ADMIN_TOKEN", "HUB_DB_PASSWORD", "HUB_COOKIE_SECRET", "HUB_PROXY_TOKEN")  # fmt: skip
@@ -87,6 +87,7 @@ class Addresses:
     gateway: str = ""  # that HTTP address as the hub's proxy reaches it
     gateway_tls: str = ""  # host:port of its TLS proxy (schedulers by SNI), as kernels and workers reach it
     user_proxy: str = ""  # the hub's proxy as users' kernels reach it (the gateway's API); empty: public_url
+    gateway_front: bool = False  # cubelab's front serves clusters' dashboards to their owners (hub OAuth login)
 
 
 def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -> Addresses:
@@ -103,6 +104,7 @@ def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -
         gateway_bind=(loop, config.ports.dask_gateway),
         gateway=f"http://{loop}:{config.ports.dask_gateway}",
         gateway_tls=f"{loop}:{config.ports.dask_gateway_tls}",
+        gateway_front=True,
     )
 
 
@@ -124,11 +126,17 @@ def _container_addresses(
 
 def compose_addresses(config: PlatformConfig) -> Addresses:
     """docker compose: services by their compose names on the project's networks."""
-    hub_port = CONTAINER_PORTS["hub"]
-    return _container_addresses(
+    hub_port, gateway_port = CONTAINER_PORTS["hub"], CONTAINER_PORTS["dask_gateway"]
+    addr = _container_addresses(
         config, lambda service: service, "hub",
         # Other containers reach a server by its name, and through the hub's proxy by the hub's.
         lambda team: (f"tracking-{team}:{CONTAINER_PORTS['tracking']}", f"hub:{hub_port}"),
+    )  # fmt: skip
+    # dask-gateway's proxy serves HTTP and TLS (schedulers, by SNI) on one port of its container; users' kernels
+    # reach its API through the hub's proxy by the hub's name (the public URL may be the host's alone).
+    return dataclasses.replace(
+        addr, gateway_bind=("0.0.0.0", gateway_port), gateway=f"http://dask-gateway:{gateway_port}",  # noqa: S104
+        gateway_tls=f"dask-gateway:{gateway_port}", user_proxy=f"http://hub:{hub_port}",
     )  # fmt: skip
 
 
@@ -258,6 +266,16 @@ def gateway_settings(config: PlatformConfig, addr: Addresses) -> dict[str, Any]:
     }
 
 
+def gateway_description(config: PlatformConfig, addr: Addresses) -> dict[str, Any]:
+    """The gateway part of a deployment description (platform_tests/test_gateway.py): where clients reach it from
+    where the tests run, and each team's limits; no secret."""
+    return {
+        "address": f"{addr.user_proxy or addr.public_url}{render.GATEWAY_PREFIX}",
+        "proxy_address": f"gateway://{addr.gateway_tls}",
+        "teams": {t.name: dataclasses.asdict(t.dask) for t in config.teams},
+    }
+
+
 @dataclass(frozen=True)
 class HubFiles:
     """Where one target's hub finds its files, and its idle culler (None where the target culls by itself)."""
@@ -276,7 +294,7 @@ def hub_settings(config: PlatformConfig, addr: Addresses, files: HubFiles) -> di
     services.append({"name": render.ADMIN_SERVICE, "api_token": ref(ADMIN_TOKEN)})
     services.append({"name": render.METRICS_SERVICE, "api_token": ref(METRICS_TOKEN)})
     if config.dask_gateway.enabled:
-        services.append(render.gateway_service(addr.gateway, ref(GATEWAY_TOKEN)))
+        services.append(render.gateway_service(addr.gateway, ref(GATEWAY_TOKEN), addr.public_url, addr.gateway_front))
     culler = files.culler is not None and config.hub.cull_idle_seconds > 0
     if culler:
         services.append(files.culler)
@@ -413,6 +431,8 @@ def describe_env(config: PlatformConfig, addr: Addresses, *, backend: str, hub_u
         "CUBELAB_METRICS_TOKEN": ref(METRICS_TOKEN),
         "CUBELAB_METRICS_TARGETS": json.dumps(metrics_description(config, addr)["targets"]),
     }
+    if config.dask_gateway.enabled:
+        env["CUBELAB_GATEWAY"] = json.dumps(gateway_description(config, addr))
     for team in config.teams:
         t = TeamSecrets(team.name)
         env[t.members] = " ".join(team.members)

@@ -275,6 +275,8 @@ def describe(path: Path) -> None:
     }
     if (token := os.environ.get("CUBELAB_METRICS_TOKEN")) and (targets := os.environ.get("CUBELAB_METRICS_TARGETS")):
         description["metrics"] = {"token": token, "targets": json.loads(targets)}
+    if gateway := os.environ.get("CUBELAB_GATEWAY"):
+        description["dask_gateway"] = json.loads(gateway)  # addresses and limits (cubelab.plan.gateway_description)
     docker = Path(os.environ.get("CUBELAB_DOCKER_SOCKET", "/var/run/docker.sock"))
     usable = docker.is_socket() and os.access(docker, os.R_OK | os.W_OK)
     if usable and (services := os.environ.get("CUBELAB_FAULT_SERVICES")):
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         "S3_ENDPOINT, S3_ADMIN_*, TEAM_<NAME>_{DB_PASSWORD,S3_ACCESS_KEY,S3_SECRET_KEY}, HUB_DB_PASSWORD, "
         "CUBELAB_USERS, USER_<NAME>_PASSWORD, CUBELAB_PASSWORDS_FILE; for describe also CUBELAB_HUB_URL, "
         "CUBELAB_HUB_API_URL, CUBELAB_ADMIN_TOKEN, CUBELAB_ADMINS, TEAM_<NAME>_{MEMBERS,TRACKING_URI}, "
-        "CUBELAB_STORAGE_INTERNAL, CUBELAB_METRICS_TOKEN, CUBELAB_METRICS_TARGETS.",
+        "CUBELAB_STORAGE_INTERNAL, CUBELAB_METRICS_TOKEN, CUBELAB_METRICS_TARGETS, CUBELAB_GATEWAY.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     ids = sub.add_parser("s3-identities", help="write SeaweedFS's identity file (before the S3 server starts)")

@@ -5,6 +5,7 @@ Secrets are made on first use and then kept, so a restart reuses them. They are 
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import string
@@ -21,6 +22,11 @@ def new_password() -> str:
 def new_token() -> str:
     """A hub API token (a service's, the proxy's, the cookie secret): 32 random bytes as hex."""
     return secrets.token_hex(32)
+
+
+def new_fernet_key() -> str:
+    """A key for dask-gateway's database encryption (Fernet: 32 random bytes, URL-safe base64)."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 def new_access_key() -> str:

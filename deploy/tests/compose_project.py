@@ -81,6 +81,7 @@ def up(
         containers.build(name)
     # What DockerSpawner starts for users: images/notebook itself, its kernels built from the lock files.
     containers.build_notebook()
+    containers.build_gateway()  # on the notebook image; compose runs it only with dask_gateway.enabled
     project = tmp_path_factory.mktemp("compose")
     config = yaml.safe_load((ROOT / "cubelab.example.yaml").read_text())
     port = free_tcp_port()
@@ -97,10 +98,10 @@ def up(
         name = project.name
         try:
             # The order the depends_on conditions give: s3-identities completed -> s3-store healthy -> s3 (the
-            # relay) healthy; postgres healthy; provision completed -> tracking servers and hub.
+            # relay) healthy; postgres healthy; provision completed -> tracking servers, hub and the gateway.
             order = (["postgres", "s3-identities"], ["s3-store"], ["s3"], ["provision"],
-                     ["tracking-ocean", "tracking-land", "hub"])  # fmt: skip
-            for group in order:
+                     ["tracking-ocean", "tracking-land", "hub", "dask-gateway"])  # fmt: skip
+            for group in ([s for s in g if s in runnable_file["services"]] for g in order):
                 started = podman_compose(project, "up", "-d", *group)
                 assert started.returncode == 0, started.stdout + started.stderr
                 for service in group:

@@ -136,6 +136,15 @@ def build_notebook(tag: str = "test") -> str:
     return image
 
 
+def build_gateway(tag: str = "test") -> str:
+    """images/gateway on the notebook image of the same tag (build_notebook first): its kernels run the clusters."""
+    image, started = f"localhost/cubelab/gateway:{tag}", time.monotonic()
+    build_image(image, "--build-arg", f"BASE_IMAGE=localhost/cubelab/notebook:{tag}",
+                "-f", str(ROOT / "images/gateway/Dockerfile"), str(ROOT))  # fmt: skip
+    print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
+    return image
+
+
 def build(name: str, tag: str = "test") -> str:
     """Build images/<name> (context: the repository)."""
     return build_file(ROOT / "images" / name / "Dockerfile", f"localhost/cubelab/{name}:{tag}")

@@ -36,6 +36,7 @@ def spec() -> jsonschema.Draft7Validator:
 
 
 def rendered(tmp_path: Path, config_text: str | None = None) -> tuple[dict[str, Any], str, dict[str, str]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "cubelab.yaml").write_text(config_text if config_text is not None else EXAMPLE.read_text())
     path, env, _ = compose.write(load(tmp_path / "cubelab.yaml"), tmp_path)
     text = path.read_text()
@@ -246,3 +247,121 @@ def test_oidc_mounts_the_client_secret_where_the_hub_reads_it(spec: jsonschema.D
     assert f"/run/secrets/{mount['target']}" == settings["oidc"]["client_secret_file"]
     assert (out / doc["secrets"][mount["source"]]["file"]).resolve() == (tmp_path / "secrets" / "oidc").resolve()
     assert not [e.message for e in spec.iter_errors(interpolate(doc, compose.read_env(env_path)))]
+
+
+# --- the Dask gateway (dask_gateway.enabled) ------------------------------------------------------------------
+
+
+def with_gateway(tmp_path: Path) -> tuple[dict[str, Any], str, dict[str, str]]:
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["dask_gateway"] = {"enabled": True}
+    return rendered(tmp_path, yaml.safe_dump(config))
+
+
+def gateway_settings(doc: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(doc["services"]["dask-gateway"]["environment"]["CUBELAB_GATEWAY_SETTINGS_JSON"])
+
+
+def hub_settings(doc: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(doc["services"]["hub"]["environment"]["CUBELAB_HUB_SETTINGS_JSON"])
+
+
+def test_the_gateway_service_is_rendered_only_when_enabled(spec: jsonschema.Draft7Validator, tmp_path: Path) -> None:
+    off, _, off_env = rendered(tmp_path / "off")
+    assert "dask-gateway" not in off["services"]
+    assert not {plan.GATEWAY_TOKEN, plan.GATEWAY_DB_KEY} & set(off_env)
+    assert "dask-gateway" not in {s["name"] for s in hub_settings(off)["services"]}
+    assert "CUBELAB_GATEWAY" not in off["services"]["platform-tests"]["environment"]
+    doc, text, env = with_gateway(tmp_path / "on")
+    errors = [f"{list(e.path)}: {e.message}" for e in spec.iter_errors(interpolate(doc, env))]
+    assert not errors, errors
+    gateway = doc["services"]["dask-gateway"]
+    assert gateway["image"] == "cubelab/gateway:latest"
+    # Built on the users' image: its kernel environment runs the clusters.
+    assert gateway["build"] == {"context": ".", "dockerfile": "images/gateway/Dockerfile",
+                                "args": {"BASE_IMAGE": "cubelab/notebook:latest"}}  # fmt: skip
+    assert gateway["command"] == ["/opt/gateway/bin/dask-gateway-server", "-f", "/opt/gateway/dask_gateway_config.py"]
+    assert gateway["depends_on"] == {"provision": {"condition": "service_completed_successfully"}}
+    assert gateway["restart"] == "unless-stopped"
+    assert "/services/dask-gateway/api/health" in " ".join(gateway["healthcheck"]["test"])
+    assert "notebook" in text.splitlines()[3]  # the header says to build the users' image first
+
+
+def test_the_gateways_secrets_are_generated_and_only_referenced(tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    doc, text, env = with_gateway(tmp_path)
+    for name, value in env.items():
+        assert value not in text, f"the value of {name} is written into docker-compose.yml"
+    assert set(REF.findall(text)) <= set(env)
+    Fernet(env[plan.GATEWAY_DB_KEY])  # a valid key for the gateway's database encryption
+    raw = gateway_settings(doc)
+    assert raw["api_token"].startswith("${CUBELAB_GATEWAY_TOKEN:?")
+    settings = gateway_settings(interpolate(doc, env))
+    assert settings["api_token"] == env[plan.GATEWAY_TOKEN]
+    assert settings["db_key"] == env[plan.GATEWAY_DB_KEY]
+    # Each team's workers get that team's storage keys, no other team's.
+    ocean = settings["teams"]["ocean"]["environment"]
+    assert ocean["AWS_SECRET_ACCESS_KEY"] == env["TEAM_OCEAN_S3_SECRET_KEY"]
+    assert env["TEAM_LAND_S3_SECRET_KEY"] not in json.dumps(ocean)
+    assert ocean["AWS_ENDPOINT_URL_S3"] == "http://s3:8333"
+
+
+def test_the_hub_registers_the_gateway_with_its_token_and_opens_it_to_the_teams(tmp_path: Path) -> None:
+    doc, _, env = with_gateway(tmp_path)
+    services = {s["name"]: s for s in hub_settings(doc)["services"]}
+    assert services["dask-gateway"]["url"] == "http://dask-gateway:8000"
+    assert services["dask-gateway"]["api_token"].startswith("${CUBELAB_GATEWAY_TOKEN:?")
+    registered = {s["name"]: s for s in hub_settings(interpolate(doc, env))["services"]}
+    assert registered["dask-gateway"]["api_token"] == env[plan.GATEWAY_TOKEN]
+    roles = [r for r in hub_settings(doc)["load_roles"] if "access:services!service=dask-gateway" in r["scopes"]]
+    assert [sorted(r["groups"]) for r in roles] == [["land", "ocean"]]
+    # The gateway checks tokens against the hub's API, by its service name (any hub token would do without it).
+    settings = gateway_settings(doc)
+    assert settings["hub_api_url"] == "http://hub:8081/hub/api"
+    assert settings["service_name"] == "dask-gateway" and settings["prefix"] == "/services/dask-gateway"
+
+
+def test_users_servers_get_the_gateways_addresses(tmp_path: Path) -> None:
+    doc, _, _ = with_gateway(tmp_path)
+    for team in ("ocean", "land"):
+        env = hub_settings(doc)["team_env"][team]
+        # The API through the hub's proxy by the hub's name on the users' network; schedulers on the gateway's port.
+        assert env["DASK_GATEWAY__ADDRESS"] == "http://hub:8000/services/dask-gateway"
+        assert env["DASK_GATEWAY__PUBLIC_ADDRESS"] == "http://localhost:8000/services/dask-gateway"
+        assert env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://dask-gateway:8000"
+        assert env["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
+        assert env["DASK_GATEWAY__CLUSTER__OPTIONS__TEAM"] == team
+    described = json.loads(doc["services"]["platform-tests"]["environment"]["CUBELAB_GATEWAY"])
+    assert described["address"] == "http://hub:8000/services/dask-gateway"
+    assert described["proxy_address"] == "gateway://dask-gateway:8000"
+    assert described["cluster_account"] == "cl-{user}"
+    assert described["teams"]["ocean"]["max_workers_per_user"] >= 1
+
+
+def test_the_gateway_is_on_the_users_network_only_with_its_private_api_on_loopback(tmp_path: Path) -> None:
+    """Users' containers reach its proxy (HTTP API and schedulers' TLS on one port); it reaches the hub's API and
+    its workers S3 on the users' network; nothing puts it beside Postgres or SeaweedFS itself."""
+    doc, _, _ = with_gateway(tmp_path)
+    services = doc["services"]
+    assert services["dask-gateway"]["networks"] == ["users"]
+    assert "users" in services["hub"]["networks"] and "users" in services["s3"]["networks"]
+    settings = gateway_settings(doc)
+    assert settings["http_address"] == settings["tls_address"] == "0.0.0.0:8000"
+    assert settings["api_address"] == "127.0.0.1:8001"
+    backend = settings["backend"]
+    assert backend["class"] == "cubelab.gateway.container.ContainerLocalBackend"
+    assert backend["account_prefix"] == "cl-"
+    assert backend["scheduler_cmd"] == ["/opt/conda/envs/cubelab-sklearn/bin/dask", "scheduler"]
+    assert backend["inherited_environment"] == ["PATH", "LANG"]
+    assert settings["db_url"].startswith("sqlite:////var/lib/cubelab-gateway/")
+
+
+def test_the_gateway_runs_as_root_with_only_the_capabilities_it_needs(tmp_path: Path) -> None:
+    doc, _, _ = with_gateway(tmp_path)
+    gateway = doc["services"]["dask-gateway"]
+    assert gateway["user"] == "root"
+    assert gateway["cap_drop"] == ["ALL"]
+    assert sorted(gateway["cap_add"]) == ["CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID"]
+    assert gateway["security_opt"] == ["no-new-privileges:true"]
+    assert not gateway.get("privileged") and "volumes" not in gateway  # no Docker socket, no host path

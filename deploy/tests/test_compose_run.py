@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import compose_project  # deploy/tests/compose_project.py
 import podman_images as containers  # deploy/tests/podman_images.py
@@ -29,13 +30,25 @@ from platform_tests.hubclient import login
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = [
     f"platform_tests/test_{name}.py"
-    for name in "tracking storage access artifacts metrics hub isolation faults notebooks deepesdl".split()
+    for name in "tracking storage access artifacts metrics hub isolation faults notebooks deepesdl gateway".split()
 ]
+# The Dask gateway's limits that platform_tests/test_gateway.py can reach in a test (the root conftest's, for the
+# embedded stack): a member of ocean may run 3 workers in all, 2 per cluster; land's clusters stop after 20 s idle.
+GATEWAY_LIMITS = {
+    "ocean": {"max_workers_per_cluster": 2, "max_workers_per_user": 3, "max_clusters_per_user": 2},
+    "land": {"idle_timeout_seconds": 20},
+}
+
+
+def with_gateway(config: dict[str, Any], project: Path) -> None:
+    config["dask_gateway"] = {"enabled": True}
+    for team in config["teams"]:
+        team["dask_gateway"] = GATEWAY_LIMITS[team["name"]]
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with compose_project.up(tmp_path_factory, lambda config, project: None) as project:
+    with compose_project.up(tmp_path_factory, with_gateway) as project:
         yield project
 
 
@@ -43,7 +56,7 @@ def test_platform_tests_pass_against_the_compose_deployment(deployment: Path) ->
     command = ("python3 -m cubelab.provision describe /tmp/d.json && "
                f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider -q -rs {' '.join(SUITE)}")  # fmt: skip
     done = compose_project.podman_compose(
-        deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=900
+        deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=1200
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-5000:]

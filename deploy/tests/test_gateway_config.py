@@ -5,17 +5,18 @@ gateway itself runs in platform_tests/test_gateway.py)."""
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.options import Options
 from traitlets.config import Config
 
 from cubelab import plan
-from cubelab.backends import compose, kubernetes
 from cubelab.config import ConfigError, PlatformConfig, parse
 from cubelab.gateway import backend, configure
 from cubelab.gateway.options import GIB, TeamOptions
@@ -105,12 +106,6 @@ def test_the_gateway_settings_hold_references_not_secrets() -> None:
     assert "MLFLOW_TRACKING_URI" not in ocean  # workers get the team's storage, not a tracking identity
 
 
-def test_compose_refuses_the_gateway_until_it_runs_it_and_helm_renders_it() -> None:
-    with pytest.raises(ConfigError, match="embedded stack and with Helm only"):
-        compose.render_compose(config_of())
-    assert kubernetes.render_values(config_of())["daskGateway"]["enabled"] is True
-
-
 def team_options() -> TeamOptions:
     config = config_of()
     settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}))
@@ -185,3 +180,53 @@ def test_schedulers_and_workers_start_without_a_dashboard() -> None:
     plain = backend.TeamLocalBackend(api_url="http://127.0.0.1:1/api")  # no account switch: no account lookup
     env = plain.get_env(SimpleNamespace(config=cluster.config, name="c", token="t", username="alice"))
     assert env["DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"] == env["DASK_DISTRIBUTED__WORKER__HTTP__ROUTES"] == "[]"
+
+
+def test_a_schedulers_dashboard_takes_a_free_closed_port_and_checks_it_got_it() -> None:
+    """With dashboard ports: the scheduler's dashboard on loopback at the first port no other running cluster
+    has and nothing listens on, with the preload that stops it elsewhere; workers still serve nothing."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        free = [taken + 1, taken + 2] if taken < 65000 else [taken - 2, taken - 1]
+        local = backend.TeamLocalBackend(dashboard_ports=[taken, *free], dashboard_check="/p/check.py",
+                                         api_url="http://127.0.0.1:1/api")  # fmt: skip
+        config = backend.TeamClusterConfig(scheduler_cmd=["dask", "scheduler"], worker_cmd=["dask", "worker"])
+        running = SimpleNamespace(name="other", config=config, dashboard_address=f"http://127.0.0.1:{free[0]}")
+        local.db = SimpleNamespace(list_clusters=lambda: [running])  # type: ignore[assignment]
+        cluster = SimpleNamespace(name="mine", config=config, scheduler_address="tls://127.0.0.1:1", token="t",
+                                  username="alice", dashboard_address="")  # fmt: skip
+        argv = local.get_scheduler_command(cluster)
+        assert argv[argv.index("--dashboard-address") + 1] == f"127.0.0.1:{free[1]}"
+        assert "--no-dashboard" not in argv and argv[-2:] == ["--preload", "/p/check.py"]
+        env = local.get_env(cluster)
+        assert env[backend.DASHBOARD_PORT_VAR] == str(free[1])
+        assert "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES" not in env
+        assert env["DASK_DISTRIBUTED__WORKER__HTTP__ROUTES"] == "[]"
+        assert "--no-dashboard" in local.get_worker_command(cluster, "w1")
+        third = SimpleNamespace(name="third", config=config, scheduler_address="tls://127.0.0.1:1")
+        local.db = SimpleNamespace(list_clusters=lambda: [running, cluster])  # type: ignore[assignment]
+        with pytest.raises(PublicException, match="dashboard ports are in use"):
+            local.get_scheduler_command(third)
+
+
+def test_the_dashboard_check_stops_a_scheduler_whose_dashboard_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cubelab.gateway import dashboard_check
+
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+
+    def scheduler(port: int) -> SimpleNamespace:
+        sock = SimpleNamespace(getsockname=lambda: ("127.0.0.1", port))
+        server = SimpleNamespace(_sockets={1: sock}, stopped=False)
+        server.stop = lambda: setattr(server, "stopped", True)
+        return SimpleNamespace(http_server=server)
+
+    monkeypatch.setenv(dashboard_check.PORT_VAR, "18120")
+    good = scheduler(18120)
+    dashboard_check.dask_setup(good)
+    assert not good.http_server.stopped and exits == []
+    moved = scheduler(40000)
+    dashboard_check.dask_setup(moved)
+    assert moved.http_server.stopped and exits == [3]

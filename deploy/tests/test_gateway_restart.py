@@ -5,6 +5,8 @@ with no command run, finds the cluster again in its database, and the cluster ke
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from dask_gateway.auth import JupyterHubAuth
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab.backends.local import LocalBackend
-from cubelab.backends.local.gateway import NAME
+from cubelab.backends.local.gateway import FRONT_NAME, NAME
 from cubelab.procs import marked_processes, wait_until
 
 
@@ -75,6 +77,23 @@ def test_a_killed_gateway_comes_back_and_finds_its_running_cluster(stack: LocalB
     assert cluster_processes(stack), "no scheduler or worker of this stack found: the check below would be empty"
     client.close()
     cluster.close()
+
+
+def test_the_front_runs_as_its_own_account_and_alone_passes_the_closed_ports(stack: LocalBackend) -> None:
+    """cubelab's front holds the gateway's hub token: its own account, not root; the firewall chain over the
+    gateway's own proxy and the dashboards' ports lets through root (the gateway) and that account only."""
+    record = stack.procs.running(FRONT_NAME)
+    assert record is not None and stack.gateway.front_healthy()
+    uid = psutil.Process(record.pid).uids().real
+    if os.geteuid() != 0:
+        assert uid == os.geteuid()
+        return
+    assert uid != 0 and pwd.getpwuid(uid).pw_name == stack.gateway.front_account()
+    rules = stack.gateway.guard.rules()
+    for port in stack.gateway.closed_ports():
+        allowed = re.findall(rf"--dport {port} -m owner --uid-owner (\d+) -j RETURN", rules)
+        assert sorted(int(u) for u in allowed) == sorted([0, uid]), (port, rules[:500])
+        assert f"--dport {port} -j REJECT" in rules
 
 
 def test_down_leaves_no_scheduler_or_worker(stack: LocalBackend) -> None:

@@ -18,11 +18,11 @@ HADOLINT = Path(sys.prefix) / "bin" / "hadolint"
 
 def test_every_image_has_a_dockerfile_readme_and_requirements() -> None:
     names = sorted(p.parent.relative_to(ROOT / "images").as_posix() for p in DOCKERFILES)
-    assert names == ["hub", "notebook", "notebook/cuda", "platform-tests", "tracking"]
-    for name in ("hub", "notebook", "platform-tests", "tracking"):
+    assert names == ["gateway", "hub", "notebook", "notebook/cuda", "platform-tests", "tracking"]
+    for name in ("gateway", "hub", "notebook", "platform-tests", "tracking"):
         assert (ROOT / "images" / name / "requirements.txt").exists(), name
     assert (ROOT / "images" / "README.md").exists()
-    for name in ("hub", "notebook", "platform-tests", "tracking"):  # docker-stacks: each image has its tests
+    for name in ("gateway", "hub", "notebook", "platform-tests", "tracking"):  # docker-stacks: each image has its tests
         assert list((ROOT / "images" / name / "tests").glob("test_*.py")), f"images/{name}/tests"
 
 

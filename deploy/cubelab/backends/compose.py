@@ -15,26 +15,35 @@ from typing import Any
 import yaml
 
 from cubelab import plan, storage
-from cubelab.config import PlatformConfig, embedded_only
+from cubelab.backends.local.accounts import USER_PREFIX
+from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
-from cubelab.secrets import new_access_key, new_password, new_token, write_private
+from cubelab.secrets import new_access_key, new_fernet_key, new_password, new_token, write_private
 
 HEADER = """\
 # cubelab on one machine, rendered by `cubelab render compose` from {config}.
 # Do not edit: change the platform config and render again (secrets live in .env, generated, mode 0600).
 # Start: docker compose up -d --build      Hub: {public_url}      Tests: docker compose run --rm platform-tests
 """
+# The gateway's image is built on the users' image: that one first.
+GATEWAY_HEADER = "# With the Dask gateway: docker compose --profile build build notebook, before `up --build`.\n"
 POSTGRES_IMAGE = "postgres:15.14-bookworm"
 SEAWEEDFS_IMAGE = "chrislusf/seaweedfs:4.48"
 PORTS = plan.CONTAINER_PORTS
-HUB_PORT, S3_PORT = PORTS["hub"], PORTS["s3"]
+HUB_PORT, S3_PORT, GATEWAY_PORT = PORTS["hub"], PORTS["s3"], PORTS["dask_gateway"]
 # Secrets of an external service: the operator puts them into .env; cubelab cannot make them.
 EXTERNAL_VARS = {"postgres": ("POSTGRES_PASSWORD",), "s3": ("S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY")}
 PASSWORDS_FILE = "/srv/cubelab/passwords.json"
 BACKUPS = "/backups"
 IDENTITIES_DIR = str(Path(plan.IDENTITIES_FILE).parent)
 OIDC_SECRET = Path("/run/secrets/oidc-client-secret")  # compose mounts secrets under /run/secrets/
+# images/gateway: dask-gateway-server's venv, its state (the database: root only) and the clusters' folders.
+GATEWAY_VENV, GATEWAY_STATE, GATEWAY_CLUSTERS = "/opt/gateway", "/var/lib/cubelab-gateway", "/var/lib/cubelab-clusters"
+GATEWAY_KERNEL_BIN = f"/opt/conda/envs/cubelab-{plan.GATEWAY_WORKER_KERNEL}/bin"  # the notebook image's kernel
+# What the gateway, as root, needs to run clusters as members' accounts: make the accounts and chown their folders
+# (CHOWN), switch to them (SETUID, SETGID), stop their processes (KILL) and remove their folders (DAC_OVERRIDE).
+GATEWAY_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID"]
 PLATFORM_VARS = (*EXTERNAL_VARS["postgres"], *EXTERNAL_VARS["s3"], plan.HUB_DB_PASSWORD, plan.HUB_COOKIE_SECRET,
                  plan.HUB_PROXY_TOKEN, plan.ADMIN_TOKEN, plan.METRICS_TOKEN)  # fmt: skip
 
@@ -69,6 +78,8 @@ def secret_names(config: PlatformConfig) -> dict[str, Any]:
         t = TeamSecrets(team.name)
         names |= {t.db_password: new_password, t.s3_access_key: new_access_key, t.s3_secret_key: new_password,
                   t.hub_token: new_token}  # fmt: skip
+    if config.dask_gateway.enabled:
+        names |= {plan.GATEWAY_TOKEN: new_token, plan.GATEWAY_DB_KEY: new_fernet_key}
     if config.hub.auth.type == "local":
         names |= {user_password_var(u.name): new_password for u in config.users}
     return names
@@ -202,10 +213,52 @@ def _bundled(config: PlatformConfig, build: Any) -> dict[str, Any]:
     return services
 
 
+def gateway_settings(config: PlatformConfig) -> dict[str, Any]:
+    """The settings cubelab.gateway.configure maps to traits, for the gateway container: clusters run in it."""
+    settings = plan.gateway_settings(config, plan.compose_addresses(config))
+    settings |= {
+        # The private API (schedulers' heartbeats) on loopback: clusters run in the same container.
+        "api_address": f"127.0.0.1:{PORTS['dask_gateway_api']}",
+        "db_url": f"sqlite:///{GATEWAY_STATE}/gateway.sqlite",
+        "backend": {
+            "class": "cubelab.gateway.container.ContainerLocalBackend",
+            "account_prefix": USER_PREFIX,
+            "clusters_dir": GATEWAY_CLUSTERS,
+            # Clusters inherit only these from the gateway (the rest is the team's storage and dask's TLS).
+            "inherited_environment": ["PATH", "LANG"],
+            "scheduler_cmd": [f"{GATEWAY_KERNEL_BIN}/dask", "scheduler"],
+            "worker_cmd": [f"{GATEWAY_KERNEL_BIN}/dask", "worker"],
+        },
+    }
+    return _fill(config, settings)
+
+
+def gateway_service(config: PlatformConfig, build: Any) -> dict[str, Any]:
+    """dask-gateway with its clusters (schedulers and workers) inside its container, on the users' network only:
+    users' containers reach its proxy, it reaches the hub's API, and workers reach S3; nothing of the backend."""
+    health = f"http://127.0.0.1:{GATEWAY_PORT}{render.GATEWAY_PREFIX}/api/health"
+    return {
+        "image": config.containers.image("gateway"),
+        "build": build("gateway") | {"args": {"BASE_IMAGE": config.containers.image("notebook")}},
+        "restart": "unless-stopped",
+        "command": [f"{GATEWAY_VENV}/bin/dask-gateway-server", "-f", f"{GATEWAY_VENV}/dask_gateway_config.py"],
+        "environment": {"CUBELAB_GATEWAY_SETTINGS_JSON": json.dumps(gateway_settings(config), indent=1)},
+        # Root, to run each member's clusters as their own account, with no capability beyond that.
+        "user": "root",
+        "cap_drop": ["ALL"],
+        "cap_add": list(GATEWAY_CAPABILITIES),
+        "security_opt": ["no-new-privileges:true"],
+        # A real PID 1 (tini): signals reach the gateway, and workers' orphans are reaped.
+        "init": True,
+        "depends_on": {"provision": {"condition": "service_completed_successfully"}},
+        "networks": ["users"],
+        "healthcheck": _healthcheck(_python_health(health)),
+    }
+
+
 def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """The compose file's content; out_dir (default: the config's folder) is where it will be written, for paths
     relative to it."""
-    embedded_only(config, "compose")
     images = config.containers
     addr = plan.compose_addresses(config)
     build = lambda name: {"context": ".", "dockerfile": f"images/{name}/Dockerfile"}  # noqa: E731
@@ -221,6 +274,8 @@ def render_compose(config: PlatformConfig, out_dir: Path | None = None) -> dict[
     for team in config.teams:
         tracking = plan.tracking_service(config, team, addr)
         services[tracking.name] = _run(config, tracking, services, jobs) | {"networks": ["backend", "users"]}
+    if config.dask_gateway.enabled:
+        services["dask-gateway"] = gateway_service(config, build)
     settings = json.dumps(hub_settings(config), indent=1)
     services["hub"] = {
         "image": images.image("hub"),
@@ -300,6 +355,10 @@ def _describe_env(config: PlatformConfig) -> dict[str, str]:
     faults |= {name: service for name, service in (("postgres", "postgres"), ("s3", "s3-store")) if name not in
                _external(config)}  # fmt: skip
     env["CUBELAB_FAULT_SERVICES"] = json.dumps(faults)
+    if "CUBELAB_GATEWAY" in env:
+        # Clusters run as accounts of the gateway's container, not as the kernel's (platform_tests/test_gateway.py).
+        gateway = json.loads(env["CUBELAB_GATEWAY"]) | {"cluster_account": USER_PREFIX + "{user}"}
+        env["CUBELAB_GATEWAY"] = json.dumps(gateway)
     return _fill(config, env)
 
 
@@ -308,6 +367,7 @@ def write(config: PlatformConfig, out_dir: Path) -> tuple[Path, Path, list[str]]
     out_dir.mkdir(parents=True, exist_ok=True)
     env_added = write_env(config, out_dir / ".env")
     text = HEADER.format(config=config.path.name, public_url=config.containers.public_url)
+    text += GATEWAY_HEADER if config.dask_gateway.enabled else ""
     text += yaml.safe_dump(render_compose(config, out_dir), sort_keys=False, width=120)
     compose = out_dir / "docker-compose.yml"
     compose.write_text(text)

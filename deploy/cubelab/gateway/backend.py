@@ -6,23 +6,27 @@ What LocalBackend (2026.3.0) does not do, and this does:
   `extend`ed character by character, so as root it would chown "/" and other one-letter paths to the user. Here
   the working directory's own tree is chowned, nothing else.
 - It has limits per cluster only. A member's clusters and workers are also limited per user here.
-- Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names; no
-  login) on loopback ports any local account can connect to, and the gateway's proxy serves a scheduler's to
-  anyone who knows the cluster's name. Until an owner-only route exists, clusters run with no dashboard and
-  with no HTTP routes at all (their HTTP servers still listen, and answer 404 to everything).
+- Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names, and an
+  API that retires workers; no login) on random ports of every interface. Here a scheduler's dashboard takes a
+  loopback port of its own from `dashboard_ports`, which only the platform's accounts may connect to (the
+  embedded stack's firewall), and the scheduler refuses to start if its dashboard is anywhere else (a port
+  taken by someone else: dask would silently move it); members reach it through cubelab's front
+  (cubelab.gateway.front), which admits a cluster's owner only. Workers serve no HTTP routes at all (their
+  HTTP servers still listen on loopback, and answer 404 to everything).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from dask_gateway_server.backends.base import ClusterConfig, PublicException
 from dask_gateway_server.backends.local import LocalBackend, LocalClusterConfig
 from dask_gateway_server.traitlets import Type
-from traitlets import Integer, Unicode
+from traitlets import Integer, List, Unicode
 
 
 class TeamClusterConfig(LocalClusterConfig):
@@ -42,11 +46,40 @@ class TeamLocalBackend(LocalBackend):
         config=True,
     )  # fmt: skip
 
+    dashboard_ports = List(Integer(), help="Loopback ports for schedulers' dashboards (empty: no dashboards)",
+                           config=True)  # fmt: skip
+    dashboard_check = Unicode("", help="A scheduler preload that exits unless the dashboard got its port", config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._dashboards: dict[str, int] = {}  # cluster name -> the dashboard port chosen for its scheduler
+
     def get_scheduler_command(self, cluster: Any) -> list[str]:
-        return _without_dashboard(super().get_scheduler_command(cluster))
+        argv = super().get_scheduler_command(cluster)
+        port = self.dashboard_port(cluster)
+        if port is None:
+            return _without_dashboard(argv)
+        i = argv.index("--dashboard-address")
+        argv[i + 1] = f"127.0.0.1:{port}"
+        return [*argv, "--preload", self.dashboard_check]
 
     def get_worker_command(self, cluster: Any, worker_name: str, scheduler_address: str | None = None) -> list[str]:
         return _without_dashboard(super().get_worker_command(cluster, worker_name, scheduler_address))
+
+    def dashboard_port(self, cluster: Any) -> int | None:
+        """A free port of dashboard_ports for the cluster's scheduler, or None for no dashboard."""
+        if not self.dashboard_ports or not self.dashboard_check:
+            return None
+        # Each running cluster's port: the one chosen here (in memory), or the address its scheduler reported
+        # (in the database, so a restarted gateway knows it too).
+        others = [c for c in self.db.list_clusters() if c.name != cluster.name]
+        taken = {self._dashboards.get(c.name) for c in others}
+        taken |= {int(c.dashboard_address.rsplit(":", 1)[1]) for c in others if c.dashboard_address}
+        for port in self.dashboard_ports:
+            if port not in taken and _bindable(port):
+                self._dashboards[cluster.name] = port
+                return port
+        raise PublicException(f"all {len(self.dashboard_ports)} dashboard ports are in use; stop a cluster first")
 
     def account(self, username: str) -> pwd.struct_passwd:
         return pwd.getpwnam(self.account_prefix + username)
@@ -74,7 +107,14 @@ class TeamLocalBackend(LocalBackend):
         return preexec
 
     def get_env(self, cluster: Any) -> dict[str, str]:
-        env = super().get_env(cluster) | NO_HTTP_ROUTES
+        # dask-gateway builds a scheduler's command before its environment, so the port is chosen by now; a
+        # scheduler without it in its environment fails dashboard_check.
+        env = super().get_env(cluster) | NO_WORKER_ROUTES
+        port = self._dashboards.get(cluster.name)
+        if port is None:
+            env |= NO_SCHEDULER_ROUTES
+        else:
+            env[DASHBOARD_PORT_VAR] = str(port)
         if self.account_prefix:
             entry = self.account(cluster.username)
             env |= {"USER": entry.pw_name, "HOME": entry.pw_dir}
@@ -109,7 +149,19 @@ class TeamLocalBackend(LocalBackend):
 
 
 # dask's HTTP servers start even with --no-dashboard (for /info, /json, /metrics, /health): no routes for them.
-NO_HTTP_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]", "DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
+NO_WORKER_ROUTES = {"DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
+NO_SCHEDULER_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]"}
+DASHBOARD_PORT_VAR = "CUBELAB_DASHBOARD_PORT"  # the port the scheduler's dashboard must have (dashboard_check)
+
+
+def _bindable(port: int) -> bool:
+    """Whether nothing listens on the loopback port now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _without_dashboard(argv: list[str]) -> list[str]:

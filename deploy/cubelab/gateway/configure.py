@@ -27,7 +27,8 @@ def apply(c: Any, settings: dict[str, Any]) -> None:
     # The private API on its own port: schedulers send their heartbeats there, not through the proxy.
     c.DaskGateway.address = settings["api_address"]
     backend = settings["backend"]
-    c.DaskGateway.backend_class = f"cubelab.gateway.backend.{BACKEND}"
+    # TeamLocalBackend, or a subclass of it a target names (its traits are set below all the same).
+    c.DaskGateway.backend_class = backend.get("class", f"cubelab.gateway.backend.{BACKEND}")
     section = c[BACKEND]
     section.api_url = f"http://{settings['api_address']}/api"
     section.cluster_options = TeamOptions(settings["teams"])
@@ -38,5 +39,9 @@ def apply(c: Any, settings: dict[str, Any]) -> None:
     section.account_prefix = backend["account_prefix"]
     section.clusters_directory = backend["clusters_dir"]
     section.inherited_environment = backend["inherited_environment"]
+    # Schedulers' dashboards on loopback ports only the platform may connect to (cubelab.gateway.front admits
+    # their owners); no list: no dashboards.
+    section.dashboard_ports = backend.get("dashboard_ports", [])
+    section.dashboard_check = backend.get("dashboard_check", "")
     c.TeamClusterConfig.scheduler_cmd = backend["scheduler_cmd"]
     c.TeamClusterConfig.worker_cmd = backend["worker_cmd"]

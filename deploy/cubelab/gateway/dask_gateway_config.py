@@ -7,4 +7,6 @@ from pathlib import Path
 
 from cubelab.gateway.configure import apply
 
-apply(get_config(), json.loads(Path(os.environ["CUBELAB_GATEWAY_SETTINGS"]).read_text()))
+# A file (the embedded stack), or the settings themselves in a variable (docker compose, which fills the secrets in).
+text = os.environ.get("CUBELAB_GATEWAY_SETTINGS_JSON") or Path(os.environ["CUBELAB_GATEWAY_SETTINGS"]).read_text()
+apply(get_config(), json.loads(text))

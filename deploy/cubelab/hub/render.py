@@ -123,9 +123,15 @@ def team_services(
     ]
 
 
-def gateway_service(url: str, token: str) -> dict[str, Any]:
-    """dask-gateway as a hub service: the hub's proxy routes GATEWAY_PREFIX to its HTTP proxy."""
-    return {"name": GATEWAY_SERVICE, "display": False, "url": url, "api_token": token}
+def gateway_service(url: str, token: str, public_url: str, login: bool) -> dict[str, Any]:
+    """dask-gateway as a hub service: the hub's proxy routes GATEWAY_PREFIX to it. With `login` (where cubelab's
+    front serves clusters' dashboards) browsers log in to it with the hub's OAuth (the token is the secret)."""
+    service = {"name": GATEWAY_SERVICE, "display": False, "url": url, "api_token": token}
+    if login:
+        service |= {"oauth_client_id": f"service-{GATEWAY_SERVICE}",
+                    "oauth_redirect_uri": urls.oauth_redirect_uri(f"{public_url}{GATEWAY_PREFIX}", public_url),
+                    "oauth_no_confirm": True}  # fmt: skip
+    return service
 
 
 # A user server's token also opens the user's teams' tracking servers (access:services is narrowed by the hub

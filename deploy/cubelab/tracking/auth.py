@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.cookiejar
 import json
 import os
 import re
@@ -55,6 +56,14 @@ THREAD_BODY = 256 << 10
 # Where the handler a request was classified to is written for cubelab.tracking.metrics, which counts requests by
 # it: a dict the metrics middleware puts into the scope (shared by the copies of the scope made here).
 ROUTE_KEY = "cubelab.route"
+
+
+def stateless_client(**kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client that never keeps a cookie. A server's client is shared by every request it serves: a cookie
+    that one user's answer set (dask-gateway sets one for the token it accepted) would be sent for the next
+    user's request and speak for the first."""
+    jar = http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(cookies=jar, **kwargs)
 
 
 class IdentityUnavailable(Exception):
@@ -136,7 +145,7 @@ class TokenChecker:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=10)
+            self._client = stateless_client(timeout=10)
         return self._client
 
     def allows(self, scopes: list[str]) -> bool:
@@ -343,16 +352,83 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class TeamAuthMiddleware:
+class HubLogin:
+    """Browsers' login with the hub's OAuth for a service: the redirect to the hub, and the callback that turns
+    the hub's code into a token kept in an HttpOnly cookie of the service's path."""
+
+    def __init__(self, settings: AuthSettings, checker: TokenChecker) -> None:
+        self.settings = settings
+        self.checker = checker
+
+    def _callback_url(self, headers: dict[str, str]) -> str:
+        return urls.oauth_redirect_uri(self.settings.ui_url, self.settings.hub_public_url)
+
+    async def _unauthenticated(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
+        wants_html = "text/html" in headers.get("accept", "") and scope["method"] == "GET"
+        if not wants_html:
+            await _respond(send, 401, _error("UNAUTHENTICATED", "a hub token of a team member is required"))
+            return
+        state = secrets.token_urlsafe(16)
+        target = scope.get("path", "/")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        query = urllib.parse.urlencode({
+            "client_id": self.settings.client_id,
+            "redirect_uri": self._callback_url(headers),
+            "response_type": "code",
+            "state": state,
+        })  # fmt: skip
+        location = f"{self.settings.hub_public_url}/hub/api/oauth2/authorize?{query}"
+        state_cookie = json.dumps({"state": state, "next": target})
+        cookie = (
+            f"{self.settings.cookie}-state={urllib.parse.quote(state_cookie)}; "
+            f"{self.settings.cookie_attributes()}; Max-Age=600"
+        )
+        await send({
+            "type": "http.response.start",
+            "status": 302,
+            "headers": [(b"location", location.encode()), (b"set-cookie", cookie.encode()), (b"content-length", b"0")],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _oauth_callback(self, scope: Scope, send: Send) -> None:
+        headers = _headers(scope)
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        jar = SimpleCookie()
+        jar.load(headers.get("cookie", ""))
+        raw_state = jar.get(f"{self.settings.cookie}-state")
+        try:
+            saved = json.loads(urllib.parse.unquote(raw_state.value)) if raw_state else {}
+        except ValueError:
+            saved = {}
+        if not saved or query.get("state", [""])[0] != saved.get("state") or "code" not in query:
+            await _respond(send, 403, _error("PERMISSION_DENIED", "OAuth state mismatch; start again"))
+            return
+        try:
+            token = await self.checker.exchange_code(query["code"][0], self._callback_url(headers))
+        except httpx.HTTPError:
+            await _respond(send, 403, _error("PERMISSION_DENIED", "the hub refused the OAuth code"))
+            return
+        target = self.settings.safe_next(str(saved.get("next") or ""))
+        cookies = [
+            f"{self.settings.cookie}={token}; {self.settings.cookie_attributes()}",
+            f"{self.settings.cookie}-state=; {self.settings.cookie_attributes()}; Max-Age=0",
+        ]
+        out = [(b"location", target.encode()), (b"content-length", b"0")]
+        out += [(b"set-cookie", c.encode()) for c in cookies]
+        await send({"type": "http.response.start", "status": 302, "headers": out})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class TeamAuthMiddleware(HubLogin):
     """Team authentication around mlflow's app. `routing_app` is the app whose routes classify requests (mlflow's
     FastAPI app; the same as `app` except in unit tests, where `app` records what it is handed)."""
 
     def __init__(
         self, app: ASGIApp, settings: AuthSettings, checker: TokenChecker | None = None, routing_app: Any = None
     ) -> None:
+        super().__init__(settings, checker or TokenChecker(settings))
         self.app = app
-        self.settings = settings
-        self.checker = checker or TokenChecker(settings)
         self.routing_app = routing_app if routing_app is not None else app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -439,65 +515,6 @@ class TeamAuthMiddleware:
             return message
 
         await self.app(scope, counted, send)
-
-    def _callback_url(self, headers: dict[str, str]) -> str:
-        return urls.oauth_redirect_uri(self.settings.ui_url, self.settings.hub_public_url)
-
-    async def _unauthenticated(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
-        wants_html = "text/html" in headers.get("accept", "") and scope["method"] == "GET"
-        if not wants_html:
-            await _respond(send, 401, _error("UNAUTHENTICATED", "a hub token of a team member is required"))
-            return
-        state = secrets.token_urlsafe(16)
-        target = scope.get("path", "/")
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
-        query = urllib.parse.urlencode({
-            "client_id": self.settings.client_id,
-            "redirect_uri": self._callback_url(headers),
-            "response_type": "code",
-            "state": state,
-        })  # fmt: skip
-        location = f"{self.settings.hub_public_url}/hub/api/oauth2/authorize?{query}"
-        state_cookie = json.dumps({"state": state, "next": target})
-        cookie = (
-            f"{self.settings.cookie}-state={urllib.parse.quote(state_cookie)}; "
-            f"{self.settings.cookie_attributes()}; Max-Age=600"
-        )
-        await send({
-            "type": "http.response.start",
-            "status": 302,
-            "headers": [(b"location", location.encode()), (b"set-cookie", cookie.encode()), (b"content-length", b"0")],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": b""})
-
-    async def _oauth_callback(self, scope: Scope, send: Send) -> None:
-        headers = _headers(scope)
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        jar = SimpleCookie()
-        jar.load(headers.get("cookie", ""))
-        raw_state = jar.get(f"{self.settings.cookie}-state")
-        try:
-            saved = json.loads(urllib.parse.unquote(raw_state.value)) if raw_state else {}
-        except ValueError:
-            saved = {}
-        if not saved or query.get("state", [""])[0] != saved.get("state") or "code" not in query:
-            await _respond(send, 403, _error("PERMISSION_DENIED", "OAuth state mismatch; start again"))
-            return
-        try:
-            token = await self.checker.exchange_code(query["code"][0], self._callback_url(headers))
-        except httpx.HTTPError:
-            await _respond(send, 403, _error("PERMISSION_DENIED", "the hub refused the OAuth code"))
-            return
-        target = self.settings.safe_next(str(saved.get("next") or ""))
-        cookies = [
-            f"{self.settings.cookie}={token}; {self.settings.cookie_attributes()}",
-            f"{self.settings.cookie}-state=; {self.settings.cookie_attributes()}; Max-Age=0",
-        ]
-        out = [(b"location", target.encode()), (b"content-length", b"0")]
-        out += [(b"set-cookie", c.encode()) for c in cookies]
-        await send({"type": "http.response.start", "status": 302, "headers": out})
-        await send({"type": "http.response.body", "body": b""})
 
 
 def wrap(app: ASGIApp) -> ASGIApp:

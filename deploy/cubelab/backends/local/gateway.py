@@ -4,34 +4,35 @@ It stays root when cubelab runs as root, as the hub does, because it starts each
 as that member's own account (`cl-NAME`): never as root, never as another member. Its settings (the hub service
 token, the database key, every team's S3 keys) are in a 0600 file of a 0700 folder; its database holds clusters'
 TLS keys, encrypted. Clusters run the scikit-learn kernel's environment, so workers have what kernels have.
+
+The hub's proxy reaches it through cubelab's front (cubelab.gateway.front, its own process `dask-gateway-front`
+on ports.dask_gateway), which admits a cluster's dashboard to its owner only. dask-gateway's own HTTP proxy and
+the schedulers' dashboards listen on loopback ports that, as root, only root may connect to (an iptables chain).
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
 import os
+import pwd
 from pathlib import Path
 from typing import Any
 
 from cubelab import plan
-from cubelab.backends.local.accounts import USER_PREFIX
+from cubelab.backends.local.accounts import USER_PREFIX, ensure_service_home, service_account
+from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
+from cubelab.gateway import front
 from cubelab.hub import render
-from cubelab.procs import Launch, http_ok
-from cubelab.secrets import SecretStore, new_token, write_private
+from cubelab.procs import Launch, StartError, http_ok
+from cubelab.secrets import SecretStore, new_fernet_key, new_token, write_private
 
 NAME = "dask-gateway"
+FRONT_NAME = "dask-gateway-front"
 CODE_DIR = Path(__file__).resolve().parents[2] / "gateway"
 WORKER_KERNEL = plan.GATEWAY_WORKER_KERNEL  # the kernel environment clusters run in (its install folder kernel-NAME)
-
-
-def new_fernet_key() -> str:
-    """A key for the gateway's database encryption (Fernet: 32 random bytes, URL-safe base64)."""
-    return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 class LocalGateway:
@@ -41,6 +42,7 @@ class LocalGateway:
         self.tracking = tracking
         self.secrets = SecretStore(paths.secrets)
         self.port = config.ports.dask_gateway
+        self.guard = LoopbackGuard(paths.root, part="dask")
 
     @property
     def account_prefix(self) -> str:
@@ -72,6 +74,8 @@ class LocalGateway:
         bin_dir = self.worker_bin(install)
         settings = plan.gateway_settings(self.config, self.tracking.addresses())
         settings |= {
+            # dask-gateway's own proxy, behind the front (which has ports.dask_gateway).
+            "http_address": f"127.0.0.1:{ports.dask_gateway_proxy}",
             "api_address": f"127.0.0.1:{ports.dask_gateway_api}",
             "db_url": f"sqlite:///{self.paths.gateway / 'gateway.sqlite'}",
             "backend": {
@@ -81,9 +85,50 @@ class LocalGateway:
                 "inherited_environment": ["PATH", "LANG", "CUBELAB_STACK"],
                 "scheduler_cmd": [str(bin_dir / "dask"), "scheduler"],
                 "worker_cmd": [str(bin_dir / "dask"), "worker"],
+                "dashboard_ports": list(ports.dask_dashboard_range),
+                "dashboard_check": str(self.dashboard_check),
             },
         }
         return plan.resolve(settings, self.secret_values().__getitem__)
+
+    @property
+    def dashboard_check(self) -> Path:
+        """The schedulers' preload (cubelab.gateway.dashboard_check), copied where clusters' accounts read it: a
+        folder of its own they may list (Python's import lists it; they may not list the clusters' folder)."""
+        return self.paths.dask_clusters / "preload" / "cubelab_dashboard_check.py"
+
+    def closed_ports(self) -> list[int]:
+        """Loopback ports only root may connect to: dask-gateway's own proxy and the clusters' dashboards."""
+        return [self.config.ports.dask_gateway_proxy, *self.config.ports.dask_dashboard_range]
+
+    def front_account(self) -> str | None:
+        """The front's own account (as root): it holds the gateway's hub token, nothing else of the platform."""
+        return service_account(FRONT_NAME) if os.geteuid() == 0 else None
+
+    def front_home(self) -> Path:
+        """The front's HOME (created, as its account's, when cubelab runs as root)."""
+        home = self.paths.service_home(FRONT_NAME)
+        if account := self.front_account():
+            ensure_service_home(account, home, "cubelab's front of the Dask gateway")
+        else:
+            home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def guard_ports(self) -> None:
+        """The closed ports let through root (the gateway and its proxy) and the front's account only."""
+        if not LoopbackGuard.needed():
+            return
+        self.front_home()
+        account = self.front_account()
+        uids = [0] + ([pwd.getpwnam(account).pw_uid] if account else [])
+        try:
+            self.guard.apply(self.closed_ports(), allowed_uids=uids)
+        except FirewallError as exc:
+            raise StartError(NAME, str(exc)) from None
+
+    def unguard(self) -> None:
+        if LoopbackGuard.needed():
+            self.guard.remove()
 
     def launch(self, services_venv: Path, install: Path) -> Launch:
         settings = self.settings(install)
@@ -104,24 +149,51 @@ class LocalGateway:
             clusters = self.paths.dask_clusters
             clusters.mkdir(parents=True, exist_ok=True)
             os.chmod(clusters, 0o711)  # noqa: S103 - each cluster's user reaches its own folder, lists none
+            self.dashboard_check.parent.mkdir(mode=0o755, exist_ok=True)
+            self.dashboard_check.write_text((CODE_DIR / "dashboard_check.py").read_text())
+            os.chmod(self.dashboard_check, 0o644)
+            self.guard_ports()
 
-        busy = "ports.dask_gateway and the two after it"
+        busy = "the three ports after ports.dask_gateway"
         return Launch(
             NAME, argv, env, self.paths.logs / f"{NAME}.log", self.paths.root,
-            ports={ports.dask_gateway: busy, ports.dask_gateway_tls: busy, ports.dask_gateway_api: busy},
+            ports={ports.dask_gateway_tls: busy, ports.dask_gateway_api: busy, ports.dask_gateway_proxy: busy},
             code=tuple(sorted(CODE_DIR.glob("*.py"))),
             settings=json.dumps(settings, sort_keys=True),
             before_start=prepare,
         )  # fmt: skip
 
+    def front_launch(self, services_venv: Path) -> Launch:
+        """cubelab's front on ports.dask_gateway, in front of dask-gateway's own proxy."""
+        ports = self.config.ports
+        env = front.settings_env(
+            service_url=self.url, prefix=render.GATEWAY_PREFIX, hub_api_url=self.tracking.addresses().hub_api,
+            hub_public_url=self.config.embedded_public_url, token=self.token(),
+            upstream=f"http://127.0.0.1:{ports.dask_gateway_proxy}",
+        )  # fmt: skip
+        home = self.paths.service_home(FRONT_NAME)
+        env |= {"PATH": f"{services_venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+        argv = [str(services_venv / "bin/python"), "-m", "uvicorn", "cubelab.gateway.front:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--ws", "websockets"]  # fmt: skip
+        return Launch(
+            FRONT_NAME, argv, env, self.paths.logs / f"{FRONT_NAME}.log", home,
+            ports={self.port: "ports.dask_gateway"}, code=(CODE_DIR / "front.py",), user=self.front_account(),
+            settings=json.dumps({k: v for k, v in env.items() if k != "CUBELAB_SERVICE_TOKEN"}, sort_keys=True),
+            before_start=self.guard_ports,  # makes the front's account and home first
+        )  # fmt: skip
+
     def healthy(self) -> bool:
+        """dask-gateway itself, on its own proxy."""
+        return http_ok(f"http://127.0.0.1:{self.config.ports.dask_gateway_proxy}{render.GATEWAY_PREFIX}/api/health")
+
+    def front_healthy(self) -> bool:
+        """The front, and the gateway through it (as the hub's proxy reaches them)."""
         return http_ok(f"http://127.0.0.1:{self.port}{render.GATEWAY_PREFIX}/api/health")
 
     def description(self) -> dict[str, Any]:
         """What platform_tests need to know of the gateway (no secrets)."""
-        addr = self.tracking.addresses()
-        return {
-            "address": self.url,
-            "proxy_address": f"gateway://{addr.gateway_tls}",
-            "teams": {t.name: dataclasses.asdict(t.dask) for t in self.config.teams},
+        return plan.gateway_description(self.config, self.tracking.addresses()) | {
+            "dashboards": True,
+            # Closed to every account but root (as root only; without root there are no other accounts).
+            "closed_ports": self.closed_ports() if LoopbackGuard.needed() else [],
         }

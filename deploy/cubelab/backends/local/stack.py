@@ -113,9 +113,12 @@ class LocalBackend:
         # start-ups overlap.
         names = [t.service for t in self.config.teams] + [hub.NAME]
         if self.config.dask_gateway.enabled:
-            names.append(gateway.NAME)
-        elif self.procs.stop(gateway.NAME):
-            self.progress("dask-gateway stopped (dask_gateway.enabled is false), with its clusters")
+            names += [gateway.NAME, gateway.FRONT_NAME]
+        else:
+            self.procs.stop(gateway.FRONT_NAME)
+            if self.procs.stop(gateway.NAME):
+                self.progress("dask-gateway stopped (dask_gateway.enabled is false), with its clusters")
+            self.gateway.unguard()
         self._bring_up([self._service(name, programs) for name in names])
         self.hub.sync(self.progress)
 
@@ -129,6 +132,8 @@ class LocalBackend:
             return self.hub.launch(programs.hub, programs.proxy, self.progress), self.hub.healthy
         if name == gateway.NAME:
             return self.gateway.launch(programs.services, self.paths.install), self.gateway.healthy
+        if name == gateway.FRONT_NAME:
+            return self.gateway.front_launch(programs.services), self.gateway.front_healthy
         if name == monitoring.NAME:
             program = monitoring.binary()
             if program is None:
@@ -216,6 +221,7 @@ class LocalBackend:
             kill_marked(str(self.paths.root))
             self.s3.unguard_internals()
             self.prometheus.unguard()
+            self.gateway.unguard()
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
@@ -238,7 +244,9 @@ class LocalBackend:
             known.add(team.service)
         if self.config.dask_gateway.enabled or self.procs.get(gateway.NAME):
             rows.append(self._row(gateway.NAME, "dask-gateway", None, self.gateway.url, self.gateway.healthy))
-            known.add(gateway.NAME)
+            rows.append(self._row(gateway.FRONT_NAME, "dask-gateway", None, self.gateway.url,
+                                  self.gateway.front_healthy))  # fmt: skip
+            known |= {gateway.NAME, gateway.FRONT_NAME}
         if self.config.monitoring.enabled or self.procs.get(monitoring.NAME):
             rows.append(self._row(monitoring.NAME, "monitoring", None, self.prometheus.url, self.prometheus.healthy))
             known.add(monitoring.NAME)
@@ -317,7 +325,7 @@ class LocalBackend:
         return Maintenance(self).upgrade(location)
 
     def log_path(self, service: str) -> Path:
-        names = {pg.NAME, seaweed.NAME, hub.NAME, monitoring.NAME, gateway.NAME}
+        names = {pg.NAME, seaweed.NAME, hub.NAME, monitoring.NAME, gateway.NAME, gateway.FRONT_NAME}
         names |= {t.service for t in self.config.teams}
         names |= {r.name for r in self.procs.all()}
         path = self.paths.logs / f"{service}.log"
