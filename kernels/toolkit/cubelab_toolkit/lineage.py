@@ -2,7 +2,8 @@
 
 `cube_dataset(ds, uri, ...)` describes a zarr cube (local or s3://) as an mlflow Dataset whose source is the
 cube's URI and whose profile records variables, time and space selection, chunking and split seed; its digest
-hashes the selected data itself, chunk by chunk, so two runs trained on different data never share a digest.
+hashes the selected data itself, chunk by chunk (where the chunks are: on a dask cluster, when one is in use), so
+two runs trained on different data never share a digest.
 """
 
 from __future__ import annotations
@@ -46,20 +47,31 @@ class ZarrCubeSource(DatasetSource):
         return cls(source_dict["uri"])
 
 
-def content_digest(ds: xr.Dataset, variables: list[str]) -> str:
-    """SHA-256 over names, dims, dtypes, attributes and values of the variables, read chunk by chunk (so memory
-    stays at one chunk). Blocks are hashed in block order: the same data chunked along other dimensions than the
-    first gets another digest; the profile records the chunking next to it."""
+def _block_digest(block: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()
+
+
+def content_digest(ds: xr.Dataset, variables: list[str], *, client: Any = None) -> str:
+    """SHA-256 over names, dims, dtypes, attributes and the SHA-256 of every block of the variables' values, in
+    block order. Blocks are hashed where they are (on a dask cluster when given its `client`, else on dask's
+    current scheduler), so only the block digests travel and memory stays at a block per worker. The digest
+    therefore depends on the chunking too (the profile records it): the same values in other chunks get
+    another one."""
+    import dask
+
     h = hashlib.sha256()
     for name in sorted(variables):
         var = ds[name]
         h.update(json.dumps([name, var.dims, str(var.dtype), var.sizes], default=str).encode())
         h.update(json.dumps(var.attrs, sort_keys=True, default=str).encode())
         data = var.data
-        blocks = np.ndindex(*data.numblocks) if hasattr(data, "numblocks") else [()]
-        for index in blocks:
-            block = np.asarray(data.blocks[index] if index != () else data)
-            h.update(np.ascontiguousarray(block).tobytes())
+        if hasattr(data, "to_delayed"):
+            parts = [dask.delayed(_block_digest)(block) for block in data.to_delayed().ravel()]
+            digests = dask.compute(*parts, scheduler=client) if client is not None else dask.compute(*parts)
+        else:
+            digests = (_block_digest(np.asarray(data)),)
+        for digest in digests:
+            h.update(digest.encode())
     return h.hexdigest()
 
 
@@ -83,13 +95,15 @@ class CubeDataset(Dataset):
         *,
         name: str | None = None,
         digest: str | None = None,
+        client: Any = None,
     ) -> None:
         self._ds = ds
         self._variables = sorted(variables)
+        self._client = client
         super().__init__(source=ZarrCubeSource(uri), name=name or uri.rstrip("/").split("/")[-1], digest=digest)
 
     def _compute_digest(self) -> str:
-        return content_digest(self._ds, self._variables)[:16]
+        return content_digest(self._ds, self._variables, client=self._client)[:16]
 
     @property
     def profile(self) -> dict[str, Any]:
@@ -118,6 +132,9 @@ class CubeDataset(Dataset):
         return config
 
 
-def cube_dataset(ds: xr.Dataset, uri: str, variables: list[str], name: str | None = None) -> CubeDataset:
-    """The cube's lineage record; log it with mlflow.log_input(..., context="training")."""
-    return CubeDataset(ds, uri, variables, name=name)
+def cube_dataset(
+    ds: xr.Dataset, uri: str, variables: list[str], name: str | None = None, *, client: Any = None
+) -> CubeDataset:
+    """The cube's lineage record; log it with mlflow.log_input(..., context="training"). Its digest is computed
+    on `client`'s dask cluster when given."""
+    return CubeDataset(ds, uri, variables, name=name, client=client)

@@ -94,7 +94,7 @@ def preprocess_cube(
     dask.compute(write, scheduler=client) if client is not None else dask.compute(write)
     written = open_cube(dest_url, storage_options=storage_options)
     names = [*variables, "split"] if "split" in written else list(variables)
-    return Prepared(dest_url, scaler, cube_dataset(written, dest_url, names))
+    return Prepared(dest_url, scaler, cube_dataset(written, dest_url, names, client=client))
 
 
 def scaler_of(ds: xr.Dataset) -> Scaler:

@@ -41,5 +41,6 @@ def test_digest_changes_with_the_data() -> None:
     changed = ds.copy(deep=True)
     changed["air_temperature_2m"][0, 0, 0] += 1
     assert content_digest(changed, ["air_temperature_2m"]) != b
-    # Blocks are hashed in order: whole maps per chunk read in the same byte order as the unchunked array.
-    assert a == b and len(a) == 64
+    # Each block is hashed where it is, then the block digests in order: other chunks, another digest.
+    assert a != b and len(a) == len(b) == 64
+    assert content_digest(chunked(ds, "map"), ["air_temperature_2m"]) == a  # and the same chunks, the same one
