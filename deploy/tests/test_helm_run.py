@@ -39,6 +39,8 @@ from cubelab.install import services_env
 ROOT = Path(__file__).resolve().parents[2]
 HELM = Path(sys.prefix) / "tools" / "helm"
 Z2JH_CHART = ROOT.parent / "shared" / "reference" / "charts" / "jupyterhub-4.4.0.tgz"
+# The chart's other dependency (off here: helm still wants it present to render).
+DASK_GATEWAY_CHART = ROOT.parent / "shared" / "reference" / "charts" / "dask-gateway-2026.3.0.tgz"
 RELEASE = "cubelab"
 # What the release's test pod runs here: platform_tests that need no user server (see the module docstring).
 SUITE = [f"platform_tests/test_{name}.py" for name in ("tracking", "storage", "access", "artifacts", "metrics")]
@@ -51,8 +53,9 @@ CHP_IMAGE = "quay.io/jupyterhub/configurable-http-proxy:5.2.0"
 
 
 def render(tmp: Path, auth: str) -> kubeplay.Manifests:
-    if not Z2JH_CHART.exists():
-        pytest.skip(f"{Z2JH_CHART} is not here (a user's clone has no ../shared): the packaged z2jh chart")
+    for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):
+        if not packaged.exists():
+            pytest.skip(f"{packaged} is not here (a user's clone has no ../shared): a packaged dependency")
     config = yaml.safe_load((ROOT / "cubelab.example.yaml").read_text())
     # Users reach the hub at the proxy's Service, from the test pod on the same network.
     config["containers"] = {"registry": "localhost/cubelab", "tag": "test", "public_url": "http://proxy-public"}
@@ -67,7 +70,8 @@ def render(tmp: Path, auth: str) -> kubeplay.Manifests:
     chart = tmp / "chart"
     shutil.copytree(ROOT / "helm" / "cubelab", chart)
     (chart / "charts").mkdir(exist_ok=True)
-    shutil.copy(Z2JH_CHART, chart / "charts")
+    for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):
+        shutil.copy(packaged, chart / "charts")
     done = subprocess.run([str(HELM), "template", RELEASE, str(chart), "-f", str(values), "-f", str(tmp / "site.yaml")],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
