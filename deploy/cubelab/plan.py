@@ -38,8 +38,10 @@ HUB_METRICS_PATH, TRACKING_METRICS_PATH = "/hub/metrics", "/metrics"
 S3_REGION = "us-east-1"
 # dask-gateway (cubelab.gateway): its hub service token, and the key its database encrypts clusters' TLS keys with.
 GATEWAY_TOKEN, GATEWAY_DB_KEY = "CUBELAB_GATEWAY_TOKEN", "CUBELAB_GATEWAY_DB_KEY"
-# The kernel environment whose dask runs clusters' schedulers and workers (its `dask` command), in every target.
+# The kernel environment whose dask runs clusters' schedulers and workers (its `dask` command), in every target;
+# in the notebook image (images/notebook: each kernel at /opt/conda/envs/cubelab-NAME) that is this command.
 GATEWAY_WORKER_KERNEL = "sklearn"
+IMAGE_GATEWAY_DASK = f"/opt/conda/envs/cubelab-{GATEWAY_WORKER_KERNEL}/bin/dask"
 
 
 def ref(name: str) -> str:

@@ -40,7 +40,6 @@ IDENTITIES_DIR = str(Path(plan.IDENTITIES_FILE).parent)
 OIDC_SECRET = Path("/run/secrets/oidc-client-secret")  # compose mounts secrets under /run/secrets/
 # images/gateway: dask-gateway-server's venv, its state (the database: root only) and the clusters' folders.
 GATEWAY_VENV, GATEWAY_STATE, GATEWAY_CLUSTERS = "/opt/gateway", "/var/lib/cubelab-gateway", "/var/lib/cubelab-clusters"
-GATEWAY_KERNEL_BIN = f"/opt/conda/envs/cubelab-{plan.GATEWAY_WORKER_KERNEL}/bin"  # the notebook image's kernel
 # What the gateway, as root, needs to run clusters as members' accounts: make the accounts and chown their folders
 # (CHOWN), switch to them (SETUID, SETGID), stop their processes (KILL) and remove their folders (DAC_OVERRIDE).
 GATEWAY_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "KILL", "SETGID", "SETUID"]
@@ -226,8 +225,8 @@ def gateway_settings(config: PlatformConfig) -> dict[str, Any]:
             "clusters_dir": GATEWAY_CLUSTERS,
             # Clusters inherit only these from the gateway (the rest is the team's storage and dask's TLS).
             "inherited_environment": ["PATH", "LANG"],
-            "scheduler_cmd": [f"{GATEWAY_KERNEL_BIN}/dask", "scheduler"],
-            "worker_cmd": [f"{GATEWAY_KERNEL_BIN}/dask", "worker"],
+            "scheduler_cmd": [plan.IMAGE_GATEWAY_DASK, "scheduler"],
+            "worker_cmd": [plan.IMAGE_GATEWAY_DASK, "worker"],
         },
     }
     return _fill(config, settings)

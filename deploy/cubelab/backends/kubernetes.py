@@ -24,8 +24,6 @@ from cubelab.hub import render
 from cubelab.provision import user_password_var
 
 OIDC_MOUNT = "/srv/cubelab/oidc"  # where the hub pod finds the OIDC client secret
-# The notebook image's kernel environments (images/notebook): Dask clusters run one's `dask`.
-KERNEL_PREFIX = "/opt/conda/envs/cubelab-{kernel}"
 GATEWAY_PROXY_POD_PORT = 8000  # the dask-gateway chart's traefik container port (its Service's 80)
 HEADER = """\
 # Helm values rendered by `cubelab render helm` from {config}: the teams and what the hub needs to know of
@@ -206,7 +204,7 @@ def gateway_settings(config: PlatformConfig, addr: plan.Addresses, sources: dict
     """What the gateway's extraConfig reads (cubelab.gateway.kubernetes): each team's limits, its clusters' image,
     and its storage variables as container env, the secrets from the team's own Secret."""
     images = config.containers
-    dask = f"{KERNEL_PREFIX.format(kernel=plan.GATEWAY_WORKER_KERNEL)}/bin/dask"
+    dask = plan.IMAGE_GATEWAY_DASK
     teams = {t.name: {"limits": dataclasses.asdict(t.dask), "image": f"{images.registry}/notebook:{images.tag}",
                       "env": env_list(plan.storage_env(config, t, addr), sources)}
              for t in config.teams}  # fmt: skip

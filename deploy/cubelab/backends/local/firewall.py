@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+
+from cubelab.procs import StartError
 
 
 class FirewallError(Exception):
@@ -56,8 +59,19 @@ class LoopbackGuard:
         if self._iptables("-C", "OUTPUT", "-o", "lo", "-j", self.chain).returncode != 0:
             self._must("-I", "OUTPUT", "-o", "lo", "-j", self.chain)
 
+    def close(self, service: str, ports: Iterable[int], accounts: Iterable[str | None] = ()) -> None:
+        """As root, only root and the given accounts (None: none) may connect to the ports; a rule that cannot be
+        put in place is the service's StartError. Without root: nothing (there are no other accounts)."""
+        if not self.needed():
+            return
+        uids = [0] + [pwd.getpwnam(account).pw_uid for account in accounts if account]
+        try:
+            self.apply(ports, allowed_uids=uids)
+        except FirewallError as exc:
+            raise StartError(service, str(exc)) from None
+
     def remove(self) -> None:
-        if shutil.which("iptables") is None:
+        if not self.needed() or shutil.which("iptables") is None:
             return
         while self._iptables("-D", "OUTPUT", "-o", "lo", "-j", self.chain).returncode == 0:
             pass

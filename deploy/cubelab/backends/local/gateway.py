@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 from pathlib import Path
 from typing import Any
 
 from cubelab import plan
 from cubelab.backends.local.accounts import USER_PREFIX, ensure_service_home, service_account
-from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
+from cubelab.backends.local.firewall import LoopbackGuard
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
 from cubelab.gateway import front
 from cubelab.hub import render
-from cubelab.procs import Launch, StartError, http_ok
+from cubelab.procs import Launch, http_ok
 from cubelab.secrets import SecretStore, new_fernet_key, new_token, write_private
 
 NAME = "dask-gateway"
@@ -105,30 +104,13 @@ class LocalGateway:
         """The front's own account (as root): it holds the gateway's hub token, nothing else of the platform."""
         return service_account(FRONT_NAME) if os.geteuid() == 0 else None
 
-    def front_home(self) -> Path:
-        """The front's HOME (created, as its account's, when cubelab runs as root)."""
+    def make_front_home(self) -> None:
+        """The front's HOME, and its account when cubelab runs as root (the gateway's start needs its uid)."""
         home = self.paths.service_home(FRONT_NAME)
         if account := self.front_account():
             ensure_service_home(account, home, "cubelab's front of the Dask gateway")
         else:
             home.mkdir(parents=True, exist_ok=True)
-        return home
-
-    def guard_ports(self) -> None:
-        """The closed ports let through root (the gateway and its proxy) and the front's account only."""
-        if not LoopbackGuard.needed():
-            return
-        self.front_home()
-        account = self.front_account()
-        uids = [0] + ([pwd.getpwnam(account).pw_uid] if account else [])
-        try:
-            self.guard.apply(self.closed_ports(), allowed_uids=uids)
-        except FirewallError as exc:
-            raise StartError(NAME, str(exc)) from None
-
-    def unguard(self) -> None:
-        if LoopbackGuard.needed():
-            self.guard.remove()
 
     def launch(self, services_venv: Path, install: Path) -> Launch:
         settings = self.settings(install)
@@ -152,7 +134,9 @@ class LocalGateway:
             self.dashboard_check.parent.mkdir(mode=0o755, exist_ok=True)
             self.dashboard_check.write_text((CODE_DIR / "dashboard_check.py").read_text())
             os.chmod(self.dashboard_check, 0o644)
-            self.guard_ports()
+            # The closed ports let through root (the gateway and its proxy) and the front's account only.
+            self.make_front_home()
+            self.guard.close(NAME, self.closed_ports(), [self.front_account()])
 
         busy = "the three ports after ports.dask_gateway"
         return Launch(
@@ -179,7 +163,7 @@ class LocalGateway:
             FRONT_NAME, argv, env, self.paths.logs / f"{FRONT_NAME}.log", home,
             ports={self.port: "ports.dask_gateway"}, code=(CODE_DIR / "front.py",), user=self.front_account(),
             settings=json.dumps({k: v for k, v in env.items() if k != "CUBELAB_SERVICE_TOKEN"}, sort_keys=True),
-            before_start=self.guard_ports,  # makes the front's account and home first
+            before_start=self.make_front_home,
         )  # fmt: skip
 
     def healthy(self) -> bool:

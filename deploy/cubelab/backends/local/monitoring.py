@@ -17,7 +17,7 @@ import yaml
 
 from cubelab import plan
 from cubelab.backends.local.accounts import ensure_service_home, service_account
-from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
+from cubelab.backends.local.firewall import LoopbackGuard
 from cubelab.backends.local.paths import StatePaths
 from cubelab.config import PlatformConfig
 from cubelab.prereqs import _apt_command, _apt_install
@@ -100,13 +100,12 @@ class LocalPrometheus:
         settings = self.settings()
 
         def prepare() -> None:
-            uid = None
             if account:
-                entry = ensure_service_home(account, self.home, "cubelab Prometheus")
-                uid = entry.pw_uid
+                ensure_service_home(account, self.home, "cubelab Prometheus")
             else:
                 self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.guard_port(uid)
+            # Only root and Prometheus's account may connect to its port (its API has no login).
+            self.guard.close(NAME, [self.port], [account])
             self.data.mkdir(exist_ok=True, mode=0o700)
             write_private(self.home / "metrics-token", self.token())
             write_private(self.home / "prometheus.yml", settings)
@@ -117,19 +116,6 @@ class LocalPrometheus:
         return Launch(NAME, argv, {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8"},
                       self.paths.logs / f"{NAME}.log", self.home, ports={self.port: "ports.prometheus"},
                       user=account, settings=settings, before_start=prepare)  # fmt: skip
-
-    def guard_port(self, uid: int | None) -> None:
-        """As root, only root and Prometheus's account may connect to its port (its API has no login)."""
-        if not LoopbackGuard.needed():
-            return
-        try:
-            self.guard.apply([self.port], allowed_uids=[0] + ([uid] if uid is not None else []))
-        except FirewallError as exc:
-            raise StartError(NAME, str(exc)) from None
-
-    def unguard(self) -> None:
-        if LoopbackGuard.needed():
-            self.guard.remove()
 
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/-/ready")

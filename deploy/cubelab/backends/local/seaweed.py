@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 from collections.abc import Callable
@@ -15,10 +14,10 @@ import botocore.exceptions
 
 from cubelab import storage
 from cubelab.backends.local.accounts import ensure_service_account, service_account
-from cubelab.backends.local.firewall import FirewallError, LoopbackGuard
+from cubelab.backends.local.firewall import LoopbackGuard
 from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths, reachable_by_others
 from cubelab.config import PlatformConfig, Team
-from cubelab.procs import Launch, ProcessTable, StartError, wait_until
+from cubelab.procs import Launch, ProcessTable, wait_until
 from cubelab.provision import Credentials, ensure_bucket, identity_document
 from cubelab.secrets import SecretStore, new_access_key, new_password, write_private
 
@@ -101,18 +100,7 @@ class LocalS3:
 
     def guard_internals(self) -> None:
         """As root, only root and SeaweedFS's own account may connect to the internal ports."""
-        if not LoopbackGuard.needed():
-            return
-        account = self.account()
-        uids = [0] + ([pwd.getpwnam(account).pw_uid] if account else [])
-        try:
-            self.guard.apply(self.internal_ports(), allowed_uids=uids)
-        except FirewallError as exc:
-            raise StartError(NAME, str(exc)) from None
-
-    def unguard_internals(self) -> None:
-        if LoopbackGuard.needed():
-            self.guard.remove()
+        self.guard.close(NAME, self.internal_ports(), [self.account()])
 
     def _prepare_home(self, progress: Callable[[str], None]) -> str | None:
         """Make SeaweedFS's folder and account, and hand the folder to the account (files made by root before

@@ -118,7 +118,7 @@ class LocalBackend:
             self.procs.stop(gateway.FRONT_NAME)
             if self.procs.stop(gateway.NAME):
                 self.progress("dask-gateway stopped (dask_gateway.enabled is false), with its clusters")
-            self.gateway.unguard()
+            self.gateway.guard.remove()
         self._bring_up([self._service(name, programs) for name in names])
         self.hub.sync(self.progress)
 
@@ -173,7 +173,7 @@ class LocalBackend:
         if not self.config.monitoring.enabled:
             if self.procs.stop(monitoring.NAME):
                 self.progress("prometheus stopped (monitoring.enabled is false; its samples are kept)")
-            self.prometheus.unguard()
+            self.prometheus.guard.remove()
             return
         monitoring.ensure_installed(self.progress)
         self._bring_up([self._service(monitoring.NAME, programs)])
@@ -219,9 +219,9 @@ class LocalBackend:
                     if leftovers := kill_marked(str(self.paths.root)):
                         self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
             kill_marked(str(self.paths.root))
-            self.s3.unguard_internals()
-            self.prometheus.unguard()
-            self.gateway.unguard()
+            self.s3.guard.remove()
+            self.prometheus.guard.remove()
+            self.gateway.guard.remove()
 
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
