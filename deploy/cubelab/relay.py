@@ -4,6 +4,11 @@ The compose deployment's `s3` service. SeaweedFS runs on a network that users' c
 relay, which is on both, forwards one port, the S3 API, to it. Whatever else SeaweedFS listens on (its master,
 volume, filer and admin servers, every gRPC port, servers a later release adds) is unreachable from users'
 containers by construction, not by a list of ports to close.
+
+The relay remembers the address it last reached and resolves the name again only when that address fails (the
+store restarted with a new one). Not resolving per connection is deliberate: podman 4.3's aardvark-dns 1.4 drops
+queries while it reloads, which it does whenever any container starts or stops, so a lookup then takes 5 s (the
+resolver's retry) and, twice in a row, more than a connection may wait (README, compose).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 
 CHUNK = 1 << 18
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # for a connection to the target, lookups included
+TRY_TIMEOUT = 2.0  # for one address (a store that moved leaves its old address unanswered on the bridge)
+RETRY_PAUSE = 0.2  # between rounds of lookup and tries, while the target is down
 
 
 def _log(message: str) -> None:
@@ -34,19 +42,56 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.transport.abort()
 
 
+Address = tuple[str, int]
+
+
 class Relay:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.connections = 0
+        self.known: list[Address] = []  # the address last reached: tried first, before any lookup
+        self.lookups = 0
+
+    async def _lookup(self) -> list[Address]:
+        self.lookups += 1
+        infos = await asyncio.get_running_loop().getaddrinfo(*self.target, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams to the target: the remembered address first, then the name's addresses, looked up again each
+        round until one answers or CONNECT_TIMEOUT has passed (then the last error is raised)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT
+        candidates, last = list(self.known), OSError(f"no answer from {self.target[0]}:{self.target[1]}")
+        while (left := deadline - loop.time()) > 0:
+            if not candidates:
+                try:
+                    candidates = await asyncio.wait_for(self._lookup(), left)
+                except (TimeoutError, OSError) as exc:  # the name is gone while the store restarts
+                    last = exc
+                    await asyncio.sleep(min(RETRY_PAUSE, max(deadline - loop.time(), 0)))
+                    continue
+            for address in candidates:
+                try:
+                    streams = await asyncio.wait_for(
+                        asyncio.open_connection(*address), max(min(TRY_TIMEOUT, deadline - loop.time()), 0.01)
+                    )
+                except (TimeoutError, OSError) as exc:
+                    last = exc
+                    continue
+                self.known = [address]
+                return streams
+            candidates = []
+            await asyncio.sleep(min(RETRY_PAUSE, max(deadline - loop.time(), 0)))
+        raise last
 
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
-            upstream = await asyncio.wait_for(asyncio.open_connection(*self.target), CONNECT_TIMEOUT)
+            up_reader, up_writer = await self.connect()
         except (TimeoutError, OSError) as exc:
-            _log(f"cannot reach {self.target[0]}:{self.target[1]}: {exc or type(exc).__name__}")
+            _log(f"cannot reach {self.target[0]}:{self.target[1]}: {type(exc).__name__} {exc}".rstrip())
             client_writer.transport.abort()
             return
-        up_reader, up_writer = upstream
         self.connections += 1
         try:
             await asyncio.gather(_pipe(client_reader, up_writer), _pipe(up_reader, client_writer))

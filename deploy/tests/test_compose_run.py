@@ -105,11 +105,30 @@ def _probe(network: str, targets: list[tuple[str, int]]) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _relay_diagnosis(store: str, relay: str) -> str:
+    """What to read when the S3 API does not answer through the relay: its log, the store's state and address
+    now, what the relay resolves the store's name to, and whether it reaches that address itself."""
+    state = containers.podman("inspect", store, "--format", "{{.State.Status}} started {{.State.StartedAt}} "
+                              "restarts {{.RestartCount}}", check=False).stdout.strip()  # fmt: skip
+    check = (
+        "import socket; a = socket.getaddrinfo('s3-store', 8333, type=socket.SOCK_STREAM); print(a)\n"
+        "for *_, addr in a:\n s = socket.socket(); s.settimeout(5)\n"
+        " try: s.connect(addr); print(addr, 'connects')\n except OSError as e: print(addr, repr(e))"
+    )
+    probe = containers.podman("exec", relay, "python3", "-c", check, check=False)
+    logs = containers.podman("logs", "--tail", "20", relay, check=False)
+    return (
+        f"store: {state}, addresses {_addresses(store)}\nfrom the relay: {probe.stdout}{probe.stderr[-500:]}\n"
+        f"relay log:\n{logs.stdout}{logs.stderr}"
+    )
+
+
 def test_users_containers_reach_the_s3_api_and_no_other_storage_port(deployment: Path) -> None:
     """From the users' network, by address (not only by name): every port SeaweedFS listens on is out of reach,
     and the relay listens on the S3 API port only. The same probe from the storage network reaches the filer,
     so the probe can tell an open port from a closed one."""
     store, relay = f"{deployment.name}_s3-store_1", f"{deployment.name}_s3_1"
+    print(containers.podman("inspect", store, "--format", "{{.State.StartedAt}} restarts {{.RestartCount}}").stdout)
     store_ports, relay_ports = _listening(store), _listening(relay)
     assert relay_ports == {8333}, relay_ports
     assert {8333, 9333, 8888, 18888} <= store_ports, store_ports
@@ -125,9 +144,7 @@ def test_users_containers_reach_the_s3_api_and_no_other_storage_port(deployment:
             break
         time.sleep(5)
         from_users |= _probe("cubelab-users", [(relay_ip, 8333), ("s3", 8333)])
-    logs = containers.podman("logs", "--tail", "20", relay, check=False)
-    relay_log = logs.stdout + logs.stderr
-    assert {k: from_users.pop(k) for k in api} == api, f"{from_users}\nrelay log:\n{relay_log}"
+    assert {k: from_users.pop(k) for k in api} == api, f"{from_users}\n{_relay_diagnosis(store, relay)}"
     assert all(v not in probes.REACHED for v in from_users.values()), from_users
     storage_network = next(iter(_addresses(store)))
     from_inside = _probe(storage_network, [(store_ip, 8888)])

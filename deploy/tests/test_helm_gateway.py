@@ -17,7 +17,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from dask_gateway_server.backends.base import ClusterConfig
 from test_helm import EXAMPLE, KUBERNETES, helm, with_dependencies
 from traitlets.config import Config
 
@@ -28,10 +27,6 @@ from cubelab.gateway import kubernetes as gateway_kube
 from cubelab.gateway.options import GIB
 
 TEAMS = [{"name": "ocean", "members": ["alice", "bob"]}, {"name": "land", "members": ["bob", "carol"]}]
-# KubeClusterConfig's own traits (dask_gateway_server.backends.kubernetes needs kubernetes_asyncio, not installed
-# here): what cubelab's cluster configuration may set beyond ClusterConfig's.
-KUBE_TRAITS = {"image", "scheduler_extra_container_config", "worker_extra_container_config",
-               "scheduler_extra_pod_labels", "worker_extra_pod_labels"}  # fmt: skip
 
 
 def render(chart: Path, tmp_path: Path, gateway: bool) -> tuple[Path, list[dict[str, Any]]]:
@@ -166,7 +161,7 @@ def test_each_teams_clusters_get_that_teams_secret_only(
     bob = SimpleNamespace(name="bob", groups={"ocean", "land"}, admin=False)
     for team, other in (("ocean", "land"), ("land", "ocean")):
         config = options(bob).get_configuration({"team": team, "worker_cores": 1, "worker_memory": 2.0}, bob)
-        assert set(config) <= set(ClusterConfig.class_trait_names()) | KUBE_TRAITS, set(config)
+        assert set(config) <= set(gateway_kube.TeamKubeClusterConfig.class_trait_names()), set(config)
         assert config["image"] == "cubelab/notebook:latest" and config["environment"] == {}
         for part in ("scheduler", "worker"):
             assert config[f"{part}_extra_pod_labels"] == {"cubelab.io/team": team}
@@ -233,7 +228,7 @@ def test_off_by_default_nothing_of_the_gateway_is_rendered(chart: Path, tmp_path
 
 
 def test_a_team_choice_maps_to_its_pods_configuration() -> None:
-    """cubelab.gateway.kubernetes alone: the chosen team's image, labels and env, the per-user limits left out."""
+    """cubelab.gateway.kubernetes alone: the chosen team's image, labels and env, and its per-user limits."""
     env = [{"name": "TEAM_LAND_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": "lab-team-land", "key": "k"}}},
            {"name": "AWS_SECRET_ACCESS_KEY", "value": "$(TEAM_LAND_S3_SECRET_KEY)"}]  # fmt: skip
     limits = {"worker_cores_min": 1, "worker_cores_max": 4, "worker_cores": 2, "worker_memory_gib_min": 1,
@@ -247,7 +242,8 @@ def test_a_team_choice_maps_to_its_pods_configuration() -> None:
     assert config["worker_cores"] == 3 and config["worker_memory"] == 4 * GIB and config["cluster_max_workers"] == 6
     assert config["worker_extra_container_config"] == config["scheduler_extra_container_config"] == {"env": env}
     assert config["worker_extra_pod_labels"] == {"cubelab.io/team": "land"} and config["image"] == "reg/notebook:1"
-    assert not set(gateway_kube.LOCAL_ONLY) & set(config)
+    assert (config["team"], config["max_workers_per_user"], config["max_clusters_per_user"]) == ("land", 8, 2)
+    assert gateway_kube.TeamKubeClusterConfig(**config).max_workers_per_user == 8  # every key is a trait
     config["worker_extra_container_config"]["env"].append({"name": "X", "value": "y"})
     assert len(teams["land"]["env"]) == 2  # each cluster gets its own copy
     with pytest.raises(ValueError, match="team land: worker_cores must be between 1 and 4, not 5"):
@@ -256,3 +252,74 @@ def test_a_team_choice_maps_to_its_pods_configuration() -> None:
     settings = {"teams": teams, "scheduler_cmd": ["d", "scheduler"], "worker_cmd": ["d", "worker"]}
     gateway_kube.configure(c, {gateway_kube.SETTINGS_VAR: json.dumps(settings)})
     assert c.KubeClusterConfig.worker_cmd == ["d", "worker"] and c.KubeBackend.cluster_options.teams == teams
+    assert c.DaskGateway.backend_class == "cubelab.gateway.kubernetes.TeamKubeBackend"
+
+
+class _Objects:
+    """The Kubernetes API's custom objects, as far as KubeBackend's heartbeat and start use them: what was
+    written (a unit test of TeamKubeBackend's limits; no cluster here)."""
+
+    def __init__(self) -> None:
+        self.patches: dict[str, int] = {}
+        self.created: list[dict[str, Any]] = []
+
+    async def patch_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                             name: str, body: list[dict[str, Any]]) -> None:  # fmt: skip
+        assert body[0]["path"] == "/spec/replicas"
+        self.patches[f"{namespace}.{name}"] = body[0]["value"]
+
+    async def create_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str,
+                                              obj: dict[str, Any]) -> None:  # fmt: skip
+        self.created.append(obj)
+
+
+def _kube_backend(clusters: dict[str, dict[str, Any]], teams: dict[str, Any]) -> gateway_kube.TeamKubeBackend:
+    """A TeamKubeBackend with the state KubeBackend.setup would have made, for clusters name -> {owner, replicas}."""
+    from dask_gateway_server import models
+
+    backend = gateway_kube.TeamKubeBackend(cluster_options=gateway_kube.KubeTeamOptions(teams))
+    backend.custom_client = _Objects()
+    backend.clusters, backend.username_to_clusters = {}, {}
+    specs = {}
+    for name, spec in clusters.items():
+        config = {"cluster_max_workers": 4, "max_workers_per_user": 5, "max_clusters_per_user": 2, "team": "land"}
+        cluster = models.Cluster(name=name, username=spec["owner"], token="", options={}, config=config,
+                                 status=models.ClusterStatus.RUNNING)  # fmt: skip
+        backend.clusters[name] = cluster
+        backend.username_to_clusters.setdefault(spec["owner"], {})[name] = cluster
+        specs[name] = {"spec": {"replicas": spec["replicas"]}}
+    backend.informer = SimpleNamespace(get=specs.get)
+    return backend
+
+
+def test_the_kubernetes_backend_holds_the_per_user_limits() -> None:
+    """dana's two clusters share her 5 workers (max_workers_per_user), each at most 4 (cluster_max_workers);
+    carol's cluster does not count against dana's; a third cluster is refused (max_clusters_per_user 2)."""
+    import asyncio
+
+    from dask_gateway_server.backends.base import PublicException
+
+    limits = {"worker_cores_min": 1, "worker_cores_max": 4, "worker_cores": 1, "worker_memory_gib_min": 1,
+              "worker_memory_gib_max": 8, "worker_memory_gib": 2, "max_workers_per_cluster": 4,
+              "max_workers_per_user": 5, "max_clusters_per_user": 2, "idle_timeout_seconds": 60}  # fmt: skip
+    teams = {"land": {"limits": limits, "image": "reg/notebook:1", "env": []}}
+    backend = _kube_backend({"ns.a": {"owner": "dana", "replicas": 3}, "ns.b": {"owner": "dana", "replicas": 0},
+                             "ns.c": {"owner": "carol", "replicas": 4}}, teams)  # fmt: skip
+    beat = {"active_workers": [], "closing_workers": [], "closed_workers": []}
+
+    async def scenario() -> dict[str, int]:
+        await backend.on_cluster_heartbeat("ns.b", beat | {"count": 4})  # a has 3 (its object): b may have 2
+        first = dict(backend.custom_client.patches)
+        await backend.on_cluster_heartbeat("ns.a", beat | {"count": 1})  # a shrinks: b may grow to 4
+        await backend.on_cluster_heartbeat("ns.b", beat | {"count": 4})
+        await backend.on_cluster_heartbeat("ns.c", beat | {"count": 9})  # carol: her cluster's own cap only
+        return first
+
+    first = asyncio.run(scenario())
+    assert first == {"ns.b": 2}
+    assert backend.custom_client.patches == {"ns.a": 1, "ns.b": 4, "ns.c": 4}
+    dana = SimpleNamespace(name="dana", groups={"land"}, admin=False)
+    options = {"team": "land", "worker_cores": 1, "worker_memory": 2.0}
+    with pytest.raises(PublicException, match="dana already runs 2 cluster"):
+        asyncio.run(backend.start_cluster(dana, options))
+    assert backend.custom_client.created == []

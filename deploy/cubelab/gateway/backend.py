@@ -5,7 +5,8 @@ What LocalBackend (2026.3.0) does not do, and this does:
 - Its `setup_working_directory` passes `set_file_permissions` a list into which each certificate path was
   `extend`ed character by character, so as root it would chown "/" and other one-letter paths to the user. Here
   the working directory's own tree is chowned, nothing else.
-- It has limits per cluster only. A member's clusters and workers are also limited per user here.
+- It has limits per cluster only. A member's clusters and workers are also limited per user here
+  (cubelab.gateway.options, shared with the Kubernetes backend).
 - Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names, and an
   API that retires workers; no login) on random ports of every interface. Here a scheduler's dashboard takes a
   loopback port of its own from `dashboard_ports`, which only the platform's accounts may connect to (the
@@ -28,13 +29,11 @@ from dask_gateway_server.backends.local import LocalBackend, LocalClusterConfig
 from dask_gateway_server.traitlets import Type
 from traitlets import Integer, List, Unicode
 
+from cubelab.gateway.options import TeamLimits, check_cluster_count, workers_allowed
 
-class TeamClusterConfig(LocalClusterConfig):
+
+class TeamClusterConfig(TeamLimits, LocalClusterConfig):
     """A cluster's configuration, with the team it was started for and that team's per-user limits."""
-
-    team = Unicode("", help="the team the cluster is for (its workers have that team's storage)", config=True)
-    max_workers_per_user = Integer(0, help="most workers of one user across clusters (0: no limit)", config=True)
-    max_clusters_per_user = Integer(0, help="most clusters one user may run at once (0: no limit)", config=True)
 
 
 class TeamLocalBackend(LocalBackend):
@@ -122,11 +121,7 @@ class TeamLocalBackend(LocalBackend):
 
     async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
         _options, config = await self.process_cluster_options(user, cluster_options)
-        limit = config.max_clusters_per_user
-        running = self.db.list_clusters(username=user.name)  # active ones
-        if limit and len(running) >= limit:
-            raise PublicException(f"{user.name} already runs {len(running)} cluster(s), the most team "
-                                  f"{config.team} allows; stop one first")  # fmt: skip
+        check_cluster_count(user.name, len(self.db.list_clusters(username=user.name)), config)  # active ones
         return await super().start_cluster(user, cluster_options)
 
     async def _check_cluster_scale(self, cluster: Any) -> None:
@@ -136,12 +131,11 @@ class TeamLocalBackend(LocalBackend):
             return await super()._check_cluster_scale(cluster)
         mine = self.db.list_clusters(username=cluster.username)
         others = sum(len(c.active_workers()) for c in mine if c.name != cluster.name)
-        allowed = max(0, limit - others)
         wanted = cluster.count
-        if wanted > allowed:
+        cluster.count = workers_allowed(wanted, others, limit)
+        if cluster.count < wanted:
             self.log.info("Cluster %s: %d workers asked, %s may run %d more (max_workers_per_user %d)",
-                          cluster.name, wanted, cluster.username, allowed, limit)  # fmt: skip
-        cluster.count = min(wanted, allowed)
+                          cluster.name, wanted, cluster.username, cluster.count, limit)  # fmt: skip
         try:
             await super()._check_cluster_scale(cluster)
         finally:

@@ -11,9 +11,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.options import Float, Integer, Options, Select
+from traitlets import Integer as IntegerTrait
+from traitlets import Unicode
+from traitlets.config import Configurable
 
 GIB = 1 << 30
+
+
+class TeamLimits(Configurable):
+    """The traits a cluster's configuration adds to dask-gateway's (mixed into each backend's ClusterConfig): the
+    team it was started for, and that team's per-user limits, which dask-gateway's backends do not have."""
+
+    team = Unicode("", help="the team the cluster is for (its workers have that team's storage)", config=True)
+    max_workers_per_user = IntegerTrait(0, help="most workers of one user across clusters (0: no limit)",
+                                        config=True)  # fmt: skip
+    max_clusters_per_user = IntegerTrait(0, help="most clusters one user may run at once (0: no limit)", config=True)
+
+
+def check_cluster_count(username: str, running: int, config: Any) -> None:
+    """Refuse a new cluster to a user who runs the most the cluster's team allows (config: TeamLimits)."""
+    limit = config.max_clusters_per_user
+    if limit and running >= limit:
+        raise PublicException(f"{username} already runs {running} cluster(s), the most team {config.team} allows; "
+                              "stop one first")  # fmt: skip
+
+
+def workers_allowed(wanted: int, others: int, limit: int) -> int:
+    """Workers one cluster may have: what its owner asked for, within the per-user `limit` (0: none) less the
+    workers of the owner's other clusters."""
+    return min(wanted, max(0, limit - others)) if limit else wanted
 
 
 class TeamOptions:

@@ -48,7 +48,9 @@ def test_hub_image_starts_from_the_compose_settings(podman_api: str, tmp_path: P
         assert {"mlflow-ocean", "mlflow-land"} <= set(services)
         assert requests.get(f"{api}/users", timeout=10).status_code == 403  # nothing without a token
         # What the other deployment targets load from this image: DockerSpawner, KubeSpawner and the curl
-        # client zero-to-jupyterhub's config switches to, the OIDC authenticator, cubelab's z2jh hook.
-        imports = "import dockerspawner, kubespawner, pycurl, oauthenticator.generic, cubelab.hub.kubernetes"
+        # client zero-to-jupyterhub's config switches to, the OIDC authenticator, cubelab's z2jh hook, and the
+        # dask-gateway chart's backend with the teams' per-user limits.
+        imports = ("import dockerspawner, kubespawner, pycurl, oauthenticator.generic, cubelab.hub.kubernetes, "
+                   "cubelab.gateway.kubernetes")  # fmt: skip
         done = container.exec(["python3", "-c", imports])
         assert done.exit_code == 0, done.output.decode()
