@@ -3,6 +3,8 @@ the cube as a `split` variable (CF flags: 0 train, 1 test) so every later step u
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 
@@ -26,18 +28,46 @@ def random_split(sizes: dict[str, int], test_fraction: float = 0.2, seed: int = 
     return _exact_choice(int(np.prod(shape)), test_fraction, rng).reshape(shape).astype("int8")
 
 
+def _blocks(sizes: dict[str, int], block: tuple[int, int, int], test_fraction: float, seed: int) -> np.ndarray:
+    """Which space-time block goes to test: a boolean array with one value per block (small)."""
+    if any(b < 1 for b in block):
+        raise ValueError(f"block sizes must be positive, not {block}")
+    counts = tuple(-(-sizes[d] // b) for d, b in zip(DIMS, block, strict=True))
+    return _exact_choice(int(np.prod(counts)), test_fraction, np.random.default_rng(seed)).reshape(counts)
+
+
+def _expand(blocks: np.ndarray, block: tuple[int, int, int], ranges: list[tuple[int, int]]) -> np.ndarray:
+    """The split of the cells in ranges [(start, stop) per dim] from the per-block choice."""
+    index = np.ix_(*(np.arange(start, stop) // b for (start, stop), b in zip(ranges, block, strict=True)))
+    return blocks[index].astype("int8")
+
+
 def block_split(
     sizes: dict[str, int], block: tuple[int, int, int], test_fraction: float = 0.2, seed: int = 0
 ) -> np.ndarray:
     """Whole space-time blocks (time, lat, lon sizes) to train or test, so neighbours never straddle the split."""
-    if any(b < 1 for b in block):
-        raise ValueError(f"block sizes must be positive, not {block}")
-    shape = tuple(sizes[d] for d in DIMS)
-    counts = tuple(-(-n // b) for n, b in zip(shape, block, strict=True))
-    rng = np.random.default_rng(seed)
-    blocks = _exact_choice(int(np.prod(counts)), test_fraction, rng).reshape(counts)
-    index = np.ix_(*(np.arange(n) // b for n, b in zip(shape, block, strict=True)))
-    return blocks[index].astype("int8")
+    blocks = _blocks(sizes, block, test_fraction, seed)
+    return _expand(blocks, block, [(0, sizes[d]) for d in DIMS])
+
+
+def lazy_block_split(
+    sizes: dict[str, int],
+    chunks: tuple[tuple[int, ...], ...],
+    block: tuple[int, int, int],
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Any:
+    """block_split as a dask array in `chunks`: each chunk is made where it is needed from the per-block choice
+    (one value per block), so neither the kernel's memory nor a cluster's task graph holds the whole split."""
+    import dask.array as da
+
+    blocks = _blocks(sizes, block, test_fraction, seed)
+
+    def chunk(block_info: dict[Any, Any] | None = None) -> np.ndarray:
+        assert block_info is not None
+        return _expand(blocks, block, block_info[None]["array-location"])
+
+    return da.map_blocks(chunk, chunks=chunks, dtype="int8", meta=np.empty((0, 0, 0), "int8"))
 
 
 def with_split(
@@ -54,7 +84,11 @@ def with_split(
         values = random_split(sizes, test_fraction, seed)
         recipe = {"split_method": "random"}
     elif method == "block":
-        values = block_split(sizes, block, test_fraction, seed)
+        chunked = next((ds[v].chunks for v in ds.data_vars if ds[v].dims == DIMS and ds[v].chunks), None)
+        if chunked:  # a cube read lazily (perhaps bigger than memory): the split is made chunk by chunk
+            values = lazy_block_split(sizes, chunked, block, test_fraction, seed)
+        else:
+            values = block_split(sizes, block, test_fraction, seed)
         recipe = {"split_method": "block", "split_block": list(block)}
     else:
         raise ValueError(f"method must be 'random' or 'block', not {method!r}")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cubelab_toolkit.scaling import Scaler
-from cubelab_toolkit.splits import TEST, TRAIN, block_split, random_split, with_split
+from cubelab_toolkit.splits import TEST, TRAIN, block_split, lazy_block_split, random_split, with_split
 
 sizes_st = st.fixed_dictionaries({"time": st.integers(1, 30), "lat": st.integers(1, 12), "lon": st.integers(1, 12)})
 fraction_st = st.floats(0.05, 0.95)
@@ -42,6 +42,37 @@ def test_block_split_keeps_blocks_whole(
             for x0 in range(0, sizes["lon"], bx):
                 cell = split[t0 : t0 + bt, y0 : y0 + by, x0 : x0 + bx]
                 assert len(np.unique(cell)) == 1  # a block is all train or all test
+
+
+@given(
+    sizes=sizes_st,
+    block=st.tuples(st.integers(1, 10), st.integers(1, 5), st.integers(1, 5)),
+    chunk=st.tuples(st.integers(1, 12), st.integers(1, 7), st.integers(1, 7)),
+    seed=st.integers(0, 2**31),
+)
+@settings(max_examples=40, deadline=None)
+def test_the_lazy_block_split_is_the_block_split(
+    sizes: dict[str, int], block: tuple[int, int, int], chunk: tuple[int, int, int], seed: int
+) -> None:
+    """Made chunk by chunk, in chunks that do not line up with the blocks, it equals the split made at once."""
+    import dask.array as da
+
+    shape = (sizes["time"], sizes["lat"], sizes["lon"])
+    chunks = da.core.normalize_chunks(chunk, shape)
+    lazy = lazy_block_split(sizes, chunks, block, 0.3, seed)
+    assert lazy.chunks == chunks
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), block_split(sizes, block, 0.3, seed))
+
+
+def test_a_lazy_cube_gets_a_lazy_split_with_the_same_values() -> None:
+    """A cube read lazily gets its split as dask chunks in the cube's own chunks (never the whole array at once):
+    the same values as the cube loaded in memory."""
+    values = np.zeros((46, 16, 16))
+    eager = with_split(small_cube(values), "block", seed=7, block=(23, 4, 4))
+    lazy = with_split(small_cube(values).chunk({"time": 10, "lat": 16, "lon": 5}), "block", seed=7, block=(23, 4, 4))
+    assert lazy.split.chunks == lazy.x.chunks
+    assert lazy.split.attrs == eager.split.attrs
+    np.testing.assert_array_equal(lazy.split.values, eager.split.values)
 
 
 def test_different_seeds_give_different_splits() -> None:
