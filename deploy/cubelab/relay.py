@@ -69,8 +69,6 @@ class Relay:
                     candidates = await asyncio.wait_for(self._lookup(), left)
                 except (TimeoutError, OSError) as exc:  # the name is gone while the store restarts
                     last = exc
-                    await asyncio.sleep(min(RETRY_PAUSE, max(deadline - loop.time(), 0)))
-                    continue
             for address in candidates:
                 try:
                     streams = await asyncio.wait_for(

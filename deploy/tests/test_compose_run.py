@@ -128,7 +128,6 @@ def test_users_containers_reach_the_s3_api_and_no_other_storage_port(deployment:
     and the relay listens on the S3 API port only. The same probe from the storage network reaches the filer,
     so the probe can tell an open port from a closed one."""
     store, relay = f"{deployment.name}_s3-store_1", f"{deployment.name}_s3_1"
-    print(containers.podman("inspect", store, "--format", "{{.State.StartedAt}} restarts {{.RestartCount}}").stdout)
     store_ports, relay_ports = _listening(store), _listening(relay)
     assert relay_ports == {8333}, relay_ports
     assert {8333, 9333, 8888, 18888} <= store_ports, store_ports

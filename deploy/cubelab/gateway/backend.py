@@ -132,10 +132,7 @@ class TeamLocalBackend(LocalBackend):
         mine = self.db.list_clusters(username=cluster.username)
         others = sum(len(c.active_workers()) for c in mine if c.name != cluster.name)
         wanted = cluster.count
-        cluster.count = workers_allowed(wanted, others, limit)
-        if cluster.count < wanted:
-            self.log.info("Cluster %s: %d workers asked, %s may run %d more (max_workers_per_user %d)",
-                          cluster.name, wanted, cluster.username, cluster.count, limit)  # fmt: skip
+        cluster.count = workers_allowed(self.log, cluster.name, cluster.username, wanted, others, limit)
         try:
             await super()._check_cluster_scale(cluster)
         finally:

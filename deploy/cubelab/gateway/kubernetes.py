@@ -59,16 +59,13 @@ class TeamKubeBackend(KubeBackend):
         cluster = self.clusters.get(cluster_name)
         if cluster is not None:
             count = int(msg["count"])
+            # KubeBackend applies this cap too, after; applied here first, so that `granted` holds what is written.
             if cap := cluster.config.get("cluster_max_workers"):
                 count = min(count, int(cap))
             if limit := int(cluster.config.get("max_workers_per_user") or 0):
                 mine = await self.list_clusters(username=cluster.username)  # active ones
                 others = sum(self.replicas(c.name) for c in mine if c.name != cluster_name)
-                allowed = workers_allowed(count, others, limit)
-                if allowed < count:
-                    self.log.info("Cluster %s: %d workers asked, %s may run %d more (max_workers_per_user %d)",
-                                  cluster_name, count, cluster.username, allowed, limit)  # fmt: skip
-                count = allowed
+                count = workers_allowed(self.log, cluster_name, cluster.username, count, others, limit)
             self.granted = {name: n for name, n in self.granted.items() if name in self.clusters}
             self.granted[cluster_name] = count
             msg = {**msg, "count": count}

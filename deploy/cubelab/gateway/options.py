@@ -38,10 +38,14 @@ def check_cluster_count(username: str, running: int, config: Any) -> None:
                               "stop one first")  # fmt: skip
 
 
-def workers_allowed(wanted: int, others: int, limit: int) -> int:
+def workers_allowed(log: Any, cluster: str, username: str, wanted: int, others: int, limit: int) -> int:
     """Workers one cluster may have: what its owner asked for, within the per-user `limit` (0: none) less the
-    workers of the owner's other clusters."""
-    return min(wanted, max(0, limit - others)) if limit else wanted
+    workers of the owner's other clusters; a lowered count is logged (log: the backend's logger)."""
+    allowed = min(wanted, max(0, limit - others)) if limit else wanted
+    if allowed < wanted:
+        log.info("Cluster %s: %d workers asked, %s may run %d more (max_workers_per_user %d)",
+                 cluster, wanted, username, allowed, limit)  # fmt: skip
+    return allowed
 
 
 class TeamOptions:
