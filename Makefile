@@ -1,22 +1,24 @@
-# The README's commands. `make up` starts the embedded platform, `make test` runs every test,
-# `make down` stops the platform. Each installs what it needs itself.
+# The README's commands, in a newcomer's order: `make up` starts the embedded platform, `make smoke` walks a
+# newcomer's first minutes through it, `make down` stops it, `make test` runs every test (`make test-fast`: the
+# unit tier). Each installs what it needs itself; .ci/run runs them in that order.
 
 PYTHON ?= python3
 VENV := .venv
 CUBELAB := $(VENV)/bin/cubelab
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: up down status test lint prereqs bench clean
+.PHONY: up down status smoke test test-fast lint prereqs bench clean
 
 prereqs:
 	@$(PYTHON) deploy/cubelab/prereqs.py
 
-# The control plane, installed editable so `.venv/bin/cubelab` follows the source.
+# The control plane, installed editable so `.venv/bin/cubelab` follows the source, with deploy/pyproject.toml's
+# own dependencies only: the check runs the command itself, which fails if it imports anything else.
 $(VENV)/.installed: deploy/pyproject.toml | prereqs
 	@echo "[cubelab] installing the control plane into $(VENV)"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install -e deploy 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(VENV)/bin/python -c "import cubelab" && touch $@
+	@$(CUBELAB) --help >/dev/null && touch $@
 
 # Test and benchmark dependencies (mlflow client, xarray, zarr, scikit-learn, pytest, Playwright) on top, with
 # uv (cubelab's dependency; with this machine's pip sources) since pip takes minutes to resolve them,
@@ -39,6 +41,10 @@ down: $(VENV)/.installed
 status: $(VENV)/.installed
 	@$(CUBELAB) status
 
+# A newcomer's first minutes against the stack of `make up` (cubelab/smoke.py), each step with its time.
+smoke: $(VENV)/.installed
+	@$(CUBELAB) smoke
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check deploy platform_tests kernels benchmarks images conftest.py
 	$(VENV)/bin/ruff format --check --exclude "*.ipynb" deploy platform_tests kernels benchmarks images conftest.py
@@ -46,6 +52,10 @@ lint: $(VENV)/.installed-test
 # The test suite starts its own stacks (own state dirs, free ports) and stops them afterwards.
 test: $(VENV)/.installed-test lint
 	$(VENV)/bin/python -m pytest --durations=30
+
+# The unit tier: no stack, no image, no browser (pytest -m "not stack and not containers and not browser").
+test-fast: $(VENV)/.installed-test lint
+	$(VENV)/bin/python -m pytest -m "not stack and not containers and not browser" --durations=10
 
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_platform.py --json benchmarks/results.json

@@ -16,7 +16,8 @@ from cubelab.prereqs import describe_missing, missing_requirements
 
 # The test scaffolding (throwaway stacks) lives with the tests, not in the product package. The platform-tests
 # image has no deploy/tests: it always tests a deployment it is given, and never imports it.
-sys.path.insert(0, str(Path(__file__).resolve().parent / "deploy" / "tests"))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "deploy" / "tests"))
 if TYPE_CHECKING:
     from scratch import ScratchStacks
 
@@ -76,3 +77,30 @@ def deployment() -> Iterator[dict[str, Any]]:
         yield backend.description() | {"faults": {"kind": "local", "config": str(backend.config.path)}}
     finally:
         factory.close()
+
+
+# Tiers, as markers (`make test-fast` runs the unit tier: pytest -m "not stack and not containers and not browser").
+# A test is in the stack tier when it takes a fixture that starts an embedded stack, or sits in a module that starts
+# one itself; containers: it builds or runs images with podman; browser: it drives Chromium.
+STACK_FIXTURES = {"stacks", "deployment"}
+STACK_MODULES = {"test_backup.py", "test_gateway_restart.py", "test_local_stack.py", "test_monitoring.py",
+                 "test_supervisor.py", "test_upgrade.py", "test_hub_config.py"}  # fmt: skip
+CONTAINER_MODULES = {"test_compose_run.py", "test_compose_oidc.py", "test_helm_run.py"}
+BROWSER_MODULES = {"test_browser.py", "test_oidc.py", "test_subdomains.py"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack: starts an embedded stack (real Postgres, S3, mlflow, hub)")
+    config.addinivalue_line("markers", "containers: builds or runs cubelab's images with podman")
+    config.addinivalue_line("markers", "browser: drives Debian's Chromium with Playwright")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())) or path.name in STACK_MODULES:
+            item.add_marker(pytest.mark.stack)
+        if path.name in CONTAINER_MODULES or "images" in path.relative_to(ROOT).parts[:1]:
+            item.add_marker(pytest.mark.containers)
+        if path.name in BROWSER_MODULES:
+            item.add_marker(pytest.mark.browser)

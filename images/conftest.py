@@ -9,7 +9,7 @@ import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 
 
 @pytest.fixture(scope="session")

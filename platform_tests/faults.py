@@ -39,7 +39,7 @@ class Injector(Protocol):
 
 class LocalInjector:
     def __init__(self, spec: dict[str, Any], team: str) -> None:
-        from cubelab.backends.local import LocalBackend
+        from cubelab.backends.local.stack import LocalBackend
         from cubelab.config import load
 
         self.backend = LocalBackend(load(spec["config"]), progress=lambda _: None)

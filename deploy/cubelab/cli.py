@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from cubelab import __version__, gpus
-from cubelab.backends.local import LocalBackend
+from cubelab import __version__, gpus, smoke
 from cubelab.backends.local.paths import StateDirError
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.backup.repository import BackupError
 from cubelab.config import ConfigError, load
 from cubelab.procs import StartError
@@ -177,6 +177,21 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    hub = next((r for r in backend.status() if r.name == "hub"), None)
+    if hub is None or not hub.healthy:
+        print("cubelab: the hub is not running here: `make up` (or `cubelab up`) first", file=sys.stderr)
+        return 1
+    try:
+        seconds = smoke.run_smoke(backend.description(), progress=_progress)
+    except smoke.SmokeError as exc:
+        print(f"cubelab smoke FAILED at {exc}", file=sys.stderr)
+        return 1
+    _progress(f"smoke passed in {seconds:.1f} s: a newcomer's first minutes work")
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     config = load(args.config)
     if args.target == "compose":
@@ -278,6 +293,12 @@ def parser() -> argparse.ArgumentParser:
     ug.add_argument("--no-backup", action="store_true", help="migrate without a backup first (not advised)")
     ug.set_defaults(func=cmd_upgrade)
     sub.add_parser("check", help="validate the config and change nothing").set_defaults(func=cmd_check)
+    smoke_help = (
+        "a newcomer's first minutes against the running stack: the hub answers, the first member of the first "
+        "team logs in with the generated password, starts a server, runs the README's snippet in a kernel and "
+        "finds the run in the team's mlflow as its author; the team's mlflow UI loads through the hub"
+    )
+    sub.add_parser("smoke", help=smoke_help, description=smoke_help).set_defaults(func=cmd_smoke)
     rd = sub.add_parser(
         "render",
         help="write what docker compose (docker-compose.yml, .env) or Helm (values) needs from the platform config",

@@ -42,6 +42,12 @@ GATEWAY_TOKEN, GATEWAY_DB_KEY = "CUBELAB_GATEWAY_TOKEN", "CUBELAB_GATEWAY_DB_KEY
 # in the notebook image (images/notebook: each kernel at /opt/conda/envs/cubelab-NAME) that is this command.
 GATEWAY_WORKER_KERNEL = "sklearn"
 IMAGE_GATEWAY_DASK = f"/opt/conda/envs/cubelab-{GATEWAY_WORKER_KERNEL}/bin/dask"
+# cubelab's front of the gateway (cubelab.gateway.front) reaches dask-gateway's own HTTP proxy at this URL.
+GATEWAY_UPSTREAM_VAR = "CUBELAB_GATEWAY_UPSTREAM"
+# The chart's gateway (cubelab.gateway.kubernetes) reads its team table from this variable, as JSON.
+GATEWAY_SETTINGS_VAR = "CUBELAB_GATEWAY_SETTINGS_JSON"
+# A hub user NAME runs as the account PREFIX+NAME, for their servers and Dask clusters (embedded stack, compose).
+USER_PREFIX = "cl-"
 
 
 def ref(name: str) -> str:
@@ -515,3 +521,18 @@ def s3_identities_service(config: PlatformConfig, addr: Addresses) -> Service:
     """SeaweedFS reads its S3 identities (one per team, limited to its bucket) from a file at start."""
     command = ("python3", "-m", "cubelab.provision", "s3-identities", IDENTITIES_FILE)
     return Service("s3-identities", "tracking", command, s3_identity_env(config, addr), job=True)
+
+
+def gateway_front_env(service_url: str, prefix: str, hub_api_url: str, hub_public_url: str, token: str,
+                      upstream: str) -> dict[str, str]:  # fmt: skip
+    """The environment of cubelab's front of the gateway: what cubelab.gateway.front.create_app reads."""
+    return {
+        "CUBELAB_SERVICE_NAME": render.GATEWAY_SERVICE,
+        "CUBELAB_TEAM_NAME": "",
+        "CUBELAB_SERVICE_PREFIX": prefix,
+        "CUBELAB_HUB_API_URL": hub_api_url,
+        "CUBELAB_HUB_PUBLIC_URL": hub_public_url,
+        "CUBELAB_SERVICE_TOKEN": token,
+        "CUBELAB_SERVICE_URL": service_url,
+        GATEWAY_UPSTREAM_VAR: upstream,
+    }

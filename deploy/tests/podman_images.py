@@ -9,6 +9,8 @@ testcontainers talks to podman's Docker-compatible API on a socket served for th
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import shutil
 import subprocess
@@ -93,12 +95,85 @@ def image_id(name: str) -> str | None:
 
 
 def build_image(image: str, *args: str, timeout: float = 900) -> None:
-    """podman build -t image ARGS, then remove the image the tag named before if the build replaced it (unless a
-    container still uses it): every run of the suite rebuilds, and the notebook image is GBs."""
+    """podman build -t image ARGS, once per content: the image carries the digest of what it is built from (its
+    Dockerfile, the files its COPY lines take from the context, its build arguments and its base image's id) as a
+    label, and a build whose digest matches the tagged image's is skipped. A rebuild removes the image the tag named
+    before (unless a container still uses it): the notebook image is GBs."""
+    digest = content_digest(args)
+    if image_label(image, CONTENT_LABEL) == digest:
+        print(f"[images] {image} is current (content {digest[:12]})", flush=True)
+        return
     before = image_id(image)
-    podman("build", "--format", "docker", "--network", "host", "-t", image, *args, timeout=timeout)
+    podman("build", "--format", "docker", "--network", "host", "--label", f"{CONTENT_LABEL}={digest}", "-t", image,
+           *args, timeout=timeout)  # fmt: skip
     if before and before != image_id(image):
         podman("rmi", before, check=False)
+
+
+CONTENT_LABEL = "io.cubelab.content"
+
+
+def image_label(name: str, label: str) -> str | None:
+    done = podman("image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', name, check=False)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def content_digest(args: tuple[str, ...]) -> str:
+    """The digest of a build's inputs (`podman build` ARGS: -f DOCKERFILE, --build-arg, ..., CONTEXT). Mounted
+    volumes are caches and package sources, not content, and stay out; a base image counts by its id."""
+    options, context = list(args[:-1]), Path(args[-1])
+    dockerfile = Path(options[options.index("-f") + 1]) if "-f" in options else context / "Dockerfile"
+    h = hashlib.sha256(dockerfile.read_bytes())
+    skip = False
+    for option in options:
+        if skip:
+            skip = False
+            continue
+        if option == "--volume":
+            skip = True
+            continue
+        h.update(b"\0arg " + option.encode())
+        if option.startswith("BASE_IMAGE="):
+            h.update((image_id(option.removeprefix("BASE_IMAGE=")) or "absent").encode())
+    for path in copied_files(dockerfile, context):
+        h.update(b"\0file " + str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
+        h.update(b"x" if os.access(path, os.X_OK) else b"-")
+    return h.hexdigest()
+
+
+def copied_files(dockerfile: Path, context: Path) -> list[Path]:
+    """The context's files that the Dockerfile's COPY and ADD lines take, after .dockerignore."""
+    sources: list[str] = []
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        words = line.split()
+        if words and words[0].upper() in ("COPY", "ADD") and not any(w.startswith("--from") for w in words):
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    ignore = context / ".dockerignore"
+    patterns = [p.strip() for p in ignore.read_text().splitlines() if p.strip() and not p.startswith("#")] \
+        if ignore.exists() else []  # fmt: skip
+    found: set[Path] = set()
+    for source in sources:
+        top = context / source
+        for path in [top] if top.is_file() else sorted(top.rglob("*")):
+            if path.is_file() and not dockerignored(str(path.relative_to(context)), patterns):
+                found.add(path)
+    return sorted(found)
+
+
+def dockerignored(relative: str, patterns: list[str]) -> bool:
+    """Docker's rule for one path: the last pattern that matches it or a folder above it decides."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated, pattern = pattern.startswith("!"), pattern.lstrip("!")
+        if pattern.startswith("**/"):
+            hit = any(fnmatch.fnmatchcase(part, pattern[3:]) for part in parts)
+        else:
+            hit = any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes)
+        if hit:
+            ignored = not negated
+    return ignored
 
 
 def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:

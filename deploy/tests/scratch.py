@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.paths import EXTERNAL_ROOT, reachable_by_others
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import PlatformConfig, load
 from cubelab.procs import port_owner
 

@@ -22,8 +22,8 @@ from mlflow.entities import ViewType
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab import plan
-from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.postgres import SUPERUSER
+from cubelab.backends.local.stack import LocalBackend
 from platform_tests.hubclient import login
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -17,8 +17,8 @@ from dask_gateway import Gateway
 from dask_gateway.auth import JupyterHubAuth
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.gateway import FRONT_NAME, NAME
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.procs import marked_processes, wait_until
 
 

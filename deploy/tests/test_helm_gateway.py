@@ -176,7 +176,7 @@ def test_each_teams_clusters_get_that_teams_secret_only(
     # Clusters run the dask of the notebook image's kernel environment.
     assert release.named["Deployment", "api-cubelab-dask-gateway"]  # rendered
     settings = json.loads(next(e["value"] for e in release.named["Deployment", "api-cubelab-dask-gateway"]["spec"][
-        "template"]["spec"]["containers"][0]["env"] if e["name"] == gateway_kube.SETTINGS_VAR))  # fmt: skip
+        "template"]["spec"]["containers"][0]["env"] if e["name"] == plan.GATEWAY_SETTINGS_VAR))  # fmt: skip
     assert settings["worker_cmd"] == ["/opt/conda/envs/cubelab-sklearn/bin/dask", "worker"]
 
 
@@ -250,7 +250,7 @@ def test_a_team_choice_maps_to_its_pods_configuration() -> None:
         options(dana).get_configuration({"team": "land", "worker_cores": 5, "worker_memory": 4.0}, dana)
     c = Config()
     settings = {"teams": teams, "scheduler_cmd": ["d", "scheduler"], "worker_cmd": ["d", "worker"]}
-    gateway_kube.configure(c, {gateway_kube.SETTINGS_VAR: json.dumps(settings)})
+    gateway_kube.configure(c, {plan.GATEWAY_SETTINGS_VAR: json.dumps(settings)})
     assert c.KubeClusterConfig.worker_cmd == ["d", "worker"] and c.KubeBackend.cluster_options.teams == teams
     assert c.DaskGateway.backend_class == "cubelab.gateway.kubernetes.TeamKubeBackend"
 

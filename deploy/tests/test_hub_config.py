@@ -11,7 +11,7 @@ import pytest
 import yaml
 from scratch import ScratchStacks, use_shared_installs  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import load
 from cubelab.hub import render
 from cubelab.install import hub_env

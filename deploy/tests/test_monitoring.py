@@ -22,8 +22,8 @@ import yaml
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab import plan
-from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.monitoring import NAME
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.procs import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -21,7 +21,7 @@ import requests
 import yaml
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import load
 from cubelab.procs import free_tcp_port
 

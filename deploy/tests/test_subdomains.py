@@ -15,7 +15,7 @@ import requests
 import yaml
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import load
 
 

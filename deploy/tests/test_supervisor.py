@@ -19,7 +19,7 @@ import pytest
 import requests
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.backends.local.supervisor import restart_pause, rotate
 from cubelab.config import Supervision
 from cubelab.procs import wait_until

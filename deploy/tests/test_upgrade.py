@@ -15,8 +15,8 @@ import pytest
 from mlflow.entities import ViewType
 from scratch import REPO, ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab.backends.local import LocalBackend
 from cubelab.backends.local.postgres import SUPERUSER, server_bindir
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.backup.engine import Database, recreate_database
 
 OLD = Path(__file__).parent / "old_mlflow"

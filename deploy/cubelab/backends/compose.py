@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 
 from cubelab import plan, storage
-from cubelab.backends.local.accounts import USER_PREFIX
 from cubelab.config import PlatformConfig
 from cubelab.hub import render
 from cubelab.provision import TeamSecrets, user_password_var
@@ -221,7 +220,7 @@ def gateway_settings(config: PlatformConfig) -> dict[str, Any]:
         "db_url": f"sqlite:///{GATEWAY_STATE}/gateway.sqlite",
         "backend": {
             "class": "cubelab.gateway.container.ContainerLocalBackend",
-            "account_prefix": USER_PREFIX,
+            "account_prefix": plan.USER_PREFIX,
             "clusters_dir": GATEWAY_CLUSTERS,
             # Clusters inherit only these from the gateway (the rest is the team's storage and dask's TLS).
             "inherited_environment": ["PATH", "LANG"],
@@ -356,7 +355,7 @@ def _describe_env(config: PlatformConfig) -> dict[str, str]:
     env["CUBELAB_FAULT_SERVICES"] = json.dumps(faults)
     if "CUBELAB_GATEWAY" in env:
         # Clusters run as accounts of the gateway's container, not as the kernel's (platform_tests/test_gateway.py).
-        gateway = json.loads(env["CUBELAB_GATEWAY"]) | {"cluster_account": USER_PREFIX + "{user}"}
+        gateway = json.loads(env["CUBELAB_GATEWAY"]) | {"cluster_account": plan.USER_PREFIX + "{user}"}
         env["CUBELAB_GATEWAY"] = json.dumps(gateway)
     return _fill(config, env)
 

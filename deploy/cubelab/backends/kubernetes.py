@@ -19,7 +19,6 @@ import yaml
 
 from cubelab import plan
 from cubelab.config import PlatformConfig, Profile, Team
-from cubelab.gateway.kubernetes import SETTINGS_VAR
 from cubelab.hub import render
 from cubelab.provision import user_password_var
 
@@ -216,7 +215,7 @@ def gateway_values(
 ) -> dict[str, Any]:
     """Values of the dask-gateway chart (Chart.yaml's alias daskGateway): hub authentication with the token in
     the hub's generated Secret, admitting only tokens allowed to access its hub service; the hub image, which
-    has cubelab and dask-gateway-server; the team table in SETTINGS_VAR."""
+    has cubelab and dask-gateway-server; the team table in plan.GATEWAY_SETTINGS_VAR."""
     images = config.containers
     secret, key = sources[plan.GATEWAY_TOKEN]
     return {
@@ -232,7 +231,7 @@ def gateway_values(
             "auth": {"type": "jupyterhub", "jupyterhub": {
                 "apiUrl": addr.hub_api, "apiTokenFromSecretName": secret, "apiTokenFromSecretKey": key,
                 "jupyterhubServiceName": render.GATEWAY_SERVICE}},
-            "env": [{"name": SETTINGS_VAR, "value": json.dumps(gateway_settings(config, addr, sources))}],
+            "env": [{"name": plan.GATEWAY_SETTINGS_VAR, "value": json.dumps(gateway_settings(config, addr, sources))}],
             "extraConfig": {"cubelab": "from cubelab.gateway.kubernetes import configure\nconfigure(c)\n"},
             "backend": {"image": {"name": f"{images.registry}/notebook", "tag": images.tag}},
         },

@@ -24,7 +24,7 @@ import urllib.parse
 
 import httpx
 
-from cubelab.hub import render
+from cubelab.plan import GATEWAY_UPSTREAM_VAR
 from cubelab.tracking.auth import (
     ASGIApp,
     AuthSettings,
@@ -44,7 +44,6 @@ from cubelab.tracking.auth import (
 )
 from cubelab.tracking.bodies import Refusal
 
-UPSTREAM_VAR = "CUBELAB_GATEWAY_UPSTREAM"  # dask-gateway's own HTTP proxy, e.g. http://127.0.0.1:18103
 OWNER_CACHE_SECONDS = 5.0
 MAX_BODY = 1 << 20  # the gateway's API and dashboards take small bodies only
 # The API, or a cluster's pages (dask-gateway names clusters with 32 hex digits). Characters of canonical paths.
@@ -257,20 +256,5 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def create_app() -> ASGIApp:
-    """The front configured from the environment (AuthSettings.from_env's variables and UPSTREAM_VAR)."""
-    return GatewayFront(AuthSettings.from_env(), os.environ[UPSTREAM_VAR])
-
-
-def settings_env(service_url: str, prefix: str, hub_api_url: str, hub_public_url: str, token: str,
-                 upstream: str) -> dict[str, str]:  # fmt: skip
-    """The front's environment: what create_app reads."""
-    return {
-        "CUBELAB_SERVICE_NAME": render.GATEWAY_SERVICE,
-        "CUBELAB_TEAM_NAME": "",
-        "CUBELAB_SERVICE_PREFIX": prefix,
-        "CUBELAB_HUB_API_URL": hub_api_url,
-        "CUBELAB_HUB_PUBLIC_URL": hub_public_url,
-        "CUBELAB_SERVICE_TOKEN": token,
-        "CUBELAB_SERVICE_URL": service_url,
-        UPSTREAM_VAR: upstream,
-    }
+    """The front configured from the environment (AuthSettings.from_env's variables and GATEWAY_UPSTREAM_VAR)."""
+    return GatewayFront(AuthSettings.from_env(), os.environ[GATEWAY_UPSTREAM_VAR])

@@ -2,9 +2,9 @@
 
 The dask-gateway chart's config sets up its KubeBackend, the hub authentication and the addresses; its
 `gateway.extraConfig` then calls `configure`, which adds what cubelab owns, from the team table that
-`cubelab render helm` passes in SETTINGS_VAR: a member picks one of their teams (cubelab.gateway.options checks
-the bounds and the membership), and the cluster's pods get that team's notebook image, its label and its
-storage variables, the secrets as references to the team's own Secret (never values).
+`cubelab render helm` passes in plan.GATEWAY_SETTINGS_VAR: a member picks one of their teams
+(cubelab.gateway.options checks the bounds and the membership), and the cluster's pods get that team's
+notebook image, its label and its storage variables, the secrets as references to the team's own Secret (never values).
 
 KubeBackend has limits per cluster only; `TeamKubeBackend` adds the team's per-user limits, as the embedded
 backend does: it refuses a cluster over max_clusters_per_user, and it lowers the worker count a scheduler's
@@ -24,8 +24,8 @@ from dask_gateway_server.backends.kubernetes import KubeBackend, KubeClusterConf
 from dask_gateway_server.traitlets import Type
 
 from cubelab.gateway.options import TeamLimits, TeamOptions, check_cluster_count, workers_allowed
+from cubelab.plan import GATEWAY_SETTINGS_VAR
 
-SETTINGS_VAR = "CUBELAB_GATEWAY_SETTINGS_JSON"
 TEAM_LABEL = "cubelab.io/team"  # on schedulers and workers: the team's NetworkPolicy selects its pods by it
 
 
@@ -95,7 +95,7 @@ class KubeTeamOptions(TeamOptions):
 
 def configure(c: Any, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Called from the dask-gateway chart's gateway.extraConfig, after the chart's own config."""
-    settings = json.loads((os.environ if env is None else env)[SETTINGS_VAR])
+    settings = json.loads((os.environ if env is None else env)[GATEWAY_SETTINGS_VAR])
     c.DaskGateway.backend_class = f"{TeamKubeBackend.__module__}.{TeamKubeBackend.__name__}"
     c.KubeBackend.cluster_options = KubeTeamOptions(settings["teams"])
     # Schedulers and workers run the dask of a kernel environment of the notebook image (it has dask-gateway).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import podman_images as containers  # deploy/tests/podman_images.py
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import podman_images as containers  # deploy/tests/podman_images.py
 import requests
 
-from cubelab.backends.local import LocalBackend
+from cubelab.backends.local.stack import LocalBackend
 from cubelab.hub.render import service_prefix
 from cubelab.procs import free_tcp_port
 

@@ -8,9 +8,10 @@ import pwd
 import subprocess
 from pathlib import Path
 
+from cubelab import plan
 from cubelab.procs import StartError
 
-USER_PREFIX = "cl-"  # a hub user NAME is the account cl-NAME (as root), for their servers and Dask clusters
+USER_PREFIX = plan.USER_PREFIX  # a hub user NAME is the account cl-NAME (as root), for their servers and Dask clusters
 SERVICE_PREFIX = "clt-"  # services' accounts: the two never collide
 MAX_NAME = 32  # useradd's limit
 

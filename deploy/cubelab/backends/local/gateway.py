@@ -23,7 +23,6 @@ from cubelab.backends.local.firewall import LoopbackGuard
 from cubelab.backends.local.paths import StatePaths
 from cubelab.backends.local.tracking import LocalTracking
 from cubelab.config import PlatformConfig
-from cubelab.gateway import front
 from cubelab.hub import render
 from cubelab.procs import Launch, http_ok
 from cubelab.secrets import SecretStore, new_fernet_key, new_token, write_private
@@ -150,7 +149,7 @@ class LocalGateway:
     def front_launch(self, services_venv: Path) -> Launch:
         """cubelab's front on ports.dask_gateway, in front of dask-gateway's own proxy."""
         ports = self.config.ports
-        env = front.settings_env(
+        env = plan.gateway_front_env(
             service_url=self.url, prefix=render.GATEWAY_PREFIX, hub_api_url=self.tracking.addresses().hub_api,
             hub_public_url=self.config.embedded_public_url, token=self.token(),
             upstream=f"http://127.0.0.1:{ports.dask_gateway_proxy}",
