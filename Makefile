@@ -51,7 +51,7 @@ lint: $(VENV)/.installed-test
 
 # The test suite starts its own stacks (own state dirs, free ports) and stops them afterwards.
 test: $(VENV)/.installed-test lint
-	$(VENV)/bin/python -m pytest --durations=30
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup --durations=30
 
 # The unit tier: no stack, no image, no browser (pytest -m "not stack and not containers and not browser").
 test-fast: $(VENV)/.installed-test lint

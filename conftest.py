@@ -93,14 +93,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "stack: starts an embedded stack (real Postgres, S3, mlflow, hub)")
     config.addinivalue_line("markers", "containers: builds or runs cubelab's images with podman")
     config.addinivalue_line("markers", "browser: drives Debian's Chromium with Playwright")
+    # pytest-xdist's own, declared here too for runs without it (the platform-tests image has no xdist).
+    config.addinivalue_line("markers", "xdist_group(name): tests that one worker runs together")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tier markers, and the groups `make test`'s two workers (pytest-xdist, --dist loadgroup) take whole: every
+    container test in one group (one podman store, images built once), platform_tests in one (one shared stack,
+    the session's `deployment`), every other module a group of its own. The two long groups go first, so that each
+    worker starts on one and the modules share out what is left."""
     for item in items:
         path = Path(str(item.fspath))
+        relative = path.relative_to(ROOT)
+        group = str(relative)
         if STACK_FIXTURES & set(getattr(item, "fixturenames", ())) or path.name in STACK_MODULES:
             item.add_marker(pytest.mark.stack)
-        if path.name in CONTAINER_MODULES or "images" in path.relative_to(ROOT).parts[:1]:
+        if path.name in CONTAINER_MODULES or relative.parts[0] == "images":
             item.add_marker(pytest.mark.containers)
+            group = "containers"
+        elif relative.parts[0] == "platform_tests":
+            group = "platform_tests"
         if path.name in BROWSER_MODULES:
             item.add_marker(pytest.mark.browser)
+        item.add_marker(pytest.mark.xdist_group(group))
+    first = {"containers": 0, "platform_tests": 1}
+    items.sort(key=lambda item: first.get(_group(item), 2))  # stable: the order within each group is kept
+
+
+def _group(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker else ""

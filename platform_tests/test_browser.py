@@ -65,6 +65,9 @@ def test_login_team_links_and_teammates_run_in_the_mlflow_ui(deployment: dict[st
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     try:
         log_in(page, hub, user, password)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 1280, "height": 720})
+        page.screenshot(path=str(SCREENSHOTS / "browser-hub-home.png"))  # README's first picture
         links = page.locator("a.cubelab-mlflow")
         hrefs = sorted(links.nth(i).get_attribute("href") for i in range(links.count()))
         expected = sorted(f"/services/mlflow-{t['name']}/" for t in deployment["teams"] if user in t["members"])

@@ -11,14 +11,16 @@ this Python, else with pip from the environment files; the environments and npm'
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -138,7 +140,26 @@ def install_all(install_dir: Path, progress: Progress, cuda: bool = False) -> tu
     return jobs["services"].result(), hub_venv, kernels, jobs["proxy"].result()
 
 
-def python_env(
+@contextmanager
+def _exclusive(install_dir: Path, name: str) -> Iterator[None]:
+    """One installer of environment `name` at a time, across processes (two `cubelab up`, or the test suite's
+    workers starting their first stacks together); the second finds the first's work done."""
+    install_dir.mkdir(parents=True, exist_ok=True)
+    with open(install_dir / f".{name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def python_env(install_dir: Path, name: str, requirements: Path, progress: Progress, **options: Any) -> Path:
+    """_python_env under the environment's install lock."""
+    with _exclusive(install_dir, name):
+        return _python_env(install_dir, name, requirements, progress, **options)
+
+
+def _python_env(
     install_dir: Path,
     name: str,
     requirements: Path,
@@ -253,7 +274,12 @@ def proxy_binary(install_dir: Path) -> Path:
 
 
 def proxy_command(install_dir: Path, progress: Progress) -> Path:
-    """configurable-http-proxy from npm, installed under install_dir/npm."""
+    """configurable-http-proxy from npm, installed under install_dir/npm (one installer at a time)."""
+    with _exclusive(install_dir, "npm"):
+        return _proxy_command(install_dir, progress)
+
+
+def _proxy_command(install_dir: Path, progress: Progress) -> Path:
     prefix = install_dir / "npm"
     binary = proxy_binary(install_dir)
     marker = prefix / ".cubelab-installed"

@@ -8,7 +8,7 @@ containers by construction, not by a list of ports to close.
 The relay remembers the address it last reached and resolves the name again only when that address fails (the
 store restarted with a new one). Not resolving per connection is deliberate: podman 4.3's aardvark-dns 1.4 drops
 queries while it reloads, which it does whenever any container starts or stops, so a lookup then takes 5 s (the
-resolver's retry) and, twice in a row, more than a connection may wait (README, compose).
+resolver's retry) and, twice in a row, more than a connection may wait (docs/compose.md).
 """
 
 from __future__ import annotations

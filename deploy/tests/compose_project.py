@@ -59,7 +59,7 @@ def runnable(compose_file: dict[str, Any], stand_ins: dict[str, str], docker_soc
             service["image"] = stand_ins[name]
     hub = compose_file["services"]["hub"]
     hub["volumes"] = [v if "docker.sock" not in v else f"{docker_socket}:/var/run/docker.sock" for v in hub["volumes"]]
-    # What an operator does to let the fault tests kill services (README): the API socket into the test
+    # What an operator does to let the fault tests kill services (docs/compose.md): the API socket into the test
     # container, run as root to use it.
     compose_file["services"]["platform-tests"] |= {"volumes": [f"{docker_socket}:/var/run/docker.sock"],
                                                    "user": "root"}  # fmt: skip

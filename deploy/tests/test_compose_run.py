@@ -8,7 +8,8 @@ give, waiting for each healthcheck (run by hand: podman's timers need systemd). 
 images/notebook built with KERNEL_ENVS=venv (docker-stacks' base and conda-forge are not reachable: the same
 kernels at the same prefixes, from the lock files), started by the hub's DockerSpawner through podman's Docker API,
 so the hub tests of platform_tests (login, spawn, a kernel logging to the team's server, isolation, TensorBoard,
-team choice) run for real, and every notebook of kernels/ runs in its kernel in a user's container.
+team choice) run for real, and each kernel runs its framework in a user's container (nested.COMPOSE_SUITE; the
+notebooks and model training run once, on the embedded stack).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import compose_project  # deploy/tests/compose_project.py
+import nested  # deploy/tests/nested.py
 import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
 
@@ -28,10 +30,6 @@ from platform_tests import probes
 from platform_tests.hubclient import login
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITE = [
-    f"platform_tests/test_{name}.py"
-    for name in "tracking storage access artifacts metrics hub isolation faults notebooks deepesdl gateway".split()
-]
 # The Dask gateway's limits that platform_tests/test_gateway.py can reach in a test (the root conftest's, for the
 # embedded stack): a member of ocean may run 3 workers in all, 2 per cluster; land's clusters stop after 20 s idle.
 GATEWAY_LIMITS = {
@@ -53,16 +51,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_platform_tests_pass_against_the_compose_deployment(deployment: Path) -> None:
+    suite = " ".join(nested.COMPOSE_SUITE)
     command = ("python3 -m cubelab.provision describe /tmp/d.json && "
-               f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider -q -rs {' '.join(SUITE)}")  # fmt: skip
+               f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider -q -rs {suite}")  # fmt: skip
     done = compose_project.podman_compose(
         deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=1200
     )
     out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-5000:]
-    summary = [line for line in out.splitlines() if " passed" in line]
     print("\n".join(line for line in out.splitlines() if "SKIPPED" in line or " passed" in line))
-    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], out[-3000:]
+    nested.check_run(out, done.returncode, "compose")
 
 
 def test_hub_of_the_compose_deployment_serves_the_teams(deployment: Path) -> None:

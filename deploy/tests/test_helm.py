@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import jsonschema
 import kubernetes_validate
 import pytest
+import reference  # deploy/tests/reference.py
 import yaml
 
 from cubelab import plan, storage
@@ -240,8 +241,7 @@ def test_hub_values_register_teams_and_pass_the_z2jh_schema(tmp_path: Path) -> N
         "name": "cubelab-team-land", "key": "hub-token"}  # fmt: skip
     slugs = [p["slug"] for p in values["jupyterhub"]["singleuser"]["profileList"]]
     assert slugs == ["ocean-cpu", "land-cpu", "land-gpu"]  # GPU only for the team allowed
-    if not Z2JH_SCHEMA.exists():
-        pytest.skip(f"{Z2JH_SCHEMA} is absent (a clone outside the workplace): z2jh values not checked")
+    reference.require(Z2JH_SCHEMA)
     schema = _without_required(yaml.safe_load(Z2JH_SCHEMA.read_text()))
     validator = jsonschema.Draft7Validator(schema)
     assert not [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(values["jupyterhub"])]
@@ -316,9 +316,7 @@ DASK_GATEWAY_CHART = ROOT.parent / "shared" / "reference" / "charts" / "dask-gat
 def with_dependencies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The chart with zero-to-jupyterhub 4.4.0 and dask-gateway 2026.3.0 as its dependencies, supplied from
     ../shared/reference (no fetch)."""
-    for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):
-        if not packaged.exists():
-            pytest.skip(f"{packaged} is not here (a user's clone has no ../shared): a packaged dependency")
+    reference.require(Z2JH_CHART, DASK_GATEWAY_CHART)
     copy = copy_chart(tmp_path_factory, "release")
     (copy / "charts").mkdir(exist_ok=True)
     for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kubeplay  # deploy/tests/kubeplay.py
+import nested  # deploy/tests/nested.py
 import podman_images as containers  # deploy/tests/podman_images.py
 import pytest
+import reference  # deploy/tests/reference.py
 import webflows  # deploy/tests/webflows.py
 import yaml
 from scratch import use_shared_installs  # deploy/tests/scratch.py
@@ -42,8 +44,6 @@ Z2JH_CHART = ROOT.parent / "shared" / "reference" / "charts" / "jupyterhub-4.4.0
 # The chart's other dependency (off here: helm still wants it present to render).
 DASK_GATEWAY_CHART = ROOT.parent / "shared" / "reference" / "charts" / "dask-gateway-2026.3.0.tgz"
 RELEASE = "cubelab"
-# What the release's test pod runs here: platform_tests that need no user server (see the module docstring).
-SUITE = [f"platform_tests/test_{name}.py" for name in ("tracking", "storage", "access", "artifacts", "metrics")]
 # z2jh's helpers for a real cluster's scheduling and image pulls: nothing to do without one. And deleting a hub
 # user makes KubeSpawner delete the user's volume claim through the API server, which is not here.
 SITE = {"jupyterhub": {"prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
@@ -53,9 +53,7 @@ CHP_IMAGE = "quay.io/jupyterhub/configurable-http-proxy:5.2.0"
 
 
 def render(tmp: Path, auth: str) -> kubeplay.Manifests:
-    for packaged in (Z2JH_CHART, DASK_GATEWAY_CHART):
-        if not packaged.exists():
-            pytest.skip(f"{packaged} is not here (a user's clone has no ../shared): a packaged dependency")
+    reference.require(Z2JH_CHART, DASK_GATEWAY_CHART)
     config = yaml.safe_load((ROOT / "cubelab.example.yaml").read_text())
     # Users reach the hub at the proxy's Service, from the test pod on the same network.
     config["containers"] = {"registry": "localhost/cubelab", "tag": "test", "public_url": "http://proxy-public"}
@@ -156,8 +154,9 @@ def test_users_log_in_to_zero_to_jupyterhubs_hub_and_reach_their_team(release: R
 def test_platform_tests_pass_in_the_releases_test_pod(release: Release) -> None:
     """`helm test`: the chart's test pod, as rendered (its environment from the plan), runs platform_tests. After
     the logins above: with OIDC the teams' members are whoever the provider's claim put in them then."""
+    suite = nested.HELM_SUITE if release.auth == "local" else nested.HELM_OIDC_SUITE
     command = ("python3 -m cubelab.provision describe /tmp/d.json && "
-               f"CUBELAB_DEPLOYMENT=/tmp/d.json exec pytest -p no:cacheprovider -q -rs {' '.join(SUITE)}")  # fmt: skip
+               f"CUBELAB_DEPLOYMENT=/tmp/d.json exec pytest -p no:cacheprovider -q -rs {' '.join(suite)}")  # fmt: skip
     # limits: the description tells platform_tests what a run without a cluster cannot do (delete hub users).
     cluster = release.cluster
     run = cluster.run("Pod", f"{RELEASE}-platform-tests", args=["bash", "-c", command],
@@ -165,6 +164,4 @@ def test_platform_tests_pass_in_the_releases_test_pod(release: Release) -> None:
     code, out = cluster.wait_exit(run, timeout=900)
     print("\n".join(line for line in out.splitlines() if "SKIPPED" in line or " passed" in line))
     hub = cluster.podman("logs", "hub-hub", check=False)
-    assert code == 0, out[-5000:] + "\nhub log:\n" + (hub.stdout + hub.stderr)[-3000:]
-    summary = [line for line in out.splitlines() if " passed" in line]
-    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], out[-3000:]
+    nested.check_run(out + "\nhub log:\n" + (hub.stdout + hub.stderr)[-3000:], code, f"helm-{release.auth}")

@@ -19,6 +19,7 @@ import requests
 import yaml
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
+from cubelab import smoke
 from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import load
 from cubelab.procs import StartError
@@ -74,6 +75,20 @@ def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
     # Tracking servers listen on loopback only.
     listening = [c for c in psutil.net_connections("tcp") if c.pid == ocean.pid and c.status == psutil.CONN_LISTEN]
     assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
+
+
+def test_the_newcomers_smoke_passes_and_a_wrong_password_stops_it_at_login(stack: LocalBackend) -> None:
+    """`cubelab smoke` (what .ci/run runs after `make up`) on this stack, and the same with a password that is not
+    the generated one: it must name the step that failed."""
+    lines: list[str] = []
+    smoke.run_smoke(stack.description(), progress=lines.append)
+    assert sum(line.startswith("ok ") for line in lines) == 6, lines
+    assert any("author alice" in line for line in lines), lines
+    wrong = stack.description()
+    for user in wrong["users"]:
+        user["initial_password"] = "not-the-generated-one"
+    with pytest.raises(smoke.SmokeError, match=r"^log in through the form: the login form was refused"):
+        smoke.run_smoke(wrong, progress=lines.append)
 
 
 def test_status_json_from_the_cli(stack: LocalBackend) -> None:

@@ -44,8 +44,14 @@ def ensure_service_account(account: str, home: Path, comment: str) -> pwd.struct
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode != 0:
-            raise StartError(account, f"cannot create the system account {account}: {done.stderr.strip()}") from None
-        entry = pwd.getpwnam(account)
+            # Another process (a second stack starting at the same moment) may have made it first.
+            try:
+                entry = pwd.getpwnam(account)
+            except KeyError:
+                raise StartError(account, f"cannot create the system account {account}: {done.stderr.strip()}") \
+                    from None  # fmt: skip
+        else:
+            entry = pwd.getpwnam(account)
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, entry.pw_uid, entry.pw_gid)
     os.chmod(home, 0o700)

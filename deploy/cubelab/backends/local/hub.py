@@ -117,7 +117,11 @@ class LocalHub:
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if done.returncode != 0:
-                raise StartError(NAME, f"cannot create the Unix account {name}: {done.stderr.strip()}")
+                try:  # another stack starting at the same moment may have made it first
+                    pwd.getpwnam(name)
+                    continue
+                except KeyError:
+                    raise StartError(NAME, f"cannot create the Unix account {name}: {done.stderr.strip()}") from None
             os.chmod(home, 0o700)
             progress(f"Unix account {name} created for {user.name} (home {home}, mode 0700)")
 
