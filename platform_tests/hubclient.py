@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 import requests
 import websocket
+
+from cubelab.smoke import SmokeError, execute
 
 
 def login(hub_url: str, user: str, password: str) -> tuple[requests.Session, requests.Response]:
@@ -110,25 +111,7 @@ class UserServer:
 
 
 def _execute(ws: websocket.WebSocket, code: str, user: str, timeout: float) -> str:
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex,
-                   "msg_type": "execute_request", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))  # fmt: skip
-    out: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg: dict[str, Any] = json.loads(ws.recv())
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        kind = msg["msg_type"]
-        if kind == "stream":
-            out.append(msg["content"]["text"])
-        elif kind == "error":
-            raise RuntimeError("kernel error: " + "\n".join(msg["content"]["traceback"]))
-        elif kind == "status" and msg["content"]["execution_state"] == "idle":
-            return "".join(out)
-    raise TimeoutError("the kernel did not finish in time")
+    try:
+        return execute(ws.send, ws.recv, code, user, timeout)
+    except SmokeError as exc:
+        raise RuntimeError(str(exc)) from None

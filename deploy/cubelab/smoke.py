@@ -202,14 +202,16 @@ def run_in_kernel(me: Newcomer, code: str, kernel: str, timeout: float = 240) ->
     try:
         with WebSocket(f"{me.hub_url}{base}/{kernel_id}/channels", {"Authorization": f"token {me.token}"},
                        timeout) as ws:  # fmt: skip
-            return _execute(ws, code, me.user, timeout)
+            return execute(ws.send, ws.receive, code, me.user, timeout)
     finally:
         me.request("DELETE", f"{base}/{kernel_id}", token=True)
 
 
-def _execute(ws: WebSocket, code: str, user: str, timeout: float) -> str:
+def execute(send: Callable[[str], None], receive: Callable[[], str], code: str, user: str, timeout: float) -> str:
+    """Run code over a kernel's channels (send and receive whole text messages); what it printed. A kernel error
+    raises SmokeError with the traceback. platform_tests' hub client uses it with websocket-client's socket."""
     msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
+    send(json.dumps({
         "header": {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex, "msg_type": "execute_request",
                    "version": "5.3"},
         "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
@@ -219,13 +221,13 @@ def _execute(ws: WebSocket, code: str, user: str, timeout: float) -> str:
     out: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        msg = json.loads(ws.receive())
+        msg = json.loads(receive())
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         if msg["msg_type"] == "stream":
             out.append(msg["content"]["text"])
         elif msg["msg_type"] == "error":
-            raise SmokeError("the kernel raised:\n" + "\n".join(msg["content"]["traceback"]))
+            raise SmokeError("kernel error: " + "\n".join(msg["content"]["traceback"]))
         elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             return "".join(out)
     raise SmokeError(f"the kernel did not finish in {timeout} s")

@@ -120,7 +120,8 @@ def image_label(name: str, label: str) -> str | None:
 
 def content_digest(args: tuple[str, ...]) -> str:
     """The digest of a build's inputs (`podman build` ARGS: -f DOCKERFILE, --build-arg, ..., CONTEXT). Mounted
-    volumes are caches and package sources, not content, and stay out; a base image counts by its id."""
+    volumes are caches and package sources, not content, and stay out, and so do the checkout's own paths (a fresh
+    clone elsewhere builds nothing again); a base image counts by its id."""
     options, context = list(args[:-1]), Path(args[-1])
     dockerfile = Path(options[options.index("-f") + 1]) if "-f" in options else context / "Dockerfile"
     h = hashlib.sha256(dockerfile.read_bytes())
@@ -129,7 +130,7 @@ def content_digest(args: tuple[str, ...]) -> str:
         if skip:
             skip = False
             continue
-        if option == "--volume":
+        if option in ("--volume", "-f"):  # a mount; the Dockerfile's path (its content is hashed above)
             skip = True
             continue
         h.update(b"\0arg " + option.encode())

@@ -40,14 +40,16 @@ def use_shared_installs() -> None:
 
 
 def free_port_block() -> dict[str, int]:
-    """Ports for one stack: 20 free ports from a base (and the +10000 gRPC twins SeaweedFS needs)."""
+    """Ports for one stack: 64 free ports from a base (and the +10000 gRPC twins SeaweedFS needs), the Dask
+    dashboards' 40 included, so that stacks running side by side (the suite's two workers) share no port, and no
+    firewall chain of one stack covers another's."""
     for _ in range(200):
         # Below the kernel's ephemeral range (32768+), so outgoing connections never take these ports.
-        base = random.randrange(12000, 22000, 20)  # noqa: S311 - not for secrets
-        ports = range(base, base + 20)
+        base = random.randrange(12000, 22000 - 64, 64)  # noqa: S311 - not for secrets
+        ports = range(base, base + 64)
         if all(port_owner(p) is None for p in ports) and all(port_owner(p + 10000) is None for p in ports[1:8]):
             return {"postgres": base, "s3": base + 1, "hub": base + 8, "prometheus": base + 11, "tracking": base + 12,
-                    "dask_gateway": base + 16}  # fmt: skip
+                    "dask_gateway": base + 16, "dask_dashboards": base + 20}  # fmt: skip
     raise RuntimeError("no free block of loopback ports found")
 
 

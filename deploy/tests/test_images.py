@@ -66,3 +66,38 @@ def test_requirements_are_pinned(requirements: Path) -> None:
     assert entries
     loose = [e for e in entries if not re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[A-Za-z0-9_.+]+", e)]
     assert not [e for e in loose if e not in pinned_there], loose
+
+
+def test_an_image_is_rebuilt_exactly_when_what_it_copies_changes(tmp_path: Path) -> None:
+    """The content digest that lets a build be skipped (podman_images.content_digest): it follows the Dockerfile,
+    the files its COPY lines take after .dockerignore and the build arguments; not mounts or other files."""
+    import podman_images  # deploy/tests/podman_images.py
+
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print(1)\n")
+    (tmp_path / "app" / "__pycache__").mkdir()
+    (tmp_path / "app" / "__pycache__" / "main.pyc").write_text("x")
+    (tmp_path / "notes.txt").write_text("not copied\n")
+    (tmp_path / ".dockerignore").write_text("*\n!app\n**/__pycache__\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY app \\\n  /app\n")
+    args = ("-f", str(tmp_path / "Dockerfile"), "--build-arg", "X=1", str(tmp_path))
+
+    def digest(*extra: str) -> str:
+        return podman_images.content_digest((*extra, *args))
+
+    first = digest()
+    assert [p.name for p in podman_images.copied_files(tmp_path / "Dockerfile", tmp_path)] == ["main.py"]
+    (tmp_path / "notes.txt").write_text("changed, but not copied\n")
+    (tmp_path / "app" / "__pycache__" / "main.pyc").write_text("y")
+    assert digest("--volume", "/some/cache:/uv-cache") == first  # a mounted cache is not content
+    (tmp_path / "app" / "main.py").write_text("print(2)\n")
+    changed = digest()
+    assert changed != first
+    assert podman_images.content_digest(("-f", str(tmp_path / "Dockerfile"), "--build-arg", "X=2",
+                                         str(tmp_path))) != changed  # fmt: skip
+    # The same content in another checkout (CI's fresh clone) has the same digest.
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("app", "Dockerfile", ".dockerignore"):
+        subprocess.run(["cp", "-r", str(tmp_path / name), str(clone / name)], check=True)
+    assert podman_images.content_digest(("-f", str(clone / "Dockerfile"), "--build-arg", "X=1", str(clone))) == changed
