@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -45,7 +46,9 @@ def test_each_kernel_runs_its_framework_and_logs_to_the_team(
 ) -> None:
     out = team_server.run(PROBE.format(imports=KERNELS[kernel][1], kernel=kernel), timeout=240, kernel_name=kernel)
     result = json.loads(out.strip().splitlines()[-1])
-    assert f"kernel-{kernel.removeprefix('cubelab-')}" in result["python"]  # its own environment
+    # Its own environment: <install>/kernel-NAME on the embedded stack, /opt/conda/envs/cubelab-NAME in the image.
+    short = kernel.removeprefix("cubelab-")
+    assert {f"kernel-{short}", f"cubelab-{short}"} & set(Path(result["python"]).parts), result["python"]
     team = deployment["teams"][0]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_TOKEN", issue_token(deployment, team["members"][1]))

@@ -94,7 +94,7 @@ def image_id(name: str) -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def build_image(image: str, *args: str, timeout: float = 900) -> None:
+def build_image(image: str, *args: str, timeout: float = 900) -> bool:
     """podman build -t image ARGS, once per content: the image carries the digest of what it is built from (its
     Dockerfile, the files its COPY lines take from the context, its build arguments and its base image's id) as a
     label, and a build whose digest matches the tagged image's is skipped. A rebuild removes the image the tag named
@@ -102,12 +102,13 @@ def build_image(image: str, *args: str, timeout: float = 900) -> None:
     digest = content_digest(args)
     if image_label(image, CONTENT_LABEL) == digest:
         print(f"[images] {image} is current (content {digest[:12]})", flush=True)
-        return
+        return False
     before = image_id(image)
     podman("build", "--format", "docker", "--network", "host", "--label", f"{CONTENT_LABEL}={digest}", "-t", image,
            *args, timeout=timeout)  # fmt: skip
     if before and before != image_id(image):
         podman("rmi", before, check=False)
+    return True
 
 
 CONTENT_LABEL = "io.cubelab.content"
@@ -180,8 +181,8 @@ def dockerignored(relative: str, patterns: list[str]) -> bool:
 def build_file(dockerfile: Path, image: str, context: Path = ROOT) -> str:
     """Build a Dockerfile on the debootstrap base; podman's layer cache makes a rebuild quick."""
     started = time.monotonic()
-    build_image(image, "--build-arg", f"BASE_IMAGE={ensure_base_image()}", "-f", str(dockerfile), str(context))
-    print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
+    if build_image(image, "--build-arg", f"BASE_IMAGE={ensure_base_image()}", "-f", str(dockerfile), str(context)):
+        print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
     return image
 
 
@@ -204,20 +205,23 @@ def build_notebook(tag: str = "test") -> str:
                      if p.startswith(("/", "file:///")) and Path(p.removeprefix("file://")).exists()})  # fmt: skip
     image, started = f"localhost/cubelab/notebook:{tag}", time.monotonic()
     volumes = [arg for m in mounts for arg in ("--volume", f"{m}:{m}:ro")]
-    build_image(image, "--volume", f"{cache}:/uv-cache", *volumes, "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
-                "--build-arg", "KERNEL_ENVS=venv", "--build-arg", "TORCH_INDEX=",
-                "--build-arg", f"UV_ARGS={' '.join(['--system-certs', *sources])}",
-                "-f", str(ROOT / "images/notebook/Dockerfile"), str(ROOT), timeout=1800)  # fmt: skip
-    print(f"[images] {image} (kernels from the lock files) built in {time.monotonic() - started:.0f} s", flush=True)
+    built = build_image(image, "--volume", f"{cache}:/uv-cache", *volumes,
+                        "--build-arg", f"BASE_IMAGE={ensure_base_image()}",
+                        "--build-arg", "KERNEL_ENVS=venv", "--build-arg", "TORCH_INDEX=",
+                        "--build-arg", f"UV_ARGS={' '.join(['--system-certs', *sources])}",
+                        "-f", str(ROOT / "images/notebook/Dockerfile"), str(ROOT), timeout=1800)  # fmt: skip
+    if built:
+        print(f"[images] {image} (kernels from the lock files) built in {time.monotonic() - started:.0f} s", flush=True)
     return image
 
 
 def build_gateway(tag: str = "test") -> str:
     """images/gateway on the notebook image of the same tag (build_notebook first): its kernels run the clusters."""
     image, started = f"localhost/cubelab/gateway:{tag}", time.monotonic()
-    build_image(image, "--build-arg", f"BASE_IMAGE=localhost/cubelab/notebook:{tag}",
-                "-f", str(ROOT / "images/gateway/Dockerfile"), str(ROOT))  # fmt: skip
-    print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
+    built = build_image(image, "--build-arg", f"BASE_IMAGE=localhost/cubelab/notebook:{tag}",
+                        "-f", str(ROOT / "images/gateway/Dockerfile"), str(ROOT))  # fmt: skip
+    if built:
+        print(f"[images] {image} built in {time.monotonic() - started:.0f} s", flush=True)
     return image
 
 
