@@ -97,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests that one worker runs together")
 
 
+# tryfirst: pytest-xdist's worker turns the xdist_group marks into its scopes in its own hook, which must see them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tier markers, and the groups `make test`'s two workers (pytest-xdist, --dist loadgroup) take whole: every
     container test in one group (one podman store, images built once), platform_tests in one (one shared stack,
