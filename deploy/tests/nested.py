@@ -42,13 +42,14 @@ EXPECTED_SKIPS: dict[str, set[tuple[str, str]]] = {
     },
 }
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # a run with a terminal (podman-compose run) colours its report
 SKIP_LINE = re.compile(r"^SKIPPED \[\d+\] (?P<path>\S+?\.py)(?::\d+)?: (?P<reason>.+)$")
 
 
 def skips(output: str) -> set[tuple[str, str]]:
     """(module, reason) of each skip that pytest -rs reported."""
     found = set()
-    for line in output.splitlines():
+    for line in ANSI.sub("", output).splitlines():
         if match := SKIP_LINE.match(line.strip()):
             path = match["path"][match["path"].index("platform_tests/") :] if "platform_tests/" in match["path"] \
                 else match["path"]  # fmt: skip
@@ -68,7 +69,7 @@ def unexpected_skips(output: str, target: str) -> list[str]:
 
 def check_run(output: str, code: int, target: str) -> None:
     """The nested run passed, ran tests, and skipped exactly what the target is expected to."""
-    summary = [line for line in output.splitlines() if " passed" in line]
+    summary = [line for line in ANSI.sub("", output).splitlines() if " passed" in line]
     assert code == 0 and summary, output[-5000:]
     assert "failed" not in summary[-1] and "error" not in summary[-1], output[-3000:]
     problems = unexpected_skips(output, target)

@@ -53,7 +53,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_platform_tests_pass_against_the_compose_deployment(deployment: Path) -> None:
     suite = " ".join(nested.COMPOSE_SUITE)
     command = ("python3 -m cubelab.provision describe /tmp/d.json && "
-               f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider -q -rs {suite}")  # fmt: skip
+               f"CUBELAB_DEPLOYMENT=/tmp/d.json pytest -p no:cacheprovider --color=no -q -rs {suite}")  # fmt: skip
     done = compose_project.podman_compose(
         deployment, "run", "--rm", "platform-tests", "bash", "-c", command, timeout=1200
     )

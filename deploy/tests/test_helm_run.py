@@ -154,9 +154,9 @@ def test_users_log_in_to_zero_to_jupyterhubs_hub_and_reach_their_team(release: R
 def test_platform_tests_pass_in_the_releases_test_pod(release: Release) -> None:
     """`helm test`: the chart's test pod, as rendered (its environment from the plan), runs platform_tests. After
     the logins above: with OIDC the teams' members are whoever the provider's claim put in them then."""
-    suite = nested.HELM_SUITE if release.auth == "local" else nested.HELM_OIDC_SUITE
+    suite = " ".join(nested.HELM_SUITE if release.auth == "local" else nested.HELM_OIDC_SUITE)
     command = ("python3 -m cubelab.provision describe /tmp/d.json && "
-               f"CUBELAB_DEPLOYMENT=/tmp/d.json exec pytest -p no:cacheprovider -q -rs {' '.join(suite)}")  # fmt: skip
+               f"CUBELAB_DEPLOYMENT=/tmp/d.json exec pytest -p no:cacheprovider --color=no -q -rs {suite}")  # fmt: skip
     # limits: the description tells platform_tests what a run without a cluster cannot do (delete hub users).
     cluster = release.cluster
     run = cluster.run("Pod", f"{RELEASE}-platform-tests", args=["bash", "-c", command],

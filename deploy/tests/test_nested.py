@@ -27,6 +27,12 @@ def test_a_module_skipped_because_the_description_lost_a_key_fails() -> None:
     ]
 
 
+def test_a_coloured_report_is_read_too() -> None:
+    coloured = COMPOSE_OUTPUT.replace("SKIPPED", "\x1b[33mSKIPPED\x1b[0m").replace("61 passed", "\x1b[32m61 passed")
+    nested.check_run(coloured, 0, "compose")
+    assert nested.skips(coloured) == nested.skips(COMPOSE_OUTPUT) != set()
+
+
 def test_an_expected_skip_that_stopped_happening_is_named() -> None:
     fixed = "\n".join(line for line in COMPOSE_OUTPUT.splitlines() if "no operator" not in line)
     assert nested.unexpected_skips(fixed, "compose") == [
