@@ -55,7 +55,7 @@ test: $(VENV)/.installed-test lint
 
 # The unit tier: no stack, no image, no browser (pytest -m "not stack and not containers and not browser").
 test-fast: $(VENV)/.installed-test lint
-	$(VENV)/bin/python -m pytest -m "not stack and not containers and not browser" --durations=10
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -m "not stack and not containers and not browser" --durations=10
 
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/bench_platform.py --json benchmarks/results.json
