@@ -107,3 +107,52 @@ def test_browser_of_another_team_cannot_open_the_ui(deployment: dict[str, Any], 
         assert page.url.startswith(f"{hub}/hub/"), page.url
     finally:
         page.close()
+
+
+FETCH = """url => fetch(url, {credentials: "include"}).then(r => r.text()).then(
+    text => "read: " + text.slice(0, 80), error => "refused: " + error)"""
+
+
+def test_a_page_on_another_loopback_port_cannot_read_the_ui_with_a_members_cookie(
+    deployment: dict[str, Any], browser: Any
+) -> None:
+    """Issue 25: any local account can serve a page on a loopback port; with alice's cookie, a fetch from it must
+    not read her team's data (the tracking server grants cross-origin reads to the platform's origins only). The
+    same fetch from the hub's own origin reads them: the control that shows the check can fail."""
+    import http.server
+    import threading
+
+    team = deployment["teams"][0]
+    user = team["members"][0]
+    password = next(u.get("initial_password") for u in deployment["users"] if u["name"] == user)
+    if not password:
+        pytest.skip("the deployment description carries no passwords (not local accounts)")
+    hub = deployment["hub_url"]
+    api = f"{hub}/services/mlflow-{team['name']}/ajax-api/2.0/mlflow/experiments/search?max_results=1"
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>a member's own page</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = browser.new_page()
+    try:
+        log_in(page, hub, user, password)
+        page.goto(f"{hub}/services/mlflow-{team['name']}/")  # the UI's cookie, as after opening the team link
+        own = page.evaluate(FETCH, api)
+        assert own.startswith("read: ") and "experiments" in own, own
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        foreign = page.evaluate(FETCH, api)
+        assert foreign.startswith("refused: "), foreign
+    finally:
+        page.close()
+        server.shutdown()

@@ -39,6 +39,7 @@ import httpx
 
 from cubelab import urls
 from cubelab.tracking.bodies import Refusal, check
+from cubelab.tracking.origins import OwnOriginsOnly, allowed_origins
 from cubelab.tracking.routes import Rule, classify
 
 Scope = MutableMapping[str, Any]
@@ -518,8 +519,9 @@ class TeamAuthMiddleware(HubLogin):
 
 
 def wrap(app: ASGIApp) -> ASGIApp:
-    """mlflow's app behind team authentication configured from the environment."""
-    return TeamAuthMiddleware(app, AuthSettings.from_env())
+    """mlflow's app behind team authentication configured from the environment, granting cross-origin reads to
+    the platform's own origins only (cubelab.tracking.origins)."""
+    return OwnOriginsOnly(TeamAuthMiddleware(app, AuthSettings.from_env()), allowed_origins(os.environ))
 
 
 def create_app() -> ASGIApp:

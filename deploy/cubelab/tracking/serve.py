@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from cubelab import urls
+from cubelab.tracking.origins import allowed_origins
 
 # mlflow 3.17.2's own defaults (mlflow.server.security_utils.get_default_allowed_hosts): loopback names and
 # private addresses. Spelled out because importing mlflow.server before the settings are in place is not
@@ -37,12 +37,6 @@ def allowed_hosts(env: Mapping[str, str]) -> list[str]:
             hosts.append(host)
     hosts += [h.strip() for h in env.get("CUBELAB_ALLOWED_HOSTS", "").split(",") if h.strip()]
     return hosts
-
-
-def allowed_origins(env: Mapping[str, str]) -> list[str]:
-    """Origins whose pages may change things (mlflow's CORS guard): where browsers reach the UI, which is the
-    hub's origin, or the UI's own host in subdomain mode. Never a wildcard."""
-    return list(dict.fromkeys(urls.origin(url) for url in _public_urls(env)))
 
 
 def _public_urls(env: Mapping[str, str]) -> list[str]:
@@ -95,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     settings["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join(allowed_hosts(os.environ))
     # mlflow refuses changes from pages of origins it does not know (only localhost by default), which would
     # leave the UI read-only at any real host name: its own origins are the hub's and the UI's.
+    # (cubelab.tracking.origins then removes every grant mlflow makes to any other origin.)
     settings["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(allowed_origins(os.environ))
     os.environ.update(settings)
     del os.environ["CUBELAB_BACKEND_STORE_URI"]
