@@ -404,3 +404,38 @@ def test_a_refusal_from_a_hub_whose_database_is_coming_back_is_asked_again() -> 
     checker = TokenChecker(SETTINGS, ttl=60)
     checker._client = httpx.AsyncClient(transport=httpx.MockTransport(hub))
     assert asyncio.run(checker.identify("member-token")) == Identity("alice", True)
+
+
+TRACE_TAGS = ["/api/3.0/mlflow/traces/tr-1234/tags", "/api/2.0/mlflow/traces/tr-1234/tags",
+              "/ajax-api/3.0/mlflow/traces/tr-1234/tags"]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", TRACE_TAGS)
+@pytest.mark.parametrize("location", ["file:///etc", "s3://team-land/mlflow/1/traces", "s3://team-ocean/other/x",
+                                      "mlflow-artifacts://evil/x", "", "s3://team-ocean/mlflow/../../x"])  # fmt: skip
+def test_a_traces_artifact_location_tag_cannot_leave_the_teams_store(
+    mw: TeamAuthMiddleware, path: str, location: str
+) -> None:
+    """Issue 25, item 5: get-trace-artifact opens the trace's mlflow.artifactLocation tag, so setting that tag
+    is setting a location."""
+    body = json.dumps({"key": "mlflow.artifactLocation", "value": location}).encode()
+    status, _, _, answer = call(mw, path, ALICE, body, "PATCH")
+    assert status == 400 and b"outside this team's artefact store" in answer, (status, answer)
+
+
+@pytest.mark.parametrize("location", ["mlflow-artifacts:/1/traces/tr-1234/artifacts",
+                                      "s3://team-ocean/mlflow/1/traces/tr-1234/artifacts"])  # fmt: skip
+def test_a_trace_location_inside_the_store_and_other_trace_tags_pass(mw: TeamAuthMiddleware, location: str) -> None:
+    body = json.dumps({"key": "mlflow.artifactLocation", "value": location}).encode()
+    assert call(mw, TRACE_TAGS[0], ALICE, body, "PATCH")[0] == 200
+    assert call(mw, TRACE_TAGS[0], ALICE, b'{"key": "note", "value": "file:///etc"}', "PATCH")[0] == 200
+
+
+def test_a_new_trace_cannot_bring_a_location_tag_from_outside(mw: TeamAuthMiddleware) -> None:
+    trace = {"trace": {"trace_info": {"trace_id": "tr-1", "trace_location": {"type": "MLFLOW_EXPERIMENT",
+             "mlflow_experiment": {"experiment_id": "1"}}, "state": "OK",
+             "tags": {"mlflow.artifactLocation": "file:///root"}}}}  # fmt: skip
+    status, _, _, answer = call(mw, "/api/3.0/mlflow/traces", ALICE, json.dumps(trace).encode(), "POST")
+    assert status == 400 and b"mlflow.artifactLocation" in answer, (status, answer)
+    trace["trace"]["trace_info"]["tags"]["mlflow.artifactLocation"] = "mlflow-artifacts:/1/traces/tr-1/artifacts"
+    assert call(mw, "/api/3.0/mlflow/traces", ALICE, json.dumps(trace).encode(), "POST")[0] == 200

@@ -22,6 +22,9 @@ AUTHOR_TAG = "mlflow.user"
 # The handlers whose `source` field names where a model's files are read from.
 SOURCE_FIELDS = {"_create_model_version": "source"}
 LOCATION_FIELDS = ("artifact_location", "artifact_uri")
+# A tag the server opens as a location: a trace's artefacts are read from it (mlflow.utils.mlflow_tags
+# MLFLOW_ARTIFACT_LOCATION; get-trace-artifact follows it). Set through a trace's tags, it is a location too.
+LOCATION_TAGS = ("mlflow.artifactLocation",)
 # Model-version sources the server resolves inside the team's own store.
 SOURCE_SCHEMES = ("runs", "models")
 
@@ -120,12 +123,31 @@ def confined(uri: str, bucket: str, prefix: str, extra_schemes: tuple[str, ...] 
     return parts.scheme in extra_schemes and bool(parts.path or parts.netloc)
 
 
+def _tagged_locations(message: Any) -> Iterator[tuple[str, Any]]:
+    """(tag, value) for each location tag in message: a tag message or request (`key`, `value` fields) or a map
+    entry of tags, at any depth."""
+    candidates = [message] + [item for field, value in _fields(message) if field.message_type is not None
+                              and not field.message_type.GetOptions().map_entry
+                              for item in (value if _repeated(field) else [value])]  # fmt: skip
+    for candidate in candidates:
+        fields = {f.name: v for f, v in candidate.ListFields()}
+        if fields.get("key") in LOCATION_TAGS:
+            yield fields["key"], fields.get("value", "")
+    for field, value in _fields(message):
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            yield from ((tag, value[tag]) for tag in LOCATION_TAGS if tag in value)
+
+
 def _check_locations(route: Route, message: Any, bucket: str, prefix: str) -> None:
     allowed = f"mlflow-artifacts:/... or s3://{bucket}/{prefix}/..."
     for field, value in _fields(message):
         if field.name in LOCATION_FIELDS and isinstance(value, str) and value and not confined(value, bucket, prefix):
             raise Refusal(400, "INVALID_PARAMETER_VALUE",
                           f"{field.name} {value!r} is outside this team's artefact store; use {allowed}")  # fmt: skip
+    for tag, value in _tagged_locations(message):
+        if not isinstance(value, str) or not confined(value, bucket, prefix):
+            raise Refusal(400, "INVALID_PARAMETER_VALUE",
+                          f"tag {tag} {value!r} is outside this team's artefact store; use {allowed}")  # fmt: skip
     if (name := SOURCE_FIELDS.get(route.handler)) and (value := getattr(message, name, "")):
         if not confined(value, bucket, prefix, SOURCE_SCHEMES):
             message = f"{name} {value!r} is outside this team's artefact store; use runs:/, models:/, {allowed}"
