@@ -84,26 +84,31 @@ def _strings(message: Any) -> Iterator[str]:
             yield from (v for v in value if isinstance(v, str))
 
 
-def _keyed_author(message: Any) -> bool:
-    """Whether message is a tag (or SetTag, DeleteTag) whose `key` is mlflow.user."""
-    return any(f.name == "key" and v == AUTHOR_TAG for f, v in message.ListFields())
+def _keyed(message: Any, key: str) -> bool:
+    """Whether message is a tag (or SetTag, DeleteTag) whose `key` is key."""
+    return any(f.name == "key" and v == key for f, v in message.ListFields())
 
 
-def _author_keys(message: Any) -> Iterator[tuple[Any, Any]]:
-    """Places in message that name the author tag: map entries keyed mlflow.user, and tag messages (a `key`
-    field) or requests (SetTag, DeleteTag) whose key is mlflow.user. Yields (container, key-or-None)."""
-    if _keyed_author(message):
+def _tag_places(message: Any, key: str) -> Iterator[tuple[Any, Any]]:
+    """Places in message that name tag `key`: map entries keyed so, and tag messages (a `key` field) or requests
+    (SetTag, DeleteTag) whose key is it. Yields (container, key-or-None): the map and its key, or the tag message."""
+    if _keyed(message, key):
         yield message, None
     for field, value in _fields(message):
         if field.message_type is None:
             continue
         if field.message_type.GetOptions().map_entry:
-            if AUTHOR_TAG in value:
-                yield value, AUTHOR_TAG
+            if key in value:
+                yield value, key
             continue
         for item in value if _repeated(field) else [value]:
-            if _keyed_author(item):
+            if _keyed(item, key):
                 yield item, None
+
+
+def _author_keys(message: Any) -> Iterator[tuple[Any, Any]]:
+    """Places in message that name the author tag (mlflow.user)."""
+    return _tag_places(message, AUTHOR_TAG)
 
 
 def confined(uri: str, bucket: str, prefix: str, extra_schemes: tuple[str, ...] = ()) -> bool:
@@ -124,18 +129,10 @@ def confined(uri: str, bucket: str, prefix: str, extra_schemes: tuple[str, ...] 
 
 
 def _tagged_locations(message: Any) -> Iterator[tuple[str, Any]]:
-    """(tag, value) for each location tag in message: a tag message or request (`key`, `value` fields) or a map
-    entry of tags, at any depth."""
-    candidates = [message] + [item for field, value in _fields(message) if field.message_type is not None
-                              and not field.message_type.GetOptions().map_entry
-                              for item in (value if _repeated(field) else [value])]  # fmt: skip
-    for candidate in candidates:
-        fields = {f.name: v for f, v in candidate.ListFields()}
-        if fields.get("key") in LOCATION_TAGS:
-            yield fields["key"], fields.get("value", "")
-    for field, value in _fields(message):
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            yield from ((tag, value[tag]) for tag in LOCATION_TAGS if tag in value)
+    """(tag, value) for each location tag in message, wherever _tag_places finds a tag."""
+    for tag in LOCATION_TAGS:
+        for container, key in _tag_places(message, tag):
+            yield tag, container[key] if key is not None else getattr(container, "value", "")
 
 
 def _check_locations(route: Route, message: Any, bucket: str, prefix: str) -> None:

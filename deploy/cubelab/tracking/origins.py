@@ -24,8 +24,12 @@ Message = dict[str, Any]
 def allowed_origins(env: Mapping[str, str]) -> list[str]:
     """The platform's own origins: where browsers reach the UI, which is the hub's origin, or the UI's own host
     in subdomain mode. Never a wildcard."""
-    public = [env.get(variable, "") for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL")]
-    return list(dict.fromkeys(urls.origin(url) for url in public if url))
+    return list(dict.fromkeys(urls.origin(url) for url in public_urls(env)))
+
+
+def public_urls(env: Mapping[str, str]) -> list[str]:
+    """Where browsers reach the hub and this server's UI (its own host in subdomain mode)."""
+    return [url for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL") if (url := env.get(variable, ""))]
 
 
 class OwnOriginsOnly:

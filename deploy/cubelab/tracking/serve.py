@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from cubelab.tracking.origins import allowed_origins
+from cubelab.tracking.origins import allowed_origins, public_urls
 
 # mlflow 3.17.2's own defaults (mlflow.server.security_utils.get_default_allowed_hosts): loopback names and
 # private addresses. Spelled out because importing mlflow.server before the settings are in place is not
@@ -32,16 +32,11 @@ def allowed_hosts(env: Mapping[str, str]) -> list[str]:
     public hosts (requests through the hub's proxy keep them), and $CUBELAB_ALLOWED_HOSTS, the names other
     containers use (tracking-TEAM:5000 under compose, the Service's names on Kubernetes)."""
     hosts = list(MLFLOW_DEFAULT_HOSTS)
-    for host in (urlsplit(url).netloc for url in _public_urls(env)):
+    for host in (urlsplit(url).netloc for url in public_urls(env)):
         if host and host not in hosts:
             hosts.append(host)
     hosts += [h.strip() for h in env.get("CUBELAB_ALLOWED_HOSTS", "").split(",") if h.strip()]
     return hosts
-
-
-def _public_urls(env: Mapping[str, str]) -> list[str]:
-    """Where browsers reach the hub and this server's UI (its own host in subdomain mode)."""
-    return [url for variable in ("CUBELAB_HUB_PUBLIC_URL", "CUBELAB_SERVICE_URL") if (url := env.get(variable, ""))]
 
 
 def main(argv: list[str] | None = None) -> None:
