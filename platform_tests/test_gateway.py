@@ -352,3 +352,59 @@ def test_an_idle_cluster_is_stopped(deployment: dict[str, Any], gateway: dict[st
         while time.monotonic() < deadline and member.get_cluster(name).status.name not in ("STOPPED", "FAILED"):
             time.sleep(2)
         assert member.get_cluster(name).status.name == "STOPPED"
+
+
+# Run in a member's kernel: the member's scheduler (their own account, in the cluster's folder, which they own)
+# replaces the folder's `logs` with a link to a folder only root may write, then the member scales the cluster.
+# dask-gateway (root) used to create each new worker's log file through that link.
+LOG_LINK_ATTACK = """
+import json, time
+from dask_gateway import Gateway
+
+def swap():
+    import os
+    target = next(p for p in ("/usr/local/share", "/usr/share") if os.path.isdir(p))
+    os.rename("logs", "logs-moved")
+    os.symlink(target, "logs")
+    st = os.stat(target)
+    return {"target": target, "before": sorted(os.listdir(target)), "target_owner": st.st_uid,
+            "writable": os.access(target, os.W_OK)}
+
+def listing(target):
+    import os
+    return sorted(os.listdir(target))
+
+gateway = Gateway()
+cluster = gateway.new_cluster(shutdown_on_close=False)
+client = cluster.get_client()
+info = client.run_on_scheduler(swap)
+cluster.scale(2)
+time.sleep(WAIT)  # the gateway starts (or fails to start) the workers within a second or two
+try:
+    info["after"] = client.run_on_scheduler(listing, info["target"])
+    info["workers"] = len(client.scheduler_info()["workers"])
+    info["stopped"] = False
+    client.close()
+    cluster.shutdown()
+except Exception as exc:  # the gateway stopped the cluster whose workers could not start: look from a new one
+    info["stopped"], info["workers"] = type(exc).__name__, 0
+    client.close()
+    second = gateway.new_cluster(shutdown_on_close=False)
+    info["after"] = second.get_client().run_on_scheduler(listing, info["target"])
+    second.shutdown()
+gateway.close()
+print(json.dumps(info))
+"""
+
+
+def test_a_link_in_the_clusters_folder_makes_root_write_nothing(
+    gateway: dict[str, Any], team_server: UserServer
+) -> None:
+    """Issue 25: the member's `logs` link leads only where the member may write. Here that is nowhere, so the
+    workers do not start (the gateway then stops the cluster), and no file appears in the root-owned folder the
+    link points at, as the scheduler (on the gateway's machine) sees it."""
+    out = team_server.run(LOG_LINK_ATTACK.replace("WAIT", "15"), timeout=300, kernel_name="cubelab-sklearn")
+    info = json.loads(out.strip().splitlines()[-1])
+    assert info["target_owner"] == 0 and not info["writable"], info  # the attack's premise
+    assert info["after"] == info["before"], sorted(set(info["after"]) - set(info["before"]))
+    assert info["workers"] == 0, info

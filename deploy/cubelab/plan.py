@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from cubelab import storage
 from cubelab.config import PlatformConfig, Team
@@ -25,6 +25,7 @@ from cubelab.provision import HUB_DATABASE, HUB_ROLE, TeamSecrets, user_password
 
 REF = re.compile(r"\$\(([A-Z][A-Z0-9_]*)\)")
 # Ports inside containers (compose and Kubernetes): each service has its own address there.
+POSTGRES_AUTH = "scram-sha-256"  # the only way the platform's clients let its Postgres servers check them
 CONTAINER_PORTS = {"hub": 8000, "hub_api": 8081, "tracking": 5000, "s3": storage.CONTAINER_PORTS["s3"],
                    "postgres": 5432, "dask_gateway": 8000, "dask_gateway_api": 8001}  # fmt: skip
 # The hub's own secrets, for the targets that run the hub themselves (embedded, compose).
@@ -87,7 +88,7 @@ class Addresses:
     public_url: str  # where browsers reach the hub
     hub_api: str  # the hub's REST API, as the tracking servers reach it
     s3: str  # the S3 endpoint of tracking servers and users' kernels
-    postgres: tuple[str, int]  # host and port of the Postgres server
+    postgres: tuple[str, int]  # host (or the folder of its unix socket: a path) and port of the Postgres server
     tracking_bind: Mapping[str, tuple[str, int]]  # team -> where its server listens
     tracking: Mapping[str, str]  # team -> its server's base URL, as the hub and users' kernels reach it
     tracking_hosts: Mapping[str, tuple[str, ...]]  # team -> other Host values its server answers to
@@ -96,16 +97,21 @@ class Addresses:
     gateway_tls: str = ""  # host:port of its TLS proxy (schedulers by SNI), as kernels and workers reach it
     user_proxy: str = ""  # the hub's proxy as users' kernels reach it (the gateway's API); empty: public_url
     gateway_front: bool = False  # cubelab's front serves clusters' dashboards to their owners (hub OAuth login)
+    # What clients insist the Postgres server asks them for (libpq's require_auth): the platform's own servers
+    # use SCRAM, so a client never sends a password in clear, not even to something that took the server's
+    # place. Empty for an operator's external server, whose methods the plan does not know.
+    postgres_auth: str = POSTGRES_AUTH
 
 
-def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int]) -> Addresses:
-    """The embedded stack: every service on loopback, on the config's ports."""
+def local_addresses(config: PlatformConfig, tracking_ports: Mapping[str, int], postgres_socket: str) -> Addresses:
+    """The embedded stack: every service on loopback, on the config's ports; Postgres on its unix socket only, in
+    a folder no other account can write to (so none can put a socket of its own in its place)."""
     loop = "127.0.0.1"
     return Addresses(
         public_url=config.embedded_public_url,
         hub_api=f"http://{loop}:{config.ports.hub_api}/hub/api",
         s3=f"http://{loop}:{config.ports.s3}",
-        postgres=(loop, config.ports.postgres),
+        postgres=(postgres_socket, config.ports.postgres),
         tracking_bind={t.name: (loop, tracking_ports[t.name]) for t in config.teams},
         tracking={t.name: f"http://{loop}:{tracking_ports[t.name]}" for t in config.teams},
         tracking_hosts={t.name: () for t in config.teams},
@@ -126,6 +132,7 @@ def _container_addresses(
         hub_api=f"http://{hub}:{port['hub_api']}/hub/api",
         s3=external_s3.endpoint if external_s3 else f"http://{name('s3')}:{port['s3']}",
         postgres=(external_pg.host, external_pg.port) if external_pg else (name("postgres"), port["postgres"]),
+        postgres_auth="" if external_pg else POSTGRES_AUTH,
         tracking_bind={t.name: ("0.0.0.0", port["tracking"]) for t in config.teams},  # noqa: S104 - in a container
         tracking={t.name: f"http://{name(f'tracking-{t.name}')}:{port['tracking']}" for t in config.teams},
         tracking_hosts={t.name: hosts(t.name) for t in config.teams},
@@ -171,17 +178,29 @@ def helm_addresses(config: PlatformConfig, release: str) -> Addresses:
     return dataclasses.replace(addr, gateway=f"http://{traefik}", gateway_tls=traefik, user_proxy="http://proxy-public")
 
 
+def postgres_url(role: str, password: str, database: str, addr: Addresses) -> str:
+    """SQLAlchemy's URL of a database (psycopg2 explicitly: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3).
+    A host that is a path is the folder of the server's unix socket. Generated passwords are URL-safe
+    (cubelab.secrets.new_password, the chart's randAlphaNum); references to them are too."""
+    host, port = addr.postgres
+    query = {"require_auth": addr.postgres_auth} if addr.postgres_auth else {}
+    if host.startswith("/"):
+        query = {"host": host, "port": str(port)} | query
+        where = ""
+    else:
+        where = f"{host}:{port}"
+    tail = "?" + "&".join(f"{k}={quote(v, safe='/')}" for k, v in query.items()) if query else ""
+    return f"postgresql+psycopg2://{role}:{password}@{where}/{database}{tail}"
+
+
 def tracking_env(config: PlatformConfig, team: Team, addr: Addresses) -> dict[str, str]:
     """The whole environment of a team's tracking server (cubelab.tracking.serve reads it), in every target."""
     t, prefix = TeamSecrets(team.name), render.service_prefix(team)
     host, port = addr.tracking_bind[team.name]
-    pg_host, pg_port = addr.postgres
     return {
         "CUBELAB_HOST": host,
         "CUBELAB_PORT": str(port),
-        # Generated passwords are URL-safe (cubelab.secrets.new_password, the chart's randAlphaNum).
-        "CUBELAB_BACKEND_STORE_URI": f"postgresql+psycopg2://{team.role}:{ref(t.db_password)}@{pg_host}:{pg_port}"
-        f"/{team.database}",
+        "CUBELAB_BACKEND_STORE_URI": postgres_url(team.role, ref(t.db_password), team.database, addr),
         "CUBELAB_ARTIFACTS_DESTINATION": artifact_root(config, team),
         "CUBELAB_SERVICE_PREFIX": prefix,
         "CUBELAB_SERVICE_NAME": team.service,
@@ -366,9 +385,8 @@ def metrics_description(config: PlatformConfig, addr: Addresses) -> dict[str, An
 
 def hub_state(addr: Addresses) -> dict[str, str]:
     """The hub's database and session secrets, where the target runs the hub itself (embedded, compose)."""
-    host, port = addr.postgres
     return {
-        "db_url": f"postgresql+psycopg2://{HUB_ROLE}:{ref(HUB_DB_PASSWORD)}@{host}:{port}/{HUB_DATABASE}",
+        "db_url": postgres_url(HUB_ROLE, ref(HUB_DB_PASSWORD), HUB_DATABASE, addr),
         "cookie_secret": ref(HUB_COOKIE_SECRET),
         "proxy_token": ref(HUB_PROXY_TOKEN),
     }
@@ -403,6 +421,7 @@ def database_env(config: PlatformConfig, addr: Addresses, *, hub: bool) -> dict[
     env = s3_identity_env(config, addr) | {
         "POSTGRES_HOST": host,
         "POSTGRES_PORT": str(port),
+        "POSTGRES_REQUIRE_AUTH": addr.postgres_auth,
         "POSTGRES_USER": postgres_superuser(config),
         "POSTGRES_PASSWORD": ref("POSTGRES_PASSWORD"),
     }

@@ -87,8 +87,13 @@ class Launch:
     env: dict[str, str]
     log: Path
     cwd: Path
-    # Each port the service listens on, with the setting that names it: a busy port fails the start clearly.
+    # Each port the service binds itself, with the setting that names it: a busy port fails the start clearly.
     ports: dict[int, str] = field(default_factory=dict)
+    # Ports the stack's socket holder keeps (cubelab.backends.local.sockets), with their settings. Handed over:
+    # the service gets the holder's listening socket, as `{fd:PORT}` in argv and in $CUBELAB_LISTEN_FDS
+    # ("PORT=FD,..."). Relayed: the holder relays the port to the service's unix socket at the path given.
+    handed: dict[int, str] = field(default_factory=dict)
+    relayed: dict[int, tuple[str, Path]] = field(default_factory=dict)
     user: str | None = None
     umask: int = -1
     stop_signal: int = signal.SIGTERM
@@ -102,7 +107,8 @@ class Launch:
     def fingerprint(self) -> str:
         # Not PATH: it follows the shell that ran `cubelab up`, which is no reason to restart anything.
         env = sorted((k, v) for k, v in self.env.items() if k != "PATH")
-        h = hashlib.sha256(json.dumps([self.argv, env, self.user, self.umask]).encode())
+        held = [sorted(self.handed), sorted((port, str(path)) for port, (_s, path) in self.relayed.items())]
+        h = hashlib.sha256(json.dumps([self.argv, env, self.user, self.umask, *held]).encode())
         h.update(self.settings.encode())
         for path in self.code:
             h.update(path.read_bytes())
@@ -188,13 +194,21 @@ class ProcessTable:
         """Start the launch in a new session with output to its log; record it before returning."""
         name, argv, user, log = launch.name, launch.argv, launch.user, launch.log
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
+        fds = self._held_sockets(launch)
+        env = launch.env
+        if fds:
+            env = env | {LISTEN_FDS: ",".join(f"{port}={fd}" for port, fd in fds.items())}
+            argv = [_with_fds(arg, fds) for arg in argv]
+        with open(log, "ab") as out, contextlib.ExitStack() as closing:
+            for fd in fds.values():
+                closing.callback(os.close, fd)  # the child has its own copies
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name} ===\n".encode())
             out.flush()
             try:
                 proc = subprocess.Popen(
                     argv,
-                    env=launch.env,
+                    env=env,
+                    pass_fds=tuple(fds.values()),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -215,6 +229,25 @@ class ProcessTable:
         record = ProcessRecord(name, proc.pid, created, argv, str(log), int(launch.stop_signal), fingerprint)
         self.put(record)
         return record
+
+    def _held_sockets(self, launch: Launch) -> dict[int, int]:
+        """Have the socket holder keep the launch's ports; the descriptors of those handed over, by port."""
+        from cubelab.backends.local import sockets
+
+        fds: dict[int, int] = {}
+        try:
+            for port, (_setting, path) in launch.relayed.items():
+                sockets.relay(self.run_dir, LOOPBACK, port, path)
+            for port in launch.handed:
+                fds[port] = sockets.hand(self.run_dir, LOOPBACK, port)
+        except sockets.HoldError as exc:
+            for fd in fds.values():
+                os.close(fd)
+            settings = launch.handed | {port: setting for port, (setting, _p) in launch.relayed.items()}
+            busy = {port: owner for port in settings if (owner := port_owner(port))}
+            why = "; ".join(f"port {p} ({settings[p]}) is in use by {o}" for p, o in busy.items()) or str(exc)
+            raise StartError(launch.name, why) from None
+        return fds
 
     def stop(self, name: str, timeout: float = 15.0) -> bool:
         """Stop the named process and its whole process group. Returns whether anything was running."""
@@ -336,6 +369,16 @@ def http_ok(url: str, timeout: float = 2) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+LOOPBACK = "127.0.0.1"
+LISTEN_FDS = "CUBELAB_LISTEN_FDS"  # "PORT=FD,...": the listening sockets a service was handed (tracking.serve)
+
+
+def _with_fds(arg: str, fds: dict[int, int]) -> str:
+    for port, fd in fds.items():
+        arg = arg.replace(f"{{fd:{port}}}", str(fd))
+    return arg
 
 
 def port_owner(port: int, host: str = "127.0.0.1") -> str | None:

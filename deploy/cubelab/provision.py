@@ -152,6 +152,12 @@ def write_identities(path: Path) -> None:
     print(f"cubelab provision: S3 identities for {len(teams)} team(s) written to {path}", flush=True)
 
 
+def require_auth() -> dict[str, str]:
+    """libpq's require_auth from the plan's POSTGRES_REQUIRE_AUTH (empty: an external server, methods unknown)."""
+    method = os.environ.get("POSTGRES_REQUIRE_AUTH", "")
+    return {"require_auth": method} if method else {}
+
+
 def _connect(timeout: float) -> Any:
     import psycopg2
 
@@ -167,6 +173,7 @@ def _connect(timeout: float) -> Any:
             password=_need("POSTGRES_PASSWORD"),
             dbname="postgres",
             connect_timeout=3,
+            **require_auth(),
         ))  # fmt: skip
         return True
 

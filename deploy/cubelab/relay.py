@@ -30,7 +30,7 @@ def _log(message: str) -> None:
     print(f"cubelab relay: {message}", file=sys.stderr, flush=True)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy until EOF, then pass the half-close on (HTTP clients may shut their side after a request)."""
     try:
         while data := await reader.read(CHUNK):
@@ -92,7 +92,7 @@ class Relay:
             return
         self.connections += 1
         try:
-            await asyncio.gather(_pipe(client_reader, up_writer), _pipe(up_reader, client_writer))
+            await asyncio.gather(pipe(client_reader, up_writer), pipe(up_reader, client_writer))
         finally:
             for writer in (up_writer, client_writer):
                 writer.close()

@@ -293,6 +293,12 @@ def test_bad_backup_locations_are_named(source: LocalBackend, backup_dir: Path, 
     assert scheme.returncode == 1 and "folder or to s3://" in scheme.stderr
     unknown = cli(source.config.path, "restore", str(backup_dir), "--team", "nosuch")
     assert unknown.returncode == 1 and "team 'nosuch' is not in this backup" in unknown.stderr
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    refused = cli(source.config.path, "backup", "--to", str(shared))
+    assert refused.returncode == 1 and "can be written by other accounts" in refused.stderr, refused.stderr
+    assert list(shared.iterdir()) == []  # nothing half-written
 
 
 def test_the_container_job_backs_up_and_restores_with_the_plans_environment(

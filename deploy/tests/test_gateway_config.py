@@ -70,7 +70,7 @@ def test_a_teams_own_limits_are_checked_too() -> None:
 
 def test_the_hub_registers_the_gateway_and_lets_every_team_in() -> None:
     config = config_of()
-    addr = plan.local_addresses(config, {"ocean": 15100, "land": 15101})
+    addr = plan.local_addresses(config, {"ocean": 15100, "land": 15101}, "/run/pg")
     files = plan.HubFiles(templates="t", passwords="p", client_secret="s")
     settings = plan.hub_settings(config, addr, files)
     service = next(s for s in settings["services"] if s["name"] == render.GATEWAY_SERVICE)
@@ -88,7 +88,7 @@ def test_the_hub_registers_the_gateway_and_lets_every_team_in() -> None:
 
 def test_without_the_gateway_nothing_of_it_is_rendered() -> None:
     config = config_of(CONFIG.replace("enabled: true", "enabled: false"))
-    addr = plan.local_addresses(config, {"ocean": 15100, "land": 15101})
+    addr = plan.local_addresses(config, {"ocean": 15100, "land": 15101}, "/run/pg")
     settings = plan.hub_settings(config, addr, plan.HubFiles(templates="t", passwords="p", client_secret="s"))
     assert not [s for s in settings["services"] if s["name"] == render.GATEWAY_SERVICE]
     assert not [r for r in settings["load_roles"] if "dask" in r["name"]]
@@ -97,7 +97,7 @@ def test_without_the_gateway_nothing_of_it_is_rendered() -> None:
 
 def test_the_gateway_settings_hold_references_not_secrets() -> None:
     config = config_of()
-    settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}))
+    settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}, "/run/pg"))
     assert settings["api_token"] == plan.ref(plan.GATEWAY_TOKEN)
     assert settings["db_key"] == plan.ref(plan.GATEWAY_DB_KEY)
     ocean = settings["teams"]["ocean"]["environment"]
@@ -108,7 +108,7 @@ def test_the_gateway_settings_hold_references_not_secrets() -> None:
 
 def team_options() -> TeamOptions:
     config = config_of()
-    settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}))
+    settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}, "/run/pg"))
     return TeamOptions(settings["teams"])
 
 
@@ -142,7 +142,7 @@ def test_no_team_no_cluster_and_no_other_teams_cluster() -> None:
 
 def test_the_gateway_config_maps_the_settings_to_traits() -> None:
     config = config_of()
-    settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}))
+    settings = plan.gateway_settings(config, plan.local_addresses(config, {"ocean": 15100, "land": 15101}, "/run/pg"))
     settings |= {"api_address": "127.0.0.1:18102", "db_url": "sqlite:////x.sqlite", "backend": {
         "account_prefix": "cl-", "clusters_dir": "/c", "inherited_environment": ["PATH"],
         "scheduler_cmd": ["/k/dask", "scheduler"], "worker_cmd": ["/k/dask", "worker"]}}  # fmt: skip
@@ -155,19 +155,25 @@ def test_the_gateway_config_maps_the_settings_to_traits() -> None:
     assert c.TeamClusterConfig.worker_cmd == ["/k/dask", "worker"]
 
 
-def test_only_the_clusters_working_folder_changes_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """dask-gateway's own list mixes single characters of the certificate paths in ("/", "t", ...)."""
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_only_the_clusters_working_folder_changes_owner(tmp_path: Path) -> None:
+    """dask-gateway's own list mixes single characters of the certificate paths in ("/", "t", ...). And a link
+    in the folder (which its owner could plant) is given away itself, never what it points at."""
     workdir = tmp_path / "cluster"
     (workdir / ".certs").mkdir(parents=True)
     (workdir / ".certs" / "dask.crt").write_text("c")
+    outside = tmp_path / "root-only"
+    outside.write_text("r")
+    (workdir / "logs").symlink_to(outside)
     paths = [str(workdir), str(workdir / ".certs")]
     paths.extend(str(workdir / ".certs" / "dask.crt"))  # what LocalBackend passes
-    owned: list[str] = []
-    monkeypatch.setattr(os, "chown", lambda path, uid, gid: owned.append(str(path)))
     local = backend.TeamLocalBackend(account_prefix="cl-")
-    monkeypatch.setattr(local, "account", lambda name: SimpleNamespace(pw_uid=1001, pw_gid=1001))
+    local.account = lambda name: SimpleNamespace(pw_uid=4242, pw_gid=4243)  # type: ignore[method-assign]
     local.set_file_permissions(paths, "alice")
-    assert sorted(owned) == sorted([str(workdir), str(workdir / ".certs"), str(workdir / ".certs" / "dask.crt")])
+    owners = {p.name: (p.lstat().st_uid, p.lstat().st_gid) for p in [workdir, *workdir.rglob("*")]}
+    assert owners == dict.fromkeys(["cluster", ".certs", "dask.crt", "logs"], (4242, 4243))
+    assert (outside.stat().st_uid, outside.stat().st_gid) == (0, 0)
+    assert (tmp_path.stat().st_uid, Path("/").stat().st_uid) == (0, 0)
 
 
 def test_schedulers_and_workers_start_without_a_dashboard() -> None:

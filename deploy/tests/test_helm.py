@@ -197,6 +197,7 @@ def test_team_resources_follow_the_platform_config(chart: Path, tmp_path: Path) 
     env = {e["name"]: e for e in listed}
     assert env["CUBELAB_BACKEND_STORE_URI"]["value"] == (
         "postgresql+psycopg2://team_sea_ice:$(TEAM_SEA_ICE_DB_PASSWORD)@cubelab-postgres:5432/mlflow_sea_ice"
+        "?require_auth=scram-sha-256"
     )
     assert env["CUBELAB_ARTIFACTS_DESTINATION"]["value"] == "s3://cubelab-sea-ice/mlflow"
     assert env["AWS_SECRET_ACCESS_KEY"]["value"] == "$(TEAM_SEA_ICE_S3_SECRET_KEY)"

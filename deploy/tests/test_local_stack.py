@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,10 +20,10 @@ import requests
 import yaml
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
-from cubelab import smoke
+from cubelab import smoke, storage
 from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import load
-from cubelab.procs import StartError
+from cubelab.procs import StartError, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -59,6 +60,7 @@ def stack(stacks: ScratchStacks) -> LocalBackend:
 def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
     rows = stack.status()
     assert [(r.name, r.kind, r.team) for r in rows] == [
+        ("sockets", "sockets", None),
         ("postgres", "postgres", None),
         ("s3", "s3", None),
         ("hub", "hub", None),
@@ -70,7 +72,7 @@ def test_up_brings_every_service_up_healthy(stack: LocalBackend) -> None:
         assert row.healthy, row
         assert row.pid and psutil.pid_exists(row.pid)
         assert row.rss_mb and row.rss_mb > 1
-    ocean = rows[3]
+    ocean = rows[4]
     assert ocean.url.startswith("http://127.0.0.1:")
     # Tracking servers listen on loopback only.
     listening = [c for c in psutil.net_connections("tcp") if c.pid == ocean.pid and c.status == psutil.CONN_LISTEN]
@@ -183,32 +185,55 @@ def test_storage_and_proxy_run_as_their_own_accounts(stack: LocalBackend) -> Non
         assert done.returncode != 0 and "PermissionError" in done.stderr, (probe, done.stderr[-300:])
 
 
-def test_every_storage_port_but_the_s3_api_is_closed_to_users(stack: LocalBackend) -> None:
-    """Whatever SeaweedFS listens on (read from the process, so a new internal port in a later release shows up
-    here), only the S3 API is open to users' accounts; the rest has a reject rule in the stack's chain."""
-    if os.geteuid() != 0:
-        pytest.skip("the guard is put in place only when cubelab runs as root")
-    record = stack.procs.running("s3")
+def test_postgres_listens_on_its_unix_socket_only(stack: LocalBackend) -> None:
+    """No TCP port that another account could take while Postgres restarts; its socket's folder, and the one
+    above, can be written by Postgres's account (or root) alone, so no other socket can take its place."""
+    record = stack.procs.running("postgres")
     assert record is not None
     proc = psutil.Process(record.pid)
-    connections = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections("tcp")
-    listening = {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
-    assert stack.s3.port in listening and len(listening) > 5, listening
-    rules = stack.s3.guard.rules()
-    for port in sorted(listening - {stack.s3.port}):
-        assert f"--dport {port} -j REJECT" in rules, (port, rules)
-    assert f"--dport {stack.s3.port} " not in rules
+    connections = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+    assert [c.laddr for c in connections if c.status == psutil.CONN_LISTEN] == []
+    folder = stack.postgres.socket_dir
+    assert stat.S_ISSOCK((folder / f".s.PGSQL.{stack.postgres.port}").stat().st_mode)
+    owners = {0, os.geteuid(), psutil.Process(record.pid).uids().real}
+    for place in (folder, folder.parent):
+        st = place.stat()
+        assert st.st_uid in owners and not st.st_mode & 0o022, (place, oct(st.st_mode), st.st_uid)
+
+
+def test_no_storage_port_but_the_s3_api_is_on_the_machines_network(stack: LocalBackend) -> None:
+    """As root, SeaweedFS runs in a network (and /tmp) of its own: whatever it listens on (read from the
+    process, so a new internal port in a later release shows up here) is in that network, and on the machine's
+    loopback only ports.s3 listens, held by the stack's socket holder."""
+    if os.geteuid() != 0:
+        pytest.skip("weed is isolated only when cubelab runs as root")
+    record = stack.procs.running("s3")
+    assert record is not None
+    weed = next(p for p in [record, *record.children(recursive=True)] if p.name() == "weed")
+    assert os.readlink(f"/proc/{weed.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    inside = set()  # weed's listening ports, in its own network's table (psutil reads this process's)
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{weed.pid}/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # LISTEN
+                inside.add(int(local.rsplit(":", 1)[1], 16))
+    assert stack.s3.port in inside and len(inside) > 5, inside
+    on_host = {c.laddr.port: c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    holder = stack.procs.running("sockets")
+    assert holder is not None and on_host.get(stack.s3.port) == holder.pid
+    assert not (inside - {stack.s3.port}) & set(on_host), sorted((inside - {stack.s3.port}) & set(on_host))
+    assert not list(Path("/tmp").glob(f"seaweedfs-*-{stack.s3.port + 3}.sock")), "weed's sockets in the shared /tmp"
 
 
 def test_team_database_is_reachable_only_by_its_own_role(stack: LocalBackend) -> None:
     ocean, land = stack.config.teams
     password = stack.tracking.db_password(ocean)
-    with psycopg2.connect(host="127.0.0.1", port=stack.postgres.port, user=ocean.role, password=password,
-                          dbname=ocean.database) as conn:  # fmt: skip
+    server = {"host": str(stack.postgres.socket_dir), "port": stack.postgres.port, "user": ocean.role,
+              "password": password}  # fmt: skip
+    with psycopg2.connect(dbname=ocean.database, **server) as conn:
         conn.cursor().execute("SELECT 1")
     with pytest.raises(psycopg2.OperationalError, match="permission denied"):
-        psycopg2.connect(host="127.0.0.1", port=stack.postgres.port, user=ocean.role, password=password,
-                         dbname=land.database)  # fmt: skip
+        psycopg2.connect(dbname=land.database, **server)
 
 
 def test_second_up_is_idempotent_and_quick(stack: LocalBackend) -> None:
@@ -459,6 +484,124 @@ def test_stock_mlflow_server_with_cubelab_app_enforces_team_auth(stack: LocalBac
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+# A local account (a member's kernel could run this) tries, every millisecond, to take the stack's ports and to
+# put a unix socket where a service's is, and keeps whatever connection it gets, with what it sent.
+SQUATTER = """
+import json, os, socket, sys, time
+ports, paths, decoys, seconds = (json.loads(a) for a in sys.argv[1:5])
+got, heard, tries, listening = [], [], 0, []
+for path in decoys:  # sockets a service of the stack might look for in the shared /tmp: made first, kept open
+    u = socket.socket(socket.AF_UNIX)
+    try:
+        u.bind(path)
+    except OSError:  # left there by a weed of an earlier run on these ports (before weed had a /tmp of its own)
+        continue
+    u.listen(); u.setblocking(False); listening.append(u)
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    tries += 1
+    for port in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port)); s.listen(); s.settimeout(0.05)
+        except OSError:
+            s.close(); continue
+        got.append(port)
+        try:
+            conn, _ = s.accept(); conn.settimeout(0.5); heard.append(conn.recv(65536).decode("latin-1"))
+        except OSError:
+            pass
+    for path in paths:
+        u = socket.socket(socket.AF_UNIX)
+        try:
+            u.bind(path); got.append(path)
+        except OSError:
+            pass
+        u.close()
+    for u in listening:
+        try:
+            conn, _ = u.accept(); heard.append("on " + u.getsockname())
+        except OSError:
+            pass
+    time.sleep(0.001)
+for u in listening:
+    os.unlink(u.getsockname())
+print(json.dumps({"got": got, "heard": heard, "tries": tries, "decoys": len(listening)}))
+"""
+
+
+def test_a_squatter_never_gets_a_port_or_a_credential_while_services_restart(stack: LocalBackend) -> None:
+    """Issue 25: while the supervisor brings back a SIGKILLed tracking server, hub, Postgres and S3, and while `up`
+    starts again a stopped tracking server and hub, another account races for every public port and socket of
+    theirs. Clients keep sending tokens meanwhile. The account gets nothing, hears nothing, and every service is
+    back with no command."""
+    if os.geteuid() != 0:
+        pytest.skip("without root there are no other accounts")
+    import signal
+    import threading
+
+    backend = LocalBackend(load(stack.config.path))
+    ocean = backend.config.team("ocean")
+    ports = sorted(backend._held_ports())
+    pg = backend.postgres
+    paths = [
+        str(pg.socket_dir / f".s.PGSQL.{pg.port}"),
+        str(pg.socket_dir / "x"),
+        str(backend.hub.hub_socket),
+        str(backend.hub.proxy_socket("public")),
+        str(backend.hub.proxy_socket("api")),
+        str(backend.s3.socket),
+    ]
+    # weed's own sockets, in the /tmp every account shares (weed has its own: cubelab.netns)
+    weed = storage.consecutive_ports(backend.s3.port)
+    decoys = [f"/tmp/seaweedfs-{kind}-{port}.sock" for kind, port in (("s3", weed["s3"]), ("filer", weed["filer"]),
+              ("filer-grpc", weed["filer"] + storage.GRPC_OFFSET))]  # fmt: skip
+    squatter = subprocess.Popen(
+        ["runuser", "-u", f"cl-{ocean.members[0]}", "--", "/usr/bin/python3", "-c", SQUATTER,
+         *(json.dumps(x) for x in (ports, paths, decoys)), "40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+    )  # fmt: skip
+    token = backend.hub.issue_token(ocean.members[0])
+    stop = threading.Event()
+
+    def clients() -> None:  # what a squatter on these ports would collect
+        while not stop.is_set():
+            for url, header in (
+                (f"{backend.tracking.url(ocean)}/api/2.0/mlflow/experiments/search?max_results=1", f"Bearer {token}"),
+                (f"{backend.hub.url}/hub/api/user", f"token {token}"),
+            ):
+                with contextlib.suppress(requests.RequestException):
+                    requests.get(url, headers={"Authorization": header}, timeout=5)
+            time.sleep(0.02)
+
+    talker = threading.Thread(target=clients, daemon=True)
+    talker.start()
+    back: dict[str, float] = {}
+    try:
+        time.sleep(1)
+        for name in (ocean.service, "hub", "postgres", "s3"):  # the supervisor restarts each
+            record = backend.procs.running(name)
+            assert record is not None, name
+            t0 = time.monotonic()
+            os.kill(record.pid, signal.SIGKILL)
+            wait_until(lambda: all(r.healthy for r in backend.status()), 90, what=f"{name} back", interval=0.2)
+            back[name] = round(time.monotonic() - t0, 1)
+        with backend.procs.lock():  # `up` after a change: the old process stopped, a new one started
+            backend.procs.stop(ocean.service)
+            backend.procs.stop("hub")
+        backend.up()
+    finally:
+        stop.set()
+        talker.join(30)
+    out, err = squatter.communicate(timeout=90)
+    result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
+    print(f"restarts (SIGKILL to healthy): {back}; squatter tries: {result.get('tries')}")
+    assert result.get("tries", 0) > 1000, result
+    assert result["got"] == [] and result["heard"] == [], result
+    assert all(row.healthy for row in backend.status())
 
 
 # -- failures --------------------------------------------------------------------------------------

@@ -195,5 +195,5 @@ def test_every_target_runs_the_plans_services(tmp_path: Path, case: dict[str, An
         launch = backend.tracking.launch(team, venv)
         local = plan.tracking_service(config, team, backend.tracking.addresses())
         assert launch.argv == [str(venv / "bin/python"), *server.command[1:]]
-        assert local.health == server.health and list(launch.ports) == [local.port]
+        assert local.health == server.health and list(launch.handed) == [local.port]
         assert launch.env["CUBELAB_PORT"] == str(local.port)

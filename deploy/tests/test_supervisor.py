@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,22 +37,23 @@ def test_a_service_that_cannot_come_back_is_left_down_with_its_reason(stack: Loc
     team = stack.config.team("ocean")
     record = stack.procs.running(team.service)
     assert record is not None
-    port = stack.tracking.port(team)
     supervisor = stack.procs.running("supervisor")
     assert supervisor is not None
-    with socket.socket() as squatter:
-        # Another program takes the server's port once it is killed: every restart fails, as one that crashes at
-        # start would. The supervisor is paused meanwhile, or it could restart the server before the port is taken.
-        os.kill(supervisor.pid, signal.SIGSTOP)
-        try:
-            os.kill(record.pid, signal.SIGKILL)
-            psutil.Process(record.pid).wait(timeout=10)
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            squatter.bind(("127.0.0.1", port))
-            squatter.listen()
-        finally:
-            os.kill(supervisor.pid, signal.SIGCONT)
-        t0 = time.monotonic()
+    # Once the server is killed, a folder takes the place of its log file: every restart fails, as one that
+    # crashes at start would. (Its port cannot be taken: the socket holder keeps it, see test_local_stack's
+    # squatter.) The supervisor is paused meanwhile, or it could restart the server before the folder is made.
+    log_file = stack.paths.logs / f"{team.service}.log"
+    kept = log_file.with_name("kept.log")
+    os.kill(supervisor.pid, signal.SIGSTOP)
+    try:
+        os.kill(record.pid, signal.SIGKILL)
+        psutil.Process(record.pid).wait(timeout=10)
+        log_file.rename(kept)
+        log_file.mkdir()
+    finally:
+        os.kill(supervisor.pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    try:
 
         def given_up() -> bool:
             return bool(next(r for r in stack.status() if r.name == team.service).note)
@@ -69,9 +69,12 @@ def test_a_service_that_cannot_come_back_is_left_down_with_its_reason(stack: Loc
         assert status.returncode == 3, status.stdout + status.stderr
         assert f"{team.service}: left down by the supervisor" in status.stdout
         log = (stack.paths.logs / "supervisor.log").read_text()
-        assert f"port {port}" in log and "restart failed" in log
+        assert f"{team.service}: restart failed" in log, log[-2000:]
         time.sleep(2)
         assert next(r for r in stack.status() if r.name == team.service).restarts == 3  # no further tries
+    finally:
+        log_file.rmdir()
+        kept.rename(log_file)
     stack.up()  # the operator fixed the cause: `up` starts it and clears the verdict
     row = next(r for r in stack.status() if r.name == team.service)
     assert row.healthy and not row.note and row.restarts == 3

@@ -48,8 +48,9 @@ def make_old(backend: LocalBackend, team_name: str, old_python: Path) -> dict:
     team = backend.config.team(team_name)
     backend.procs.stop(team.service)
     password = backend.tracking.db_password(team)
-    db = Database(team.name, team.database, team.role, "127.0.0.1", backend.postgres.port, SUPERUSER,
-                  backend.postgres.password(), server_bindir())  # fmt: skip
+    pg = backend.postgres
+    db = Database(team.name, team.database, team.role, str(pg.socket_dir), pg.port, SUPERUSER, pg.password(),
+                  server_bindir())  # fmt: skip
     recreate_database(db, password)
     uri = backend.postgres.store_uri(team, password).replace("+psycopg2", "")
     done = subprocess.run([str(old_python), str(OLD / "fill.py")], env=os.environ | {"OLD_STORE_URI": uri},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,13 +65,48 @@ class Repository:
         return sorted(i for i in self.children(SNAPSHOTS) if self.exists(f"{SNAPSHOTS}/{i}/{MANIFEST}"))
 
 
+def refuse_shared_folder(path: Path) -> None:
+    """A backup is written as root: never into a folder that another account could change under it. Refused:
+    a folder on the way that another account owns or may write to (unless sticky, as /tmp is, and the next one
+    is ours), a link another account owns on the way, and, inside an existing folder, any link or anything not
+    ours (another account's link would make root write where it points)."""
+    me = os.geteuid()
+    ours = {0, me}
+    way = [*reversed(path.parents), path]
+    for i, part in enumerate(way):
+        try:
+            st = part.lstat()
+        except FileNotFoundError:
+            break
+        if st.st_uid not in ours:
+            raise BackupError(f"{path}: {part} belongs to another account (uid {st.st_uid}); back up to a folder "
+                              "only root (or you) can change")  # fmt: skip
+        if stat.S_ISLNK(st.st_mode):
+            continue  # a link of root's (or ours): where it leads is checked as the next parts are
+        shared = st.st_mode & 0o022
+        if shared and not (st.st_mode & stat.S_ISVTX and i + 1 < len(way)):
+            raise BackupError(f"{path}: {part} can be written by other accounts (mode {oct(st.st_mode & 0o7777)}); "
+                              "back up to a folder only root (or you) can change")  # fmt: skip
+    if not path.exists():
+        return
+    for folder, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            entry = Path(folder) / name
+            st = entry.lstat()
+            if stat.S_ISLNK(st.st_mode) or st.st_uid not in ours:
+                raise BackupError(f"{path}: {entry} is a link or another account's file; a backup folder holds "
+                                  "only what cubelab wrote there")  # fmt: skip
+
+
 class FolderRepository(Repository):
     def __init__(self, root: Path) -> None:
+        self.given = root.absolute()
         self.root = root.resolve()
         self.location = str(self.root)
         self._staging: Path | None = None
 
     def create(self) -> None:
+        refuse_shared_folder(self.given)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def exists(self, name: str) -> bool:

@@ -4,7 +4,11 @@ What LocalBackend (2026.3.0) does not do, and this does:
 - It looks the user's account up by the hub user's name; cubelab's users are the accounts `cl-NAME`.
 - Its `setup_working_directory` passes `set_file_permissions` a list into which each certificate path was
   `extend`ed character by character, so as root it would chown "/" and other one-letter paths to the user. Here
-  the working directory's own tree is chowned, nothing else.
+  the working directory's own tree is chowned, nothing else: bottom-up, links not followed, the folder itself
+  last, so its owner cannot swap a part for a link while root walks it.
+- Its `start_process` opens each process's log file as root, in `logs/` of a folder the member owns: a member
+  who replaced `logs` with a link made root create a file wherever the link pointed. Here the file is opened in
+  the new process after it has become the member, so a link leads only where the member could write anyway.
 - It has limits per cluster only. A member's clusters and workers are also limited per user here
   (cubelab.gateway.options, shared with the Kubernetes backend).
 - Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names, and an
@@ -18,6 +22,7 @@ What LocalBackend (2026.3.0) does not do, and this does:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import socket
@@ -86,24 +91,35 @@ class TeamLocalBackend(LocalBackend):
     def set_file_permissions(self, paths: list[str], username: str) -> None:
         if not self.account_prefix:
             return
-        workdir, entry = paths[0], self.account(username)
-        for root, _dirs, files in os.walk(workdir):
-            for path in (root, *(os.path.join(root, f) for f in files)):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+        entry = self.account(username)
+        chown_tree(paths[0], entry.pw_uid, entry.pw_gid)
 
-    def make_preexec_fn(self, cluster: Any) -> Callable[[], None]:
+    def make_preexec_fn(self, cluster: Any, log_path: str | None = None) -> Callable[[], None]:
         workdir = cluster.state["workdir"]
-        if not self.account_prefix:
-            return lambda: os.chdir(workdir)
-        entry = self.account(cluster.username)
+        entry = self.account(cluster.username) if self.account_prefix else None
 
         def preexec() -> None:
-            os.setgid(entry.pw_gid)
-            os.initgroups(entry.pw_name, entry.pw_gid)
-            os.setuid(entry.pw_uid)
+            if entry is not None:
+                os.setgid(entry.pw_gid)
+                os.initgroups(entry.pw_name, entry.pw_gid)
+                os.setuid(entry.pw_uid)
             os.chdir(workdir)
+            if log_path is not None:  # as the member now: a link in their folder leads only where they may write
+                fd = os.open(log_path, LOG_FLAGS, 0o640)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
 
         return preexec
+
+    async def start_process(self, cluster: Any, cmd: list[str], env: dict[str, str], name: str) -> int:
+        """dask-gateway's start_process, with the log file opened by the new process as the member."""
+        log_path = os.path.join(self.get_logs_directory(cluster.state["workdir"]), name + ".log")
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, preexec_fn=self.make_preexec_fn(cluster, log_path), start_new_session=True, env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        return int(proc.pid)
 
     def get_env(self, cluster: Any) -> dict[str, str]:
         # dask-gateway builds a scheduler's command before its environment, so the port is chosen by now; a
@@ -143,6 +159,19 @@ class TeamLocalBackend(LocalBackend):
 NO_WORKER_ROUTES = {"DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
 NO_SCHEDULER_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]"}
 DASHBOARD_PORT_VAR = "CUBELAB_DASHBOARD_PORT"  # the port the scheduler's dashboard must have (dashboard_check)
+
+
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def chown_tree(top: str, uid: int, gid: int) -> None:
+    """Give the tree under top to uid:gid: children before their folder, top last, no link followed. Until top
+    is the user's they cannot enter it, so nothing in it changes while root walks it."""
+    for root, dirs, files, root_fd in os.fwalk(top, topdown=False, follow_symlinks=False):
+        for name in [*files, *dirs]:
+            os.chown(name, uid, gid, dir_fd=root_fd, follow_symlinks=False)
+        if root == top:
+            os.chown(root_fd, uid, gid)
 
 
 def _bindable(port: int) -> bool:

@@ -28,10 +28,15 @@ def _server() -> dict[str, Any]:
             "user": os.environ.get("POSTGRES_USER", "postgres"), "password": _need("POSTGRES_PASSWORD")}  # fmt: skip
 
 
+def _auth() -> dict[str, str]:
+    method = os.environ.get("POSTGRES_REQUIRE_AUTH", "")
+    return {"require_auth": method} if method else {}
+
+
 def _exists(database: str) -> bool:
     import psycopg2
 
-    with psycopg2.connect(dbname="postgres", connect_timeout=10, **_server()) as conn, conn.cursor() as cur:
+    with psycopg2.connect(dbname="postgres", connect_timeout=10, **_server(), **_auth()) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
         return cur.fetchone() is not None
 
@@ -48,7 +53,8 @@ def migrate(name: str) -> str:
         return f"team {name}: no database yet (made when the team is provisioned)"
     server = _server()
     url = sqlalchemy.URL.create("postgresql+psycopg2", username=server["user"], password=server["password"],
-                                host=server["host"], port=server["port"], database=team.database)  # fmt: skip
+                                host=server["host"], port=server["port"], database=team.database,
+                                query=_auth())  # fmt: skip
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 
     @sqlalchemy.event.listens_for(engine, "connect")

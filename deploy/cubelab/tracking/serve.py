@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from cubelab.tracking.origins import allowed_origins, public_urls
 
+LISTEN_FDS = "CUBELAB_LISTEN_FDS"  # set by cubelab.procs when the stack's socket holder hands a port over
+
 # mlflow 3.17.2's own defaults (mlflow.server.security_utils.get_default_allowed_hosts): loopback names and
 # private addresses. Spelled out because importing mlflow.server before the settings are in place is not
 # possible (see main); a test compares this list with mlflow's.
@@ -116,7 +118,19 @@ def main(argv: list[str] | None = None) -> None:
     from cubelab.tracking import metrics
 
     served = metrics.wrap(served, store_uri)
-    uvicorn.run(served, host=args.host, port=args.port, workers=1, access_log=False)
+    if (fd := handed_socket(args.port)) is not None:  # the embedded stack's socket holder keeps the port
+        uvicorn.run(served, fd=fd, workers=1, access_log=False)
+    else:
+        uvicorn.run(served, host=args.host, port=args.port, workers=1, access_log=False)
+
+
+def handed_socket(port: int, environ: Mapping[str, str] = os.environ) -> int | None:
+    """The listening socket this process was handed for port ($CUBELAB_LISTEN_FDS, "PORT=FD,..."), if any."""
+    for item in environ.get(LISTEN_FDS, "").split(","):
+        key, _, fd = item.partition("=")
+        if key == str(port) and fd.isdigit():
+            return int(fd)
+    return None
 
 
 if __name__ == "__main__":

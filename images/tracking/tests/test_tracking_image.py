@@ -87,8 +87,9 @@ def test_tracking_image_provisions_a_new_team(podman_api: str, stack: LocalBacke
     env = {
         "CUBELAB_TEAMS": team,
         "CUBELAB_BUCKET_PREFIX": prefix,
-        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_HOST": str(stack.postgres.socket_dir),  # Postgres's unix socket, mounted at the same path
         "POSTGRES_PORT": str(stack.postgres.port),
+        "POSTGRES_REQUIRE_AUTH": "scram-sha-256",
         "POSTGRES_USER": SUPERUSER,
         "POSTGRES_PASSWORD": stack.postgres.password(),
         "S3_ENDPOINT": stack.s3.url,
@@ -99,8 +100,9 @@ def test_tracking_image_provisions_a_new_team(podman_api: str, stack: LocalBacke
         user_password_var("erin"): "first-password",
         "CUBELAB_PASSWORDS_FILE": "/out/passwords.json",
     }
+    sock = str(stack.postgres.socket_dir)
     container = (DockerContainer(image).with_kwargs(network_mode="host")
-                 .with_volume_mapping(str(tmp_path), "/out", "rw")
+                 .with_volume_mapping(str(tmp_path), "/out", "rw").with_volume_mapping(sock, sock, "rw")
                  .with_command("python3 -m cubelab.provision all --timeout 60"))  # fmt: skip
     for key, value in env.items():
         container = container.with_env(key, value)
@@ -110,7 +112,7 @@ def test_tracking_image_provisions_a_new_team(podman_api: str, stack: LocalBacke
     assert result["StatusCode"] == 0, (out + err).decode()[-3000:]
     assert password not in (out + err).decode()  # secrets never printed
     role = f"team_{team}"
-    with psycopg2.connect(host="127.0.0.1", port=stack.postgres.port, user=role, password=password,
+    with psycopg2.connect(host=sock, port=stack.postgres.port, user=role, password=password,
                           dbname=f"mlflow_{team}", connect_timeout=5) as conn, conn.cursor() as cur:  # fmt: skip
         cur.execute("SELECT current_user")
         assert cur.fetchone() == (role,)
@@ -133,8 +135,9 @@ def test_tracking_image_runs_the_backup_job(podman_api: str, stack: LocalBackend
     values = stack.hub.secret_values() | {"POSTGRES_PASSWORD": stack.postgres.password()}
     env = plan.resolve(service.env, values.__getitem__) | {"POSTGRES_USER": SUPERUSER}
     tmp_path.chmod(0o777)  # the container's user (uid 1001) writes the backup here
+    sock = str(stack.postgres.socket_dir)  # Postgres's unix socket, mounted at the same path
     container = (DockerContainer(image).with_kwargs(network_mode="host")
-                 .with_volume_mapping(str(tmp_path), "/backups", "rw")
+                 .with_volume_mapping(str(tmp_path), "/backups", "rw").with_volume_mapping(sock, sock, "rw")
                  .with_command(" ".join(service.command)))  # fmt: skip
     for key, value in env.items():
         container = container.with_env(key, value)

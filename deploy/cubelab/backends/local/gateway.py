@@ -157,10 +157,10 @@ class LocalGateway:
         home = self.paths.service_home(FRONT_NAME)
         env |= {"PATH": f"{services_venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
         argv = [str(services_venv / "bin/python"), "-m", "uvicorn", "cubelab.gateway.front:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--ws", "websockets"]  # fmt: skip
+                "--fd", f"{{fd:{self.port}}}", "--no-access-log", "--ws", "websockets"]  # fmt: skip
         return Launch(
             FRONT_NAME, argv, env, self.paths.logs / f"{FRONT_NAME}.log", home,
-            ports={self.port: "ports.dask_gateway"}, code=(CODE_DIR / "front.py",), user=self.front_account(),
+            handed={self.port: "ports.dask_gateway"}, code=(CODE_DIR / "front.py",), user=self.front_account(),
             settings=json.dumps({k: v for k, v in env.items() if k != "CUBELAB_SERVICE_TOKEN"}, sort_keys=True),
             before_start=self.make_front_home,
         )  # fmt: skip

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cubelab import plan
 from cubelab.backends.local.accounts import USER_PREFIX, ensure_service_home, service_account
@@ -25,6 +27,13 @@ from cubelab.provision import HUB_DATABASE, HUB_ROLE
 from cubelab.secrets import SecretStore, new_token, write_private
 
 NAME = "hub"
+
+
+def unix_url(path: Path) -> str:
+    """JupyterHub's URL of a unix socket."""
+    return "http+unix://" + quote(str(path), safe="")
+
+
 HUB_FAMILY = "CUBELAB_HUB_FAMILY"  # in the environment of the hub and the processes it starts for itself
 HUB_DIR = Path(__file__).resolve().parents[2] / "hub"
 
@@ -153,9 +162,13 @@ class LocalHub:
         addr = self.tracking.addresses()
         settings = plan.hub_settings(config, addr, files) | plan.hub_state(addr)
         settings |= {
-            "bind_url": f"http://127.0.0.1:{ports.hub}",
-            "proxy_api_url": f"http://127.0.0.1:{ports.hub_proxy_api}",
-            "hub_bind_url": f"http://127.0.0.1:{ports.hub_api}",
+            # The proxy and the hub listen on unix sockets in folders of their own accounts; the stack's socket
+            # holder keeps ports.hub and ports.hub_api and relays them there (cubelab.backends.local.sockets).
+            # The proxy's API is reached by the hub alone, on its socket.
+            "bind_url": unix_url(self.proxy_socket("public")),
+            "proxy_api_url": unix_url(self.proxy_socket("api")),
+            "hub_bind_url": unix_url(self.hub_socket),
+            "hub_connect_url": f"http://127.0.0.1:{ports.hub_api}",
             "proxy_command": self.proxy_command(proxy),
             "spawner_class": "cubelab.hub.spawner.CubelabSpawner",
             "spawner_cmd": [str(venv / "bin/jupyterhub-singleuser")],
@@ -166,6 +179,25 @@ class LocalHub:
             "stack_marker": str(self.paths.root),
         }
         return plan.resolve(settings, self.secret_values().__getitem__)
+
+    @property
+    def hub_socket(self) -> Path:
+        return self.paths.sockets / NAME / "api.sock"
+
+    def proxy_socket(self, which: str) -> Path:
+        return self.paths.sockets / "proxy" / f"{which}.sock"
+
+    def make_socket_dirs(self) -> None:
+        """The hub's and the proxy's socket folders: 0700, each its own account's, in root's sockets folder."""
+        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o755)
+        for folder, account in ((self.hub_socket.parent, None), (self.proxy_socket("api").parent,
+                                                                  self.proxy_account())):  # fmt: skip
+            folder.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
+            if account:
+                shutil.chown(folder, account, account)
+            for stale in folder.glob("*.sock"):  # left by a killed proxy, which would not start over it
+                stale.unlink()
 
     def proxy_account(self) -> str | None:
         """The proxy's own system account when cubelab runs as root: the hub stays root (it starts each user's
@@ -210,16 +242,17 @@ class LocalHub:
         argv = [str(venv / "bin/jupyterhub"), "-f", str(HUB_DIR / "jupyterhub_config.py")]
 
         def clear_orphans() -> None:
-            # A hub that died left its proxy (holding the hub's ports) and its services running: they carry the
-            # hub's environment. Users' servers are spared: the new hub finds them again.
+            # A hub that died left its proxy (holding the hub's sockets) and its services running: they carry
+            # the hub's environment. Users' servers are spared: the new hub finds them again.
             if orphans := kill_marked(str(self.paths.root), spare="JUPYTERHUB_USER", only=HUB_FAMILY):
                 progress(f"stopped {len(orphans)} process(es) left by a hub that is no longer running")
+            self.make_socket_dirs()
 
         ports = self.config.ports
-        busy = "ports.hub and the two after it"
         return Launch(
             NAME, argv, env, self.paths.logs / "hub.log", self.paths.hub,
-            ports={ports.hub: busy, ports.hub_proxy_api: busy, ports.hub_api: busy},
+            relayed={ports.hub: ("ports.hub", self.proxy_socket("public")),
+                     ports.hub_api: ("ports.hub + 2, the hub's API", self.hub_socket)},
             # Membership is not part of the fingerprint: `sync` applies it through the hub's API, so a member
             # joining or leaving a team restarts nothing. New teams do restart the hub: their roles exist only in
             # its config. New hub code or templates restart it too.

@@ -39,7 +39,7 @@ class Maintenance:
 
     def _database(self, label: str, database: str, role: str) -> Database:
         pg = self.backend.postgres
-        return Database(label, database, role, "127.0.0.1", pg.port, SUPERUSER, pg.password(), server_bindir())
+        return Database(label, database, role, str(pg.socket_dir), pg.port, SUPERUSER, pg.password(), server_bindir())
 
     def _team(self, team: Team) -> TeamData:
         """The team's own S3 keys: a team's backup and restore reach its bucket and no other."""

@@ -13,7 +13,7 @@ EXTERNAL_ROOT = Path("/var/lib/cubelab")
 # What cubelab itself puts into a state directory (the test suite's shared installs and scratch stacks too).
 OWN_ENTRIES = frozenset({"secrets", "run", "logs", "postgres", "s3", "home", "hub", "homes", "service-homes",
                          "install", "scratch", "ports.json", "deployment.json", "gateway",
-                         "dask-clusters"})  # fmt: skip
+                         "dask-clusters", "sockets"})  # fmt: skip
 
 
 class StateDirError(Exception):
@@ -93,6 +93,12 @@ class StatePaths:
     def service_home(self, name: str) -> Path:
         """HOME of the service called name (a tracking server, the proxy) when it runs as its own account."""
         return self.reachable_or_external(self.root / "service-homes") / name
+
+    @property
+    def sockets(self) -> Path:
+        """The services' unix sockets, one folder each, which only that service's account may write to: no other
+        account can put a socket in a service's place. Outside a private state dir, since clients pass through."""
+        return self.reachable_or_external(self.root / "sockets")
 
     @property
     def hub(self) -> Path:

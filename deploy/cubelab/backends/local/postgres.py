@@ -1,4 +1,9 @@
-"""PostgreSQL from the machine's own server binaries: one cluster, one database and role per team."""
+"""PostgreSQL from the machine's own server binaries: one cluster, one database and role per team.
+
+It listens on no TCP port, only on its unix socket, in a folder (StatePaths.sockets/postgres) that only its own
+account may write to. A port could be taken by any local account while the server restarts; that folder cannot,
+so nothing else can ever answer in Postgres's place and ask a client for its password. Clients also insist on
+SCRAM (require_auth), so no password crosses the socket in clear."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from urllib.parse import quote
 import psutil
 import psycopg2
 
+from cubelab import plan
 from cubelab.backends.local.paths import EXTERNAL_ROOT, StatePaths
 from cubelab.config import PlatformConfig, Team
 from cubelab.prereqs import postgres_bindir, postgres_bindirs
@@ -52,8 +58,21 @@ class LocalPostgres:
         self.log = paths.logs / "postgres.log"
 
     @property
+    def socket_dir(self) -> Path:
+        return self.paths.sockets / NAME
+
+    @property
     def url(self) -> str:
-        return f"postgresql://127.0.0.1:{self.port}"
+        return f"postgresql:///?host={self.socket_dir}&port={self.port}"
+
+    def make_socket_dir(self) -> None:
+        """The socket's folder: Postgres's own (0755, so clients pass through to the socket, which its login
+        guards), in a folder root owns."""
+        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o755)
+        os.chmod(self.paths.sockets, 0o755)  # noqa: S103 - traverse and list: socket names are no secret
+        self.socket_dir.mkdir(exist_ok=True, mode=0o755)
+        os.chmod(self.socket_dir, 0o755)  # noqa: S103 - see above
+        self._own(self.socket_dir)
 
     def password(self) -> str:
         return self.secrets.get("postgres-superuser")
@@ -94,37 +113,43 @@ class LocalPostgres:
     def launch(self) -> Launch:
         argv = [
             str(server_bindir() / "postgres"), "-D", str(self.data_dir),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
-            # TCP on loopback only: no socket file to place or protect.
-            "-c", "unix_socket_directories=",
+            "-c", "listen_addresses=", "-c", f"port={self.port}",
+            "-c", f"unix_socket_directories={self.socket_dir}", "-c", "unix_socket_permissions=0777",
+            "-c", "password_encryption=scram-sha-256",
             "-c", "max_connections=200",
         ]  # fmt: skip
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
                "CUBELAB_STACK": str(self.paths.root)}  # fmt: skip
         # SIGINT is postgres's "fast" shutdown; SIGTERM would wait for every client to leave.
-        return Launch(NAME, argv, env, self.log, self.home, ports={self.port: "ports.postgres"}, user=self.run_as,
-                      stop_signal=signal.SIGINT, before_start=self._clear_stale_lock)  # fmt: skip
+        return Launch(NAME, argv, env, self.log, self.home, user=self.run_as, stop_signal=signal.SIGINT,
+                      before_start=self._before_start)  # fmt: skip
+
+    def _before_start(self) -> None:
+        self.make_socket_dir()
+        self._clear_stale_lock()
 
     def _clear_stale_lock(self) -> None:
-        """A killed postmaster leaves postmaster.pid. Postgres itself ignores it once that pid is gone, but not
-        while it is a zombie its parent (a long-running `cubelab` caller) has not yet collected: then a restart
-        by the supervisor would fail with "lock file already exists". A zombie holds no memory, port or file."""
-        lock = self.data_dir / "postmaster.pid"
-        try:
-            pid = int(lock.read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return  # a live process: postgres decides
-        except psutil.NoSuchProcess:
-            pass
-        lock.unlink(missing_ok=True)
+        """A killed postmaster leaves postmaster.pid and its socket's lock file. Postgres itself ignores them once
+        that pid is gone, but not while it is a zombie its parent (a long-running `cubelab` caller) has not yet
+        collected: then a restart by the supervisor would fail with "lock file already exists". A zombie holds
+        no memory, port or file."""
+        for lock in (self.data_dir / "postmaster.pid", self.socket_dir / f".s.PGSQL.{self.port}.lock"):
+            try:
+                pid = int(lock.read_text().split("\n", 1)[0])
+            except (OSError, ValueError):
+                continue
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    continue  # a live process: postgres decides
+            except psutil.NoSuchProcess:
+                pass
+            lock.unlink(missing_ok=True)
 
     def connect(self, dbname: str = "postgres") -> psycopg2.extensions.connection:
         return psycopg2.connect(
-            host="127.0.0.1",
+            host=str(self.socket_dir),
             port=self.port,
+            require_auth=plan.POSTGRES_AUTH,
             user=SUPERUSER,
             password=self.password(),
             dbname=dbname,
@@ -153,8 +178,8 @@ class LocalPostgres:
             conn.close()
 
     def database_uri(self, role: str, database: str, password: str) -> str:
-        # psycopg2 explicitly: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3.
-        return f"postgresql+psycopg2://{role}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
+        addr = plan.Addresses("", "", "", (str(self.socket_dir), self.port), {}, {}, {})
+        return plan.postgres_url(role, quote(password, safe=""), database, addr)
 
     def store_uri(self, team: Team, password: str) -> str:
         return self.database_uri(team.role, team.database, password)

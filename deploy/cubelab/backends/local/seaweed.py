@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 import botocore.config
@@ -99,8 +101,12 @@ class LocalS3:
         return service_account("s3")
 
     def guard_internals(self) -> None:
-        """As root, only root and SeaweedFS's own account may connect to the internal ports."""
-        self.guard.close(NAME, self.internal_ports(), [self.account()])
+        """As root, only root and SeaweedFS's own account may connect to the internal ports. Where weed runs in a
+        network of its own there are none on the machine's: no rules (and old ones go)."""
+        if self.isolated:
+            self.guard.remove()
+        else:
+            self.guard.close(NAME, self.internal_ports(), [self.account()])
 
     def _prepare_home(self, progress: Callable[[str], None]) -> str | None:
         """Make SeaweedFS's folder and account, and hand the folder to the account (files made by root before
@@ -135,13 +141,39 @@ class LocalS3:
             shutil.chown(self.identities, account, account)
         return changed
 
+    @property
+    def isolated(self) -> bool:
+        """Whether weed runs in a network and /tmp of its own (cubelab.netns): as root, with its own account."""
+        return self.account() is not None
+
+    @property
+    def socket(self) -> Path:
+        """weed's S3 API as a unix socket, in a folder only its account may write to (when isolated)."""
+        return self.paths.sockets / NAME / "s3.sock"
+
+    def _make_private_dirs(self) -> None:
+        account = self.account()
+        assert account is not None
+        self.paths.sockets.mkdir(parents=True, exist_ok=True, mode=0o755)
+        for folder in (self.socket.parent, self.home / "tmp"):
+            folder.mkdir(exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
+            shutil.chown(folder, account, account)
+
     def launch(self, weed: str) -> Launch:
-        busy = "ports.s3 and the ports after it"
-        ports = {p: busy for port in self.ports() for p in (port, port + storage.GRPC_OFFSET)}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
                "CUBELAB_STACK": str(self.paths.root)}  # fmt: skip
+        if account := self.account():
+            # As root: weed in a network and /tmp of its own (cubelab.netns), its S3 API relayed from ports.s3 by
+            # the stack's socket holder. No port of weed's is on the machine's network to reach or to take.
+            argv = [sys.executable, "-m", "cubelab.netns", account, str(self.home / "tmp"), *self.argv(weed),
+                    f"-s3.localSocket={self.socket}"]  # fmt: skip
+            return Launch(NAME, argv, env, self.log, self.home, relayed={self.port: ("ports.s3", self.socket)},
+                          umask=0o077, before_start=self._make_private_dirs)  # fmt: skip
+        busy = "ports.s3 and the ports after it"
+        ports = {p: busy for port in self.ports() for p in (port, port + storage.GRPC_OFFSET)}
         # umask 077: the unix sockets weed makes in /tmp (one per internal server) admit its own account only.
-        return Launch(NAME, self.argv(weed), env, self.log, self.home, ports=ports, user=self.account(), umask=0o077)
+        return Launch(NAME, self.argv(weed), env, self.log, self.home, ports=ports, umask=0o077)
 
     def reload(self) -> None:
         """SeaweedFS reloads its identity file on SIGHUP: new teams get access and nobody restarts."""

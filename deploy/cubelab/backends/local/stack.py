@@ -16,7 +16,7 @@ from typing import Any
 from cubelab import gpus, plan
 from cubelab import procs as procs_module
 from cubelab.backends.base import Progress, ServiceStatus
-from cubelab.backends.local import gateway, hub, monitoring, seaweed, supervisor
+from cubelab.backends.local import gateway, hub, monitoring, seaweed, sockets, supervisor
 from cubelab.backends.local import postgres as pg
 from cubelab.backends.local.gateway import LocalGateway
 from cubelab.backends.local.hub import LocalHub
@@ -95,7 +95,24 @@ class LocalBackend:
         with self.procs.lock():
             self._start_storage(programs)
 
+    def _holder(self) -> tuple[Launch, Callable[[], bool]]:
+        """The socket holder (cubelab.backends.local.sockets), from this Python: the standard library only. Its
+        code is not part of its fingerprint: a restart would free every port it relays, so new holder code
+        takes effect at the next `down` and `up`."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG")} | {"CUBELAB_STACK": str(self.paths.root)}
+        launch = Launch(sockets.NAME, [sys.executable, "-m", "cubelab.hold", str(self.paths.run)], env,
+                        self.paths.logs / f"{sockets.NAME}.log", self.paths.root)  # fmt: skip
+        return launch, partial(sockets.answers, self.paths.run)
+
+    def _held_ports(self) -> set[int]:
+        """The ports the holder should keep for this config."""
+        ports = self.config.ports
+        wanted = {ports.hub, ports.hub_api, *(self.tracking.port(t) for t in self.config.teams)}
+        wanted |= {ports.s3} if self.s3.isolated else set()
+        return wanted | ({ports.dask_gateway} if self.config.dask_gateway.enabled else set())
+
     def _start_storage(self, programs: Programs) -> None:
+        self._bring_up([self._holder()])
         self.postgres.prepare(self.progress)
         self._bring_up([self._service(pg.NAME, programs)])
         identities_changed = self.s3.prepare(self.progress)
@@ -124,6 +141,8 @@ class LocalBackend:
 
     def _service(self, name: str, programs: Programs) -> tuple[Launch, Callable[[], bool]]:
         """How the named service runs, and its health check."""
+        if name == sockets.NAME:
+            return self._holder()
         if name == pg.NAME:
             return self.postgres.launch(), self.postgres.healthy
         if name == seaweed.NAME:
@@ -203,6 +222,11 @@ class LocalBackend:
             if record.name.startswith("mlflow-") and record.name not in wanted:
                 self.procs.stop(record.name)
                 self.progress(f"{record.name}: team no longer in the config; server stopped, data kept")
+        keep = self._held_ports()
+        for held in sockets.held(self.paths.run):
+            if held.port not in keep:
+                sockets.release(self.paths.run, held.port)
+                self.progress(f"port {held.port} given up (no longer in the config)")
 
     # -- taking things down -------------------------------------------------------------------
     def down(self) -> None:
@@ -210,7 +234,7 @@ class LocalBackend:
             records = self.procs.all()
             # The supervisor first (it would bring back what follows), then the tracking servers, storage last:
             # nothing writes to a store that is gone.
-            order = {supervisor.NAME: -1, hub.NAME: 1, seaweed.NAME: 2, pg.NAME: 3}
+            order = {supervisor.NAME: -1, hub.NAME: 1, seaweed.NAME: 2, pg.NAME: 3, sockets.NAME: 4}
             for record in sorted(records, key=lambda r: order.get(r.name, 0)):
                 if self.procs.stop(record.name):
                     self.progress(f"stopped {record.name} (pid {record.pid})")
@@ -219,6 +243,7 @@ class LocalBackend:
                     if leftovers := kill_marked(str(self.paths.root)):
                         self.progress(f"stopped {len(leftovers)} leftover process(es) of this stack")
             kill_marked(str(self.paths.root))
+            (self.paths.run / sockets.TABLE).unlink(missing_ok=True)
             self.s3.guard.remove()
             self.prometheus.guard.remove()
             self.gateway.guard.remove()
@@ -226,11 +251,12 @@ class LocalBackend:
     # -- looking at things ----------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
         rows = [
+            self._row(sockets.NAME, "sockets", None, "", partial(sockets.answers, self.paths.run)),
             self._row(pg.NAME, "postgres", None, self.postgres.url, self.postgres.healthy),
             self._row(seaweed.NAME, "s3", None, self.s3.url, self.s3.healthy),
         ]
         rows.append(self._row(hub.NAME, "hub", None, self.hub.url, self.hub.healthy))
-        known = {pg.NAME, seaweed.NAME, hub.NAME}
+        known = {sockets.NAME, pg.NAME, seaweed.NAME, hub.NAME}
         for team in self.config.teams:
             rows.append(
                 self._row(

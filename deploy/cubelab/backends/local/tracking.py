@@ -92,7 +92,8 @@ class LocalTracking:
         return self.paths.service_home(team.service)
 
     def addresses(self) -> plan.Addresses:
-        return plan.local_addresses(self.config, {t.name: self.port(t) for t in self.config.teams})
+        ports = {t.name: self.port(t) for t in self.config.teams}
+        return plan.local_addresses(self.config, ports, str(self.postgres.socket_dir))
 
     def secret_values(self, team: Team) -> dict[str, str]:
         """The team's secrets under the plan's names (cubelab.plan.team_secret_keys), and the metrics token."""
@@ -126,7 +127,7 @@ class LocalTracking:
 
         return Launch(
             team.service, argv, env, self.paths.logs / f"{team.service}.log", home,
-            ports={service.port: f"tracking server of team {team.name!r}"}, user=account,
+            handed={service.port: f"tracking server of team {team.name!r}"}, user=account,
             code=tuple(sorted(TRACKING_CODE.glob("*.py"))),  # new server code restarts the servers
             before_start=make_home,
         )  # fmt: skip
