@@ -109,6 +109,8 @@ print(json.dumps({
     "workers": len(client.scheduler_info()["workers"]),
     "http": client.submit(http_pages, client.scheduler_info(), pure=False).result(),
     "worker_bucket": sorted(set(client.run(lambda: os.environ.get("S3_USER_STORAGE_BUCKET")).values())),
+    "listening": sorted({a.split("://")[1].rsplit(":", 1)[0] for a in
+                         [client.scheduler_info()["address"], *client.scheduler_info()["workers"]]}),
 }))
 client.close()
 """
@@ -136,6 +138,12 @@ def test_a_member_computes_on_a_two_worker_cluster_what_the_kernel_computes(
     # A worker opened the cube with no keys given: its environment has the session team's storage.
     assert member_cluster["own"] == pytest.approx(member_cluster["local"], rel=1e-12)
     assert member_cluster["worker_bucket"] == [team["bucket"]]
+
+
+def test_the_scheduler_and_workers_listen_on_loopback_only(member_cluster: dict[str, Any]) -> None:
+    """Clients reach a scheduler through the gateway's TLS proxy, which runs beside it: nothing of a cluster
+    listens on the machine's other addresses (dask-gateway's default is every interface)."""
+    assert member_cluster["listening"] == ["127.0.0.1"], member_cluster["listening"]
 
 
 def test_the_workers_run_as_the_members_own_account(
@@ -408,3 +416,53 @@ def test_a_link_in_the_clusters_folder_makes_root_write_nothing(
     assert info["target_owner"] == 0 and not info["writable"], info  # the attack's premise
     assert info["after"] == info["before"], sorted(set(info["after"]) - set(info["before"]))
     assert info["workers"] == 0, info
+
+
+# Run in a member's kernel: a process of the member's own, outliving the kernel, binds every free dashboard port
+# and holds them for a while (any account may bind unprivileged ports).
+HOLD_DASHBOARD_PORTS = """
+import json, subprocess, sys
+code = '''
+import json, socket, sys, time
+held = []
+for port in json.loads(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port)); s.listen(); held.append(s)
+    except OSError:
+        s.close()
+print(len(held), flush=True)
+time.sleep(float(sys.argv[2]))
+'''
+holder = subprocess.Popen([sys.executable, "-c", code, json.dumps(PORTS), "SECONDS"], stdout=subprocess.PIPE,
+                          text=True, start_new_session=True)
+print(json.dumps({"held": int(holder.stdout.readline()), "pid": holder.pid}))
+"""
+
+
+def test_a_member_holding_every_dashboard_port_does_not_stop_anothers_cluster(
+    deployment: dict[str, Any], gateway: dict[str, Any], team_server: UserServer
+) -> None:
+    """Issue 25: the first team's member holds every free dashboard port; a member of the other team still starts
+    a cluster (without a dashboard), gets a worker, and stops it."""
+    ports = gateway.get("dashboard_ports")
+    if not ports:
+        pytest.skip("this deployment's clusters have no dashboard ports on the users' machine")
+    code = HOLD_DASHBOARD_PORTS.replace("PORTS", repr(ports)).replace("SECONDS", "240")
+    held = json.loads(team_server.run(code, timeout=120, kernel_name="cubelab-sklearn").strip().splitlines()[-1])
+    assert held["held"] > 0, held
+    other = next(m for m in deployment["teams"][1]["members"] if m not in deployment["teams"][0]["members"])
+    try:
+        with gateway_as(deployment, gateway, other) as client:
+            cluster = client.new_cluster(shutdown_on_close=False)
+            try:
+                cluster.scale(1)
+                dask_client = cluster.get_client()
+                dask_client.wait_for_workers(1, timeout=180)
+                assert dask_client.submit(sum, [1, 2, 3]).result() == 6
+                dask_client.close()
+            finally:
+                cluster.shutdown()
+    finally:
+        team_server.run(f"import os, signal\nos.killpg({held['pid']}, signal.SIGKILL)", timeout=60,
+                        kernel_name="cubelab-sklearn")  # fmt: skip

@@ -119,10 +119,14 @@ class Ports:
     prometheus: int = 19090
     dask_gateway: int = 18100
     dask_dashboards: int = 18120
+    # Below ip_unprivileged_port_start, where only root (or an account given CAP_NET_BIND_SERVICE) may bind:
+    # dask-gateway's private API, HTTP proxy and TLS proxy, then Prometheus. Embedded stack as root only.
+    inner: int = 908
 
     # How many consecutive ports each shared service takes from its base port.
     SPANS: ClassVar[dict[str, int]] = {"postgres": 1, "s3": storage.SPAN, "hub": 3, "prometheus": 1,
-                                       "dask_gateway": 4, "dask_dashboards": 40}  # fmt: skip
+                                       "dask_gateway": 4, "dask_dashboards": 40,
+                                       "inner": 4}  # fmt: skip
 
     @property
     def dask_gateway_tls(self) -> int:

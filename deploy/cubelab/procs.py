@@ -91,9 +91,10 @@ class Launch:
     ports: dict[int, str] = field(default_factory=dict)
     # Ports the stack's socket holder keeps (cubelab.backends.local.sockets), with their settings. Handed over:
     # the service gets the holder's listening socket, as `{fd:PORT}` in argv and in $CUBELAB_LISTEN_FDS
-    # ("PORT=FD,..."). Relayed: the holder relays the port to the service's unix socket at the path given.
+    # ("PORT=FD,..."). Relayed: the holder relays the port to the service's unix socket at the path given, or to
+    # tcp:HOST:PORT (a port only root may bind).
     handed: dict[int, str] = field(default_factory=dict)
-    relayed: dict[int, tuple[str, Path]] = field(default_factory=dict)
+    relayed: dict[int, tuple[str, Path | str]] = field(default_factory=dict)
     user: str | None = None
     umask: int = -1
     stop_signal: int = signal.SIGTERM
@@ -237,9 +238,9 @@ class ProcessTable:
         fds: dict[int, int] = {}
         try:
             for port, (_setting, path) in launch.relayed.items():
-                sockets.relay(self.run_dir, LOOPBACK, port, path)
+                sockets.relay(self.run_dir, LOOPBACK, port, path, launch.name)
             for port in launch.handed:
-                fds[port] = sockets.hand(self.run_dir, LOOPBACK, port)
+                fds[port] = sockets.hand(self.run_dir, LOOPBACK, port, launch.name)
         except sockets.HoldError as exc:
             for fd in fds.values():
                 os.close(fd)

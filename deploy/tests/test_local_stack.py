@@ -21,6 +21,7 @@ import yaml
 from scratch import ScratchStacks  # deploy/tests/scratch.py
 
 from cubelab import smoke, storage
+from cubelab.backends.local import sockets
 from cubelab.backends.local.stack import LocalBackend
 from cubelab.config import load
 from cubelab.procs import StartError, wait_until
@@ -545,7 +546,8 @@ def test_a_squatter_never_gets_a_port_or_a_credential_while_services_restart(sta
 
     backend = LocalBackend(load(stack.config.path))
     ocean = backend.config.team("ocean")
-    ports = sorted(backend._held_ports())
+    ports = sorted(h.port for h in sockets.held(backend.paths.run))  # the very list the holder keeps
+    assert backend.config.ports.hub in ports and backend.config.ports.s3 in ports, ports
     pg = backend.postgres
     paths = [
         str(pg.socket_dir / f".s.PGSQL.{pg.port}"),

@@ -14,8 +14,10 @@ What LocalBackend (2026.3.0) does not do, and this does:
 - Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names, and an
   API that retires workers; no login) on random ports of every interface. Here a scheduler's dashboard takes a
   loopback port of its own from `dashboard_ports`, which only the platform's accounts may connect to (the
-  embedded stack's firewall), and the scheduler refuses to start if its dashboard is anywhere else (a port
-  taken by someone else: dask would silently move it); members reach it through cubelab's front
+  embedded stack's firewall), and the scheduler serves no dashboard if it is anywhere else (a port taken by
+  someone else: dask would silently move it). With every port taken (an account may bind them all), clusters
+  start without a dashboard: nobody can stop another member's clusters by holding ports. Members reach a
+  dashboard through cubelab's front
   (cubelab.gateway.front), which admits a cluster's owner only. Workers serve no HTTP routes at all (their
   HTTP servers still listen on loopback, and answer 404 to everything).
 """
@@ -29,7 +31,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from dask_gateway_server.backends.base import ClusterConfig, PublicException
+from dask_gateway_server.backends.base import ClusterConfig
 from dask_gateway_server.backends.local import LocalBackend, LocalClusterConfig
 from dask_gateway_server.traitlets import Type
 from traitlets import Integer, List, Unicode
@@ -50,6 +52,10 @@ class TeamLocalBackend(LocalBackend):
         config=True,
     )  # fmt: skip
 
+    # Schedulers, workers and their HTTP servers on loopback: clients reach schedulers through the gateway's TLS
+    # proxy, which runs beside them (dask-gateway's default is every interface).
+    default_host = "127.0.0.1"
+
     dashboard_ports = List(Integer(), help="Loopback ports for schedulers' dashboards (empty: no dashboards)",
                            config=True)  # fmt: skip
     dashboard_check = Unicode("", help="A scheduler preload that exits unless the dashboard got its port", config=True)
@@ -68,7 +74,8 @@ class TeamLocalBackend(LocalBackend):
         return [*argv, "--preload", self.dashboard_check]
 
     def get_worker_command(self, cluster: Any, worker_name: str, scheduler_address: str | None = None) -> list[str]:
-        return _without_dashboard(super().get_worker_command(cluster, worker_name, scheduler_address))
+        argv = super().get_worker_command(cluster, worker_name, scheduler_address)
+        return [*_without_dashboard(argv), "--host", self.default_host]
 
     def dashboard_port(self, cluster: Any) -> int | None:
         """A free port of dashboard_ports for the cluster's scheduler, or None for no dashboard."""
@@ -83,7 +90,11 @@ class TeamLocalBackend(LocalBackend):
             if port not in taken and _bindable(port):
                 self._dashboards[cluster.name] = port
                 return port
-        raise PublicException(f"all {len(self.dashboard_ports)} dashboard ports are in use; stop a cluster first")
+        # Every port is taken: by other clusters, or by an account that bound them all to stop everyone's
+        # clusters. The cluster starts all the same, without a dashboard.
+        self.log.warning("cluster %s starts without a dashboard: all %d dashboard ports are in use", cluster.name,
+                         len(self.dashboard_ports))  # fmt: skip
+        return None
 
     def account(self, username: str) -> pwd.struct_passwd:
         return pwd.getpwnam(self.account_prefix + username)

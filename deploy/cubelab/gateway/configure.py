@@ -24,13 +24,14 @@ def apply(c: Any, settings: dict[str, Any]) -> None:
     c.Proxy.address = settings["http_address"]
     c.Proxy.tcp_address = settings["tls_address"]
     c.Proxy.prefix = settings["prefix"]
-    # The private API on its own port: schedulers send their heartbeats there, not through the proxy.
+    # The private API on its own port. Schedulers send their heartbeats there, not through the proxy, unless the
+    # target says otherwise (`api_url`: the embedded stack closes the port to members' accounts).
     c.DaskGateway.address = settings["api_address"]
     backend = settings["backend"]
     # TeamLocalBackend, or a subclass of it a target names (its traits are set below all the same).
     c.DaskGateway.backend_class = backend.get("class", f"cubelab.gateway.backend.{BACKEND}")
     section = c[BACKEND]
-    section.api_url = f"http://{settings['api_address']}/api"
+    section.api_url = settings.get("api_url") or f"http://{settings['api_address']}/api"
     section.cluster_options = TeamOptions(settings["teams"])
     # A database on disk: a restarted gateway finds its running clusters again. It holds clusters' TLS keys,
     # encrypted with the generated key.

@@ -6,8 +6,14 @@ token, the database key, every team's S3 keys) are in a 0600 file of a 0700 fold
 TLS keys, encrypted. Clusters run the scikit-learn kernel's environment, so workers have what kernels have.
 
 The hub's proxy reaches it through cubelab's front (cubelab.gateway.front, its own process `dask-gateway-front`
-on ports.dask_gateway), which admits a cluster's dashboard to its owner only. dask-gateway's own HTTP proxy and
-the schedulers' dashboards listen on loopback ports that, as root, only root may connect to (an iptables chain).
+on ports.dask_gateway), which admits a cluster's dashboard to its owner only. dask-gateway's private API, its own
+HTTP proxy and the schedulers' dashboards listen on loopback ports that, as root, only root (and the front) may
+connect to (an iptables chain); schedulers send their heartbeats through the front.
+
+No port of the gateway's can be taken by another account while it restarts (issue 25). As root, the gateway and
+its Go proxy bind their private API, HTTP proxy and TLS proxy on ports.inner and the two after it,
+below ip_unprivileged_port_start, where only root may bind. The public ports are the socket holder's: it hands
+ports.dask_gateway to the front and relays the TLS port (ports.dask_gateway + 1) to the TLS proxy.
 """
 
 from __future__ import annotations
@@ -67,14 +73,28 @@ class LocalGateway:
             values |= self.tracking.secret_values(team)
         return values
 
+    @property
+    def inner_ports(self) -> dict[str, int]:
+        """Where dask-gateway's private API, its HTTP proxy and its TLS proxy listen: as root, below
+        ip_unprivileged_port_start (ports.inner and after); else the three after ports.dask_gateway."""
+        ports = self.config.ports
+        if os.geteuid() == 0:
+            base = ports.inner
+            return {"api": base, "proxy": base + 1, "tls": base + 2}
+        return {"api": ports.dask_gateway_api, "proxy": ports.dask_gateway_proxy, "tls": ports.dask_gateway_tls}
+
     def settings(self, install: Path) -> dict[str, Any]:
         ports = self.config.ports
+        inner = self.inner_ports
         bin_dir = self.worker_bin(install)
         settings = plan.gateway_settings(self.config, self.tracking.addresses())
         settings |= {
             # dask-gateway's own proxy, behind the front (which has ports.dask_gateway).
-            "http_address": f"127.0.0.1:{ports.dask_gateway_proxy}",
-            "api_address": f"127.0.0.1:{ports.dask_gateway_api}",
+            "http_address": f"127.0.0.1:{inner['proxy']}",
+            "tls_address": f"127.0.0.1:{inner['tls']}",
+            "api_address": f"127.0.0.1:{inner['api']}",
+            # Schedulers (members' accounts) reach the private API through the front: its port is closed to them.
+            "api_url": f"http://127.0.0.1:{ports.dask_gateway}{render.GATEWAY_PREFIX}/api",
             "db_url": f"sqlite:///{self.paths.gateway / 'gateway.sqlite'}",
             "backend": {
                 "account_prefix": self.account_prefix,
@@ -96,8 +116,10 @@ class LocalGateway:
         return self.paths.dask_clusters / "preload" / "cubelab_dashboard_check.py"
 
     def closed_ports(self) -> list[int]:
-        """Loopback ports only root may connect to: dask-gateway's own proxy and the clusters' dashboards."""
-        return [self.config.ports.dask_gateway_proxy, *self.config.ports.dask_dashboard_range]
+        """Loopback ports only root (and the front) may connect to: dask-gateway's private API, its own proxy and
+        the clusters' dashboards."""
+        inner = self.inner_ports
+        return [inner["api"], inner["proxy"], *self.config.ports.dask_dashboard_range]
 
     def front_account(self) -> str | None:
         """The front's own account (as root): it holds the gateway's hub token, nothing else of the platform."""
@@ -137,10 +159,22 @@ class LocalGateway:
             self.make_front_home()
             self.guard.close(NAME, self.closed_ports(), [self.front_account()])
 
-        busy = "the three ports after ports.dask_gateway"
+        inner = self.inner_ports
+        busy = "ports.inner and the two after it" if inner["tls"] != ports.dask_gateway_tls else (
+            "the three ports after ports.dask_gateway")  # fmt: skip
+        relayed = (
+            {}
+            if inner["tls"] == ports.dask_gateway_tls
+            else {
+                ports.dask_gateway_tls: (
+                    "ports.dask_gateway + 1, the gateway's TLS port",
+                    f"tcp:127.0.0.1:{inner['tls']}",
+                )
+            }
+        )
         return Launch(
             NAME, argv, env, self.paths.logs / f"{NAME}.log", self.paths.root,
-            ports={ports.dask_gateway_tls: busy, ports.dask_gateway_api: busy, ports.dask_gateway_proxy: busy},
+            ports=dict.fromkeys(inner.values(), busy), relayed=relayed,
             code=tuple(sorted(CODE_DIR.glob("*.py"))),
             settings=json.dumps(settings, sort_keys=True),
             before_start=prepare,
@@ -148,11 +182,10 @@ class LocalGateway:
 
     def front_launch(self, services_venv: Path) -> Launch:
         """cubelab's front on ports.dask_gateway, in front of dask-gateway's own proxy."""
-        ports = self.config.ports
         env = plan.gateway_front_env(
             service_url=self.url, prefix=render.GATEWAY_PREFIX, hub_api_url=self.tracking.addresses().hub_api,
             hub_public_url=self.config.embedded_public_url, token=self.token(),
-            upstream=f"http://127.0.0.1:{ports.dask_gateway_proxy}",
+            upstream=f"http://127.0.0.1:{self.inner_ports['proxy']}",
         )  # fmt: skip
         home = self.paths.service_home(FRONT_NAME)
         env |= {"PATH": f"{services_venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
@@ -167,7 +200,7 @@ class LocalGateway:
 
     def healthy(self) -> bool:
         """dask-gateway itself, on its own proxy."""
-        return http_ok(f"http://127.0.0.1:{self.config.ports.dask_gateway_proxy}{render.GATEWAY_PREFIX}/api/health")
+        return http_ok(f"http://127.0.0.1:{self.inner_ports['proxy']}{render.GATEWAY_PREFIX}/api/health")
 
     def front_healthy(self) -> bool:
         """The front, and the gateway through it (as the hub's proxy reaches them)."""
@@ -177,6 +210,7 @@ class LocalGateway:
         """What platform_tests need to know of the gateway (no secrets)."""
         return plan.gateway_description(self.config, self.tracking.addresses()) | {
             "dashboards": True,
+            "dashboard_ports": list(self.config.ports.dask_dashboard_range),
             # Closed to every account but root (as root only; without root there are no other accounts).
             "closed_ports": self.closed_ports() if LoopbackGuard.needed() else [],
         }

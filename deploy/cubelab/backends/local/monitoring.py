@@ -74,6 +74,13 @@ class LocalPrometheus:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def inner_port(self) -> int | None:
+        """As root, where Prometheus itself listens: below ip_unprivileged_port_start (ports.inner + 3), which its
+        account may bind with CAP_NET_BIND_SERVICE and no member can take; the socket holder relays ports.prometheus
+        there. None without root: Prometheus binds ports.prometheus."""
+        return self.config.ports.inner + 3 if self.account() else None
+
+    @property
     def home(self) -> Path:
         return self.paths.service_home(NAME)
 
@@ -94,9 +101,13 @@ class LocalPrometheus:
     def launch(self, program: str) -> Launch:
         account = self.account()
         retention = f"{self.config.monitoring.retention_days}d"
+        inner = self.inner_port
         argv = [program, f"--config.file={self.home / 'prometheus.yml'}", f"--storage.tsdb.path={self.data}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address=127.0.0.1:{inner or self.port}",
                 f"--storage.tsdb.retention.time={retention}"]  # fmt: skip
+        if account:  # setpriv execs in place, as the account, with the one capability it needs
+            argv = ["setpriv", f"--reuid={account}", f"--regid={account}", "--clear-groups",
+                    "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--", *argv]  # fmt: skip
         settings = self.settings()
 
         def prepare() -> None:
@@ -104,8 +115,8 @@ class LocalPrometheus:
                 ensure_service_home(account, self.home, "cubelab Prometheus")
             else:
                 self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Only root and Prometheus's account may connect to its port (its API has no login).
-            self.guard.close(NAME, [self.port], [account])
+            # Only root and Prometheus's account may connect to its ports (its API has no login).
+            self.guard.close(NAME, [self.port, *([inner] if inner else [])], [account])
             self.data.mkdir(exist_ok=True, mode=0o700)
             write_private(self.home / "metrics-token", self.token())
             write_private(self.home / "prometheus.yml", settings)
@@ -113,9 +124,14 @@ class LocalPrometheus:
                 for path in (self.home / "metrics-token", self.home / "prometheus.yml", self.data):
                     shutil.chown(path, account, account)
 
-        return Launch(NAME, argv, {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8"},
-                      self.paths.logs / f"{NAME}.log", self.home, ports={self.port: "ports.prometheus"},
-                      user=account, settings=settings, before_start=prepare)  # fmt: skip
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8"}
+        log = self.paths.logs / f"{NAME}.log"
+        if inner:
+            return Launch(NAME, argv, env, log, self.home, ports={inner: "ports.inner + 3"},
+                          relayed={self.port: ("ports.prometheus", f"tcp:127.0.0.1:{inner}")}, settings=settings,
+                          before_start=prepare)  # fmt: skip
+        return Launch(NAME, argv, env, log, self.home, ports={self.port: "ports.prometheus"}, settings=settings,
+                      before_start=prepare)  # fmt: skip
 
     def healthy(self) -> bool:
         return http_ok(f"{self.url}/-/ready")

@@ -9,8 +9,10 @@ one of two kinds:
 - handed over: a service that can serve an inherited socket (uvicorn: the tracking servers, the gateway's
   front) gets the holder's own listening socket when it starts (socket activation, as systemd does it). While
   the service is down the socket stays bound, and connections wait in its backlog for the next start.
-- relayed: a service that cannot (JupyterHub, its proxy) listens on a unix socket in a folder of its own that
-  no other account may write to, and the holder relays each connection of the port to it.
+- relayed: a service that cannot (JupyterHub, its proxy, SeaweedFS) listens on a unix socket in a folder of its
+  own that no other account may write to, or (dask-gateway's Go proxy, run as root) on a port below
+  ip_unprivileged_port_start that only root may bind (`tcp:HOST:PORT`), and the holder relays each connection
+  of the port there.
 
 Starting processes ask for a socket over the holder's control socket, `RUN_DIR/sockets.sock` (mode 0600, in the
 0700 run folder: root's alone), which answers with the descriptor (SCM_RIGHTS). What it holds is written to
@@ -44,7 +46,8 @@ class HoldError(Exception):
 class Held:
     host: str
     port: int
-    relay_to: str = ""  # a unix socket path: relayed; empty: handed over
+    relay_to: str = ""  # a unix socket path or tcp:HOST:PORT: relayed; empty: handed over
+    owner: str = ""  # the service it is held for
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -118,10 +121,13 @@ class Holder:
         if (old := self.relays.pop(held.port, None)) is not None:
             old.close()
         target = held.relay_to
+        tcp = target.startswith("tcp:")
+        host, _, port = target.removeprefix("tcp:").rpartition(":")
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                up_reader, up_writer = await asyncio.wait_for(asyncio.open_unix_connection(target), 10)
+                connecting = asyncio.open_connection(host, int(port)) if tcp else asyncio.open_unix_connection(target)
+                up_reader, up_writer = await asyncio.wait_for(connecting, 10)
             except (OSError, TimeoutError):
                 writer.transport.abort()  # the service is down: the client sees a reset, nothing else
                 return
@@ -134,7 +140,7 @@ class Holder:
                         await w.wait_closed()
 
         # A duplicate: the relay server may close its copy without giving the port up.
-        self.relays[held.port] = await asyncio.start_server(handle, sock=self.sockets[held.port].dup())
+        self.relays[held.port] = await asyncio.start_server(handle, sock=self.sockets[held.port].dup(), backlog=BACKLOG)
 
     # -- the control socket -------------------------------------------------------------------------
     def _answer(self, conn: socket.socket) -> None:
@@ -148,7 +154,9 @@ class Holder:
                     self.release(int(request["port"]))
                     conn.sendall(b'{"ok": true}\n')
                     return
-                sock = self.hold(Held(str(request["host"]), int(request["port"]), str(request.get("relay_to", ""))))
+                want = Held(str(request["host"]), int(request["port"]), str(request.get("relay_to", "")),
+                            str(request.get("owner", "")))  # fmt: skip
+                sock = self.hold(want)
                 socket.send_fds(conn, [b'{"ok": true}\n'], [sock.fileno()])
             except (HoldError, ValueError, KeyError, TypeError, TimeoutError) as exc:
                 conn.sendall(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
@@ -192,17 +200,20 @@ def _ask(run_dir: Path, request: dict[str, object], timeout: float = 15.0) -> in
     return fds[0] if fds else None
 
 
-def hand(run_dir: Path, host: str, port: int) -> int:
-    """A descriptor of the listening socket the holder keeps on host:port (bound on first use)."""
-    fd = _ask(run_dir, {"op": "hold", "host": host, "port": port})
+def hand(run_dir: Path, host: str, port: int, owner: str) -> int:
+    """A descriptor of the listening socket the holder keeps on host:port for the service owner (bound on first
+    use)."""
+    fd = _ask(run_dir, {"op": "hold", "host": host, "port": port, "owner": owner})
     if fd is None:
         raise HoldError(f"the socket holder sent no socket for {host}:{port}")
     return fd
 
 
-def relay(run_dir: Path, host: str, port: int, to: Path) -> None:
-    """Have the holder keep host:port and relay each of its connections to the unix socket `to`."""
-    if (fd := _ask(run_dir, {"op": "hold", "host": host, "port": port, "relay_to": str(to)})) is not None:
+def relay(run_dir: Path, host: str, port: int, to: Path | str, owner: str) -> None:
+    """Have the holder keep host:port for the service owner and relay each of its connections to `to`: a unix
+    socket, or tcp:HOST:PORT."""
+    request = {"op": "hold", "host": host, "port": port, "relay_to": str(to), "owner": owner}
+    if (fd := _ask(run_dir, request)) is not None:
         os.close(fd)
 
 
@@ -217,6 +228,15 @@ def answers(run_dir: Path) -> bool:
 
 def release(run_dir: Path, port: int) -> None:
     _ask(run_dir, {"op": "release", "port": port})
+
+
+def release_all_but(run_dir: Path, keep: set[tuple[str, int]]) -> list[Held]:
+    """Give up every held port but those in keep (owner, port): a service's old ports, and ports of services that
+    are gone. Returns what was given up."""
+    gone = [h for h in held(run_dir) if (h.owner, h.port) not in keep]
+    for h in gone:
+        release(run_dir, h.port)
+    return gone
 
 
 def held(run_dir: Path) -> list[Held]:

@@ -58,6 +58,7 @@ class LocalBackend:
     def __init__(self, config: PlatformConfig, progress: Progress | None = None) -> None:
         self.config = config
         self.progress: Progress = progress or (lambda _msg: None)
+        self._launched: list[Launch] = []  # what `up` brought up (the socket holder keeps these ports, no others)
         self.paths = StatePaths(config.state_dir)
         self.procs = ProcessTable(self.paths.run)
         self.postgres = LocalPostgres(config, self.paths, self.procs)
@@ -78,11 +79,14 @@ class LocalBackend:
                           f"{'CUDA builds' if cuda else 'CPU builds (kernels.cuda: false)'}")  # fmt: skip
         venv, hub_venv, _kernels, proxy = install_all(self.paths.install, self.progress, cuda)
         programs = Programs(venv, hub_venv, proxy)
+        self._launched = []
         with self.procs.lock():  # the supervisor waits until everything is as `up` leaves it
             self._start_all(programs)
             self._stop_removed_teams()
             self._monitor(programs)
             self._supervise()
+            for held in sockets.release_all_but(self.paths.run, self._held_ports()):
+                self.progress(f"port {held.port} given up ({held.owner} no longer has it)")
         self._write_description()
         self.progress(f"platform up in {time.monotonic() - started:.1f} s; hub at {self.hub.url}")
 
@@ -104,12 +108,9 @@ class LocalBackend:
                         self.paths.logs / f"{sockets.NAME}.log", self.paths.root)  # fmt: skip
         return launch, partial(sockets.answers, self.paths.run)
 
-    def _held_ports(self) -> set[int]:
-        """The ports the holder should keep for this config."""
-        ports = self.config.ports
-        wanted = {ports.hub, ports.hub_api, *(self.tracking.port(t) for t in self.config.teams)}
-        wanted |= {ports.s3} if self.s3.isolated else set()
-        return wanted | ({ports.dask_gateway} if self.config.dask_gateway.enabled else set())
+    def _held_ports(self) -> set[tuple[str, int]]:
+        """(service, port) of every port the holder should keep: those of the services this `up` brought up."""
+        return {(launch.name, port) for launch in self._launched for port in [*launch.handed, *launch.relayed]}
 
     def _start_storage(self, programs: Programs) -> None:
         self._bring_up([self._holder()])
@@ -206,6 +207,7 @@ class LocalBackend:
         (stopping the old process first), then wait until each started one is healthy. Returns their names."""
         t0 = time.monotonic()
         started = []
+        self._launched += [launch for launch, _healthy in services]
         for launch, healthy in services:
             if record := self.procs.ensure(launch, self.progress):
                 started.append((record, healthy))
@@ -222,11 +224,6 @@ class LocalBackend:
             if record.name.startswith("mlflow-") and record.name not in wanted:
                 self.procs.stop(record.name)
                 self.progress(f"{record.name}: team no longer in the config; server stopped, data kept")
-        keep = self._held_ports()
-        for held in sockets.held(self.paths.run):
-            if held.port not in keep:
-                sockets.release(self.paths.run, held.port)
-                self.progress(f"port {held.port} given up (no longer in the config)")
 
     # -- taking things down -------------------------------------------------------------------
     def down(self) -> None:
