@@ -28,6 +28,29 @@ LOCATION_TAGS = ("mlflow.artifactLocation",)
 # Model-version sources the server resolves inside the team's own store.
 SOURCE_SCHEMES = ("runs", "models")
 
+# Where each stored location comes from: the requests (handler, field or tag) that set it, each checked by
+# `confined` below when it arrives. A run's and a logged model's locations are made by the server from their
+# experiment's artifact_location; a trace's too, unless a request sets its location tag.
+LOCATION_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "experiment": (("_create_experiment", "artifact_location"),),
+    "trace": (("_create_experiment", "artifact_location"), ("_set_trace_tag", "mlflow.artifactLocation"),
+              ("_set_trace_tag_v3", "mlflow.artifactLocation"), ("_start_trace_v3", "mlflow.artifactLocation")),
+    "model version": (("_create_model_version", "source"),),
+}  # fmt: skip
+# Every handler that opens a stored location, keyed by handler as the route rules are, with the kind of object
+# whose location it opens. deploy/tests/test_tracking_routes.py walks mlflow's code: a handler that reaches one
+# of mlflow's artefact-repository resolvers and is neither here nor refused (Rule.DENY) fails it, so an mlflow
+# upgrade that adds one cannot slip through.
+OPENED_LOCATIONS: dict[str, str] = {
+    "_list_artifacts": "experiment",  # a run's artifact_uri
+    "serve_artifacts": "experiment",
+    "serve_upload_artifact": "experiment",
+    "_list_logged_model_artifacts": "experiment",  # a logged model's artifact_location
+    "serve_get_logged_model_artifact": "experiment",
+    "serve_get_trace_artifact": "trace",
+    "serve_model_version_artifact": "model version",
+}
+
 
 class Refusal(Exception):
     """A request the middleware answers itself, in mlflow's error format."""
