@@ -64,7 +64,7 @@ def raw_backup(backend: Any, folder: Path) -> float:
     from cubelab.backends.local.postgres import server_bindir
 
     team = backend.config.team(TEAM)
-    db = Database(TEAM, team.database, team.role, "127.0.0.1", backend.postgres.port, "cubelab",
+    db = Database(TEAM, team.database, team.role, str(backend.postgres.socket_dir), backend.postgres.port, "cubelab",
                   backend.postgres.password(), server_bindir())  # fmt: skip
     s3 = backend.s3.client(backend.s3.team_credentials(team))
     bucket = backend.config.bucket(team)
@@ -86,7 +86,7 @@ def raw_restore(backend: Any, folder: Path, bucket: str, keys: list[str]) -> flo
     """pg_restore of the raw dump into a new database, and the raw files uploaded into a scratch bucket."""
     from cubelab.backends.local.postgres import server_bindir
 
-    db = Database(TEAM, "bench_restore", "cubelab", "127.0.0.1", backend.postgres.port, "cubelab",
+    db = Database(TEAM, "bench_restore", "cubelab", str(backend.postgres.socket_dir), backend.postgres.port, "cubelab",
                   backend.postgres.password(), server_bindir())  # fmt: skip
     s3 = backend.s3.client(backend.s3.admin_credentials())
     conn = backend.postgres.connect()

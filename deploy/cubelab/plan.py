@@ -25,6 +25,9 @@ from cubelab.provision import HUB_DATABASE, HUB_ROLE, TeamSecrets, user_password
 
 REF = re.compile(r"\$\(([A-Z][A-Z0-9_]*)\)")
 # Ports inside containers (compose and Kubernetes): each service has its own address there.
+# The listening sockets the embedded stack's socket holder handed a service, "PORT=FD,..." (set by cubelab.procs;
+# read by cubelab.tracking.serve and cubelab.gateway.backend).
+LISTEN_FDS_VAR = "CUBELAB_LISTEN_FDS"
 POSTGRES_AUTH = "scram-sha-256"  # the only way the platform's clients let its Postgres servers check them
 CONTAINER_PORTS = {"hub": 8000, "hub_api": 8081, "tracking": 5000, "s3": storage.CONTAINER_PORTS["s3"],
                    "postgres": 5432, "dask_gateway": 8000, "dask_gateway_api": 8001}  # fmt: skip

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from cubelab.plan import LISTEN_FDS_VAR
+
 # How long a restart waits for the ports of the process it replaces to be released.
 PORT_GRACE = 10.0
 
@@ -198,7 +200,7 @@ class ProcessTable:
         fds = self._held_sockets(launch)
         env = launch.env
         if fds:
-            env = env | {LISTEN_FDS: ",".join(f"{port}={fd}" for port, fd in fds.items())}
+            env = env | {LISTEN_FDS_VAR: ",".join(f"{port}={fd}" for port, fd in fds.items())}
             argv = [_with_fds(arg, fds) for arg in argv]
         with open(log, "ab") as out, contextlib.ExitStack() as closing:
             for fd in fds.values():
@@ -373,7 +375,6 @@ def http_ok(url: str, timeout: float = 2) -> bool:
 
 
 LOOPBACK = "127.0.0.1"
-LISTEN_FDS = "CUBELAB_LISTEN_FDS"  # "PORT=FD,...": the listening sockets a service was handed (tracking.serve)
 
 
 def _with_fds(arg: str, fds: dict[int, int]) -> str:

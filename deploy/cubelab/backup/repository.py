@@ -66,12 +66,14 @@ class Repository:
 
 
 def refuse_shared_folder(path: Path) -> None:
-    """A backup is written as root: never into a folder that another account could change under it. Refused:
+    """A backup written as root never goes into a folder that another account could change under it. Refused:
     a folder on the way that another account owns or may write to (unless sticky, as /tmp is, and the next one
     is ours), a link another account owns on the way, and, inside an existing folder, any link or anything not
     ours (another account's link would make root write where it points)."""
     me = os.geteuid()
-    ours = {0, me}
+    if me != 0:
+        return  # an unprivileged writer (the container targets' backup job) can put nothing where it could not
+    ours = {0}
     way = [*reversed(path.parents), path]
     for i, part in enumerate(way):
         try:
@@ -80,13 +82,13 @@ def refuse_shared_folder(path: Path) -> None:
             break
         if st.st_uid not in ours:
             raise BackupError(f"{path}: {part} belongs to another account (uid {st.st_uid}); back up to a folder "
-                              "only root (or you) can change")  # fmt: skip
+                              "only root can change")  # fmt: skip
         if stat.S_ISLNK(st.st_mode):
             continue  # a link of root's (or ours): where it leads is checked as the next parts are
         shared = st.st_mode & 0o022
         if shared and not (st.st_mode & stat.S_ISVTX and i + 1 < len(way)):
             raise BackupError(f"{path}: {part} can be written by other accounts (mode {oct(st.st_mode & 0o7777)}); "
-                              "back up to a folder only root (or you) can change")  # fmt: skip
+                              "back up to a folder only root can change")  # fmt: skip
     if not path.exists():
         return
     for folder, dirs, files in os.walk(path):

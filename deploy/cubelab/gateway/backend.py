@@ -14,10 +14,11 @@ What LocalBackend (2026.3.0) does not do, and this does:
 - Schedulers and workers serve their dashboards and HTTP pages (worker logs, call stacks, task names, and an
   API that retires workers; no login) on random ports of every interface. Here a scheduler's dashboard takes a
   loopback port of its own from `dashboard_ports`, which only the platform's accounts may connect to (the
-  embedded stack's firewall), and the scheduler serves no dashboard if it is anywhere else (a port taken by
-  someone else: dask would silently move it). With every port taken (an account may bind them all), clusters
-  start without a dashboard: nobody can stop another member's clusters by holding ports. Members reach a
-  dashboard through cubelab's front
+  embedded stack's firewall). On the embedded stack the socket holder binds all of them at `up` and hands them
+  to the gateway; a scheduler gets its port's listening socket and serves its dashboard there
+  (dashboard_check), so no account can take a dashboard's port. Elsewhere, the scheduler serves no dashboard
+  if it is anywhere else (a port taken by someone else: dask would silently move it), and with every port
+  taken clusters start without one. Members reach a dashboard through cubelab's front
   (cubelab.gateway.front), which admits a cluster's owner only. Workers serve no HTTP routes at all (their
   HTTP servers still listen on loopback, and answer 404 to everything).
 """
@@ -37,6 +38,7 @@ from dask_gateway_server.traitlets import Type
 from traitlets import Integer, List, Unicode
 
 from cubelab.gateway.options import TeamLimits, check_cluster_count, workers_allowed
+from cubelab.plan import LISTEN_FDS_VAR
 
 
 class TeamClusterConfig(TeamLimits, LocalClusterConfig):
@@ -86,8 +88,9 @@ class TeamLocalBackend(LocalBackend):
         others = [c for c in self.db.list_clusters() if c.name != cluster.name]
         taken = {self._dashboards.get(c.name) for c in others}
         taken |= {int(c.dashboard_address.rsplit(":", 1)[1]) for c in others if c.dashboard_address}
+        held = held_sockets()
         for port in self.dashboard_ports:
-            if port not in taken and _bindable(port):
+            if port not in taken and (port in held or _bindable(port)):
                 self._dashboards[cluster.name] = port
                 return port
         # Every port is taken: by other clusters, or by an account that bound them all to stop everyone's
@@ -126,9 +129,10 @@ class TeamLocalBackend(LocalBackend):
     async def start_process(self, cluster: Any, cmd: list[str], env: dict[str, str], name: str) -> int:
         """dask-gateway's start_process, with the log file opened by the new process as the member."""
         log_path = os.path.join(self.get_logs_directory(cluster.state["workdir"]), name + ".log")
+        handed = (int(env[DASHBOARD_FD_VAR]),) if DASHBOARD_FD_VAR in env else ()  # its dashboard's socket
         proc = await asyncio.create_subprocess_exec(
             *cmd, preexec_fn=self.make_preexec_fn(cluster, log_path), start_new_session=True, env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, pass_fds=handed,
         )  # fmt: skip
         return int(proc.pid)
 
@@ -141,6 +145,8 @@ class TeamLocalBackend(LocalBackend):
             env |= NO_SCHEDULER_ROUTES
         else:
             env[DASHBOARD_PORT_VAR] = str(port)
+            if (fd := held_sockets().get(port)) is not None:
+                env[DASHBOARD_FD_VAR] = str(fd)
         if self.account_prefix:
             entry = self.account(cluster.username)
             env |= {"USER": entry.pw_name, "HOME": entry.pw_dir}
@@ -170,6 +176,14 @@ class TeamLocalBackend(LocalBackend):
 NO_WORKER_ROUTES = {"DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
 NO_SCHEDULER_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]"}
 DASHBOARD_PORT_VAR = "CUBELAB_DASHBOARD_PORT"  # the port the scheduler's dashboard must have (dashboard_check)
+DASHBOARD_FD_VAR = "CUBELAB_DASHBOARD_FD"  # the listening socket of that port, handed to the scheduler
+
+
+def held_sockets() -> dict[int, int]:
+    """The dashboard ports' listening sockets this process was handed (embedded stack), by port. The holder
+    binds them all at `up` and keeps them: no account can take one, so none can stop a dashboard."""
+    pairs = (item.partition("=") for item in os.environ.get(LISTEN_FDS_VAR, "").split(",") if item)
+    return {int(port): int(fd) for port, _, fd in pairs if port.isdigit() and fd.isdigit()}
 
 
 LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -10,14 +10,35 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 PORT_VAR = "CUBELAB_DASHBOARD_PORT"
+FD_VAR = "CUBELAB_DASHBOARD_FD"  # the port's listening socket, kept by the embedded stack's socket holder
+
+
+def adopt(server: Any, fd: int, port: int) -> bool:
+    """Serve the dashboard on the inherited listening socket fd (127.0.0.1:port) instead of where dask put it
+    (dask could not bind the port, which the holder keeps, and moved it): tornado's own stop, then the socket."""
+    sock = socket.socket(fileno=fd)
+    if sock.getsockname()[:2] != ("127.0.0.1", port):
+        sock.detach()
+        return False
+    sock.setblocking(False)  # as tornado's own sockets are: its event loop accepts without waiting
+    server.stop()
+    server._sockets.clear()
+    server._stopped = False
+    server.add_sockets([sock])
+    server.port = port  # what dask-gateway's preload reports as the dashboard's address
+    return True
 
 
 def dask_setup(scheduler: Any) -> None:
     expected = os.environ.get(PORT_VAR, "")
     server = scheduler.http_server
+    fd = os.environ.get(FD_VAR, "")
+    if fd.isdigit() and expected.isdigit() and adopt(server, int(fd), int(expected)):
+        return
     sockets = list(getattr(server, "_sockets", {}).values())
     bound = {sock.getsockname()[:2] for sock in sockets}
     if expected.isdigit() and bound == {("127.0.0.1", int(expected))}:

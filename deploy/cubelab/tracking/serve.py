@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from cubelab.plan import LISTEN_FDS_VAR
 from cubelab.tracking.origins import allowed_origins, public_urls
-
-LISTEN_FDS = "CUBELAB_LISTEN_FDS"  # set by cubelab.procs when the stack's socket holder hands a port over
 
 # mlflow 3.17.2's own defaults (mlflow.server.security_utils.get_default_allowed_hosts): loopback names and
 # private addresses. Spelled out because importing mlflow.server before the settings are in place is not
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def handed_socket(port: int, environ: Mapping[str, str] = os.environ) -> int | None:
     """The listening socket this process was handed for port ($CUBELAB_LISTEN_FDS, "PORT=FD,..."), if any."""
-    for item in environ.get(LISTEN_FDS, "").split(","):
+    for item in environ.get(LISTEN_FDS_VAR, "").split(","):
         key, _, fd = item.partition("=")
         if key == str(port) and fd.isdigit():
             return int(fd)

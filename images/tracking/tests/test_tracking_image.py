@@ -42,7 +42,8 @@ def test_tracking_image_serves_the_team_against_real_services(podman_api: str, s
         "MLFLOW_S3_ENDPOINT_URL": stack.s3.url,
     }
     base = f"http://127.0.0.1:{port}{service_prefix(team)}"
-    container = DockerContainer(image).with_kwargs(network_mode="host")
+    sock = str(stack.postgres.socket_dir)  # Postgres's unix socket, mounted at the same path
+    container = DockerContainer(image).with_kwargs(network_mode="host").with_volume_mapping(sock, sock, "rw")
     for key, value in env.items():
         container = container.with_env(key, value)
     with container:

@@ -175,6 +175,9 @@ class LocalGateway:
         return Launch(
             NAME, argv, env, self.paths.logs / f"{NAME}.log", self.paths.root,
             ports=dict.fromkeys(inner.values(), busy), relayed=relayed,
+            # The dashboards' ports, kept by the socket holder and handed to the gateway, which hands each to its
+            # scheduler (cubelab.gateway.backend): no account can take one.
+            handed=dict.fromkeys(ports.dask_dashboard_range, "ports.dask_dashboards"),
             code=tuple(sorted(CODE_DIR.glob("*.py"))),
             settings=json.dumps(settings, sort_keys=True),
             before_start=prepare,
@@ -211,6 +214,7 @@ class LocalGateway:
         return plan.gateway_description(self.config, self.tracking.addresses()) | {
             "dashboards": True,
             "dashboard_ports": list(self.config.ports.dask_dashboard_range),
+            "dashboard_ports_held": True,  # by the socket holder: no account can bind one
             # Closed to every account but root (as root only; without root there are no other accounts).
             "closed_ports": self.closed_ports() if LoopbackGuard.needed() else [],
         }
