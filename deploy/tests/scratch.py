@@ -39,6 +39,16 @@ def use_shared_installs() -> None:
     os.environ.setdefault("CUBELAB_INSTALL_DIR", str(shared))
 
 
+def free_inner_block() -> int:
+    """The first of 4 free ports below 1024 (ports.inner: as root, dask-gateway's and Prometheus's own ports), at
+    random, so that stacks running side by side do not share them."""
+    for _ in range(200):
+        base = random.randrange(600, 1020, 4)  # noqa: S311 - not for secrets
+        if all(port_owner(p) is None for p in range(base, base + 4)):
+            return base
+    raise RuntimeError("no free block of ports below 1024 found")
+
+
 def free_port_block() -> dict[str, int]:
     """Ports for one stack: 64 free ports from a base (and the +10000 gRPC twins SeaweedFS needs), the Dask
     dashboards' 40 included, so that stacks running side by side (the suite's two workers) share no port, and no
@@ -49,7 +59,7 @@ def free_port_block() -> dict[str, int]:
         ports = range(base, base + 64)
         if all(port_owner(p) is None for p in ports) and all(port_owner(p + 10000) is None for p in ports[1:8]):
             return {"postgres": base, "s3": base + 1, "hub": base + 8, "prometheus": base + 11, "tracking": base + 12,
-                    "dask_gateway": base + 16, "dask_dashboards": base + 20}  # fmt: skip
+                    "dask_gateway": base + 16, "dask_dashboards": base + 20, "inner": free_inner_block()}  # fmt: skip
     raise RuntimeError("no free block of loopback ports found")
 
 

@@ -240,3 +240,10 @@ def test_the_dashboard_check_stops_a_dashboard_that_moved(monkeypatch: pytest.Mo
     moved = scheduler(40000)
     dashboard_check.dask_setup(moved)
     assert moved.http_server.stopped and exits == []
+
+
+def test_the_gateway_reads_the_plans_variable_of_handed_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend.LISTEN_FDS_VAR is the plan's (spelled out there: the gateway image lacks the plan's dependencies)."""
+    assert backend.LISTEN_FDS_VAR == plan.LISTEN_FDS_VAR
+    monkeypatch.setenv(plan.LISTEN_FDS_VAR, "18120=7,18121=8,x=9")
+    assert backend.held_sockets() == {18120: 7, 18121: 8}

@@ -159,7 +159,8 @@ def test_tracking_servers_run_as_their_own_unprivileged_accounts(stack: LocalBac
 
 def test_storage_and_proxy_run_as_their_own_accounts(stack: LocalBackend) -> None:
     """SeaweedFS and the proxy run as their own accounts (the hub stays root: it starts each user's server as that
-    user). SeaweedFS's unix sockets in /tmp admit its account only, and its data is its own."""
+    user). SeaweedFS's unix sockets (its S3 API's, and those in its own /tmp) admit its account only, and its data
+    is its own."""
     if os.geteuid() != 0:
         pytest.skip("accounts are made only when cubelab runs as root")
     weed = psutil.Process(stack.procs.running("s3").pid)
@@ -171,9 +172,9 @@ def test_storage_and_proxy_run_as_their_own_accounts(stack: LocalBackend) -> Non
     for proc in (weed, proxies[0]):
         assert 0 not in (proc.gids().real, proc.gids().effective), f"{proc.name()} runs in root's group"
     assert hub.username() == "root"
-    connections = weed.net_connections if hasattr(weed, "net_connections") else weed.connections
-    sockets = sorted({Path(c.laddr) for c in connections("unix") if c.laddr})
-    assert sockets, "weed made no unix socket: the check below would pass for nothing"
+    # Its unix sockets: the S3 API's, and those weed makes in its own /tmp (cubelab.netns).
+    sockets = sorted({stack.s3.socket, *(stack.s3.home / "tmp").glob("*.sock")})
+    assert len(sockets) > 1 and all(stat.S_ISSOCK(s.stat().st_mode) for s in sockets), sockets
     data = stack.s3.home / "data"
     assert data.stat().st_uid == weed.uids().real and stat.S_IMODE(stack.s3.home.stat().st_mode) == 0o700
     member = f"cl-{stack.config.teams[0].members[0]}"
@@ -630,6 +631,8 @@ def test_missing_postgres_binaries_are_named(stacks: ScratchStacks, monkeypatch:
         backend.up()
     assert info.value.service == "postgres"
     assert "/nonexistent/bin" in str(info.value) and "apt-get install postgresql" in str(info.value)
+    assert [r.name for r in backend.procs.all()] == ["sockets"]  # started first, recorded: `down` stops it
+    backend.down()
     assert stack_processes(backend.paths.root) == []
 
 

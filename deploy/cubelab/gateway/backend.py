@@ -38,7 +38,6 @@ from dask_gateway_server.traitlets import Type
 from traitlets import Integer, List, Unicode
 
 from cubelab.gateway.options import TeamLimits, check_cluster_count, workers_allowed
-from cubelab.plan import LISTEN_FDS_VAR
 
 
 class TeamClusterConfig(TeamLimits, LocalClusterConfig):
@@ -177,6 +176,9 @@ NO_WORKER_ROUTES = {"DASK_DISTRIBUTED__WORKER__HTTP__ROUTES": "[]"}
 NO_SCHEDULER_ROUTES = {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": "[]"}
 DASHBOARD_PORT_VAR = "CUBELAB_DASHBOARD_PORT"  # the port the scheduler's dashboard must have (dashboard_check)
 DASHBOARD_FD_VAR = "CUBELAB_DASHBOARD_FD"  # the listening socket of that port, handed to the scheduler
+# cubelab.plan.LISTEN_FDS_VAR, spelled out: the gateway's image has the gateway's modules but not the plan's
+# dependencies (test_gateway_config holds the two equal).
+LISTEN_FDS_VAR = "CUBELAB_LISTEN_FDS"
 
 
 def held_sockets() -> dict[int, int]:
