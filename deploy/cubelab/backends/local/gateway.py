@@ -10,10 +10,11 @@ on ports.dask_gateway), which admits a cluster's dashboard to its owner only. da
 HTTP proxy and the schedulers' dashboards listen on loopback ports that, as root, only root (and the front) may
 connect to (an iptables chain); schedulers send their heartbeats through the front.
 
-No port of the gateway's can be taken by another account while it restarts (issue 25). As root, the gateway and
-its Go proxy bind their private API, HTTP proxy and TLS proxy on ports.inner and the two after it,
-below ip_unprivileged_port_start, where only root may bind. The public ports are the socket holder's: it hands
-ports.dask_gateway to the front and relays the TLS port (ports.dask_gateway + 1) to the TLS proxy.
+Ports another account could take while the gateway restarts (issue 25): as root, the gateway and its Go proxy
+bind their private API and HTTP proxy on ports.inner and the one after it, below ip_unprivileged_port_start,
+where only root may bind; the socket holder keeps ports.dask_gateway and hands it to the front. The TLS proxy
+binds the TLS port (ports.dask_gateway + 1) itself: an account that took it during a gateway restart would get
+TLS handshakes it cannot complete (clients check the cluster's certificate), and would stop the restart.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class LocalGateway:
         ip_unprivileged_port_start (ports.inner and after); else the three after ports.dask_gateway."""
         ports = self.config.ports
         if os.geteuid() == 0:
+            # The TLS proxy binds the public TLS port itself (a relay by the holder made a connected client's
+            # recovery from a gateway restart flaky: test_gateway_restart). ports.inner + 2 stays unused.
             base = ports.inner
-            return {"api": base, "proxy": base + 1, "tls": base + 2}
+            return {"api": base, "proxy": base + 1, "tls": ports.dask_gateway_tls}
         return {"api": ports.dask_gateway_api, "proxy": ports.dask_gateway_proxy, "tls": ports.dask_gateway_tls}
 
     def settings(self, install: Path) -> dict[str, Any]:
@@ -160,7 +163,7 @@ class LocalGateway:
             self.guard.close(NAME, self.closed_ports(), [self.front_account()])
 
         inner = self.inner_ports
-        busy = "ports.inner and the two after it" if inner["tls"] != ports.dask_gateway_tls else (
+        busy = "ports.inner, the one after it, and ports.dask_gateway + 1" if os.geteuid() == 0 else (
             "the three ports after ports.dask_gateway")  # fmt: skip
         relayed = (
             {}

@@ -131,9 +131,13 @@ class Holder:
             except (OSError, TimeoutError):
                 writer.transport.abort()  # the service is down: the client sees a reset, nothing else
                 return
+            to_service = asyncio.create_task(pipe(reader, up_writer))  # a client's half-close is passed on
             try:
-                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+                # Once the service has finished (or died), so has the connection: the client sees it closed at
+                # once, as if it had been connected to the service itself, whatever it is still sending.
+                await pipe(up_reader, writer)
             finally:
+                to_service.cancel()
                 for w in (up_writer, writer):
                     w.close()
                     with contextlib.suppress(ConnectionError, OSError):
