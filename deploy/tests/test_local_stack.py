@@ -660,6 +660,11 @@ def test_cli_reports_a_failed_start_with_exit_status(stacks: ScratchStacks) -> N
     )  # fmt: skip
     assert done.returncode == 1
     assert "postgres:" in done.stderr and "cubelab down" in done.stderr
+    # What the message says to run stops what had started (the socket holder, first of all).
+    down = subprocess.run([sys.executable, "-m", "cubelab", "-c", str(config), "down"], capture_output=True,
+                          text=True, check=False, timeout=120)  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    assert stack_processes(Path(load(config).state_dir)) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another system user")
