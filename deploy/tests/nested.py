@@ -31,6 +31,7 @@ EXPECTED_SKIPS: dict[str, set[tuple[str, str]]] = {
         # compose's clusters run inside the gateway's container and serve no dashboard (docs/dask.md)
         ("platform_tests/test_gateway.py", "this deployment's clusters serve no dashboard"),
         ("platform_tests/test_gateway.py", "this deployment has no inner gateway ports on the users' machine"),
+        ("platform_tests/test_gateway.py", "this deployment's clusters have no dashboard ports on the users' machine"),
     },
     "helm-local": {
         ("platform_tests/test_access.py", "this deployment cannot delete hub users"),
