@@ -9,7 +9,8 @@ COMPOSE_OUTPUT = """\
 SKIPPED [1] platform_tests/test_access.py:141: no operator in this deployment
 SKIPPED [1] platform_tests/test_gateway.py:174: this deployment's clusters serve no dashboard
 SKIPPED [2] platform_tests/test_gateway.py:232: this deployment has no inner gateway ports on the users' machine
-61 passed, 4 skipped in 300.12s (0:05:00)
+SKIPPED [1] platform_tests/test_gateway.py:451: this deployment's clusters have no dashboard ports on the users' machine
+61 passed, 5 skipped in 300.12s (0:05:00)
 """
 
 
