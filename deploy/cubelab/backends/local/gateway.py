@@ -165,19 +165,9 @@ class LocalGateway:
         inner = self.inner_ports
         busy = "ports.inner, the one after it, and ports.dask_gateway + 1" if os.geteuid() == 0 else (
             "the three ports after ports.dask_gateway")  # fmt: skip
-        relayed = (
-            {}
-            if inner["tls"] == ports.dask_gateway_tls
-            else {
-                ports.dask_gateway_tls: (
-                    "ports.dask_gateway + 1, the gateway's TLS port",
-                    f"tcp:127.0.0.1:{inner['tls']}",
-                )
-            }
-        )
         return Launch(
             NAME, argv, env, self.paths.logs / f"{NAME}.log", self.paths.root,
-            ports=dict.fromkeys(inner.values(), busy), relayed=relayed,
+            ports=dict.fromkeys(inner.values(), busy),
             # The dashboards' ports, kept by the socket holder and handed to the gateway, which hands each to its
             # scheduler (cubelab.gateway.backend): no account can take one.
             handed=dict.fromkeys(ports.dask_dashboard_range, "ports.dask_dashboards"),
